@@ -1,0 +1,64 @@
+"""What every tool is: a JSON schema the model sees plus an executor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from minidevin.runtime.cancel import CancelToken
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The outcome of one tool call, as the model and the WebSocket client see it."""
+
+    output: str
+    success: bool
+
+
+class ToolError(Exception):
+    """A tool call the tool refuses (bad arguments, path outside the workspace...).
+
+    Becomes a `ToolResult(success=False)` whose output is this message, so the
+    model can correct itself.
+    """
+
+
+@dataclass
+class ToolContext:
+    """What a tool executor may use: the workspace, the task's cancel token, limits."""
+
+    working_directory: Path
+    cancel: CancelToken = field(default_factory=CancelToken)
+    default_timeout: float = 120.0
+    max_timeout: float = 1800.0
+    output_limit: int = 16_000
+    env: dict[str, str] | None = None
+
+
+class Tool(Protocol):
+    """A tool: `name`, `description`, `parameters` (JSON schema), and `run`.
+
+    `run` executes one call with already-decoded arguments. It may raise
+    `ToolError` for refusals; any other exception is a crash that the caller
+    turns into a failed result.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+    def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult: ...
+
+
+def tool_schema(tool: Tool) -> dict[str, Any]:
+    """The tool as an OpenAI Chat Completions `tools` entry."""
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": tool.parameters,
+        },
+    }
