@@ -1,0 +1,144 @@
+"""The TaskActor's children: one streams model turns, one executes tools.
+
+Both block on their own thread (a model stream, a subprocess) so the TaskActor
+never does. Cancellation reaches them through the task's `CancelToken`, which
+closes the stream or kills the process group at once. Their replies are tells
+to the parent; a child never asks its parent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pykka
+import structlog
+
+from minidevin.actors.messages import (
+    ChildCrashed,
+    DiffMade,
+    MakeDiff,
+    ModelTurnDone,
+    ModelTurnFailed,
+    RunTool,
+    SnapshotTaken,
+    StreamTurn,
+    TakeSnapshot,
+    ToolDone,
+)
+from minidevin.runtime.cancel import Cancelled, CancelToken
+from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.providers.base import Model, ProviderError
+from minidevin.runtime.providers.registry import ProviderRegistry
+from minidevin.runtime.tools import (
+    EditorTool,
+    TerminalTool,
+    ToolContext,
+    ToolResult,
+    run_tool,
+)
+from minidevin.runtime.workspace import Snapshots
+
+log = structlog.get_logger(__name__)
+
+
+class ModelActor(pykka.ThreadingActor):
+    """Streams one model turn at a time; publishes each text delta as a `token` event."""
+
+    def __init__(
+        self,
+        parent: pykka.ActorRef,
+        providers: ProviderRegistry,
+        model_id: str,
+        events: TaskEventLog,
+        cancel: CancelToken,
+    ) -> None:
+        super().__init__()
+        self.parent = parent
+        self.providers = providers
+        self.model_id = model_id
+        self.events = events
+        self.cancel = cancel
+        self.model: Model | None = None
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case StreamTurn(messages=messages, tools=tools):
+                self.parent.tell(self._stream(list(messages), list(tools)))
+
+    def _stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        try:
+            if self.model is None:
+                self.model = self.providers.create(self.model_id)
+            turn = self.model.stream_turn(
+                messages,
+                tools,
+                on_token=lambda text: self.events.emit("token", content=text),
+                cancel=self.cancel,
+            )
+            return ModelTurnDone(turn)
+        except Cancelled:
+            return ModelTurnFailed("CANCELLED", "the model turn was cancelled")
+        except ProviderError as exc:
+            return ModelTurnFailed(exc.code, exc.message)
+        except Exception as exc:  # a crash here fails the task, not the session
+            log.exception("model_actor_crashed", model=self.model_id)
+            return ModelTurnFailed("PROVIDER_ERROR", f"model call crashed: {type(exc).__name__}")
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self.parent.tell(ChildCrashed("model", repr(exception_value)))
+
+
+class ToolActor(pykka.ThreadingActor):
+    """Executes `terminal` and `editor` calls, one at a time, and workspace snapshots."""
+
+    def __init__(self, parent: pykka.ActorRef, context: ToolContext, snapshots: Snapshots) -> None:
+        super().__init__()
+        self.parent = parent
+        self.context = context
+        self.snapshots = snapshots
+        self.tools = {tool.name: tool for tool in (TerminalTool(), EditorTool())}
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case RunTool(call_id=call_id, name=name, arguments=arguments):
+                self.parent.tell(ToolDone(call_id, self._run(name, arguments)))
+            case TakeSnapshot():
+                self.parent.tell(SnapshotTaken(self._snapshot()))
+            case MakeDiff(before=before):
+                self.parent.tell(DiffMade(self._diff(before)))
+
+    def _run(self, name: str, arguments: str) -> ToolResult:
+        try:
+            return run_tool(self.tools[name], arguments, self.context)
+        except Cancelled:
+            return ToolResult("cancelled: the task was stopped", success=False)
+
+    def _snapshot(self) -> str | None:
+        try:
+            return self.snapshots.take()
+        except Exception as exc:
+            log.warning("snapshot_failed", error=str(exc))
+            return None
+
+    def _diff(self, before: str) -> str:
+        try:
+            return self.snapshots.diff(before, self.snapshots.take())
+        except Exception as exc:
+            log.warning("diff_failed", error=str(exc))
+            return ""
+        finally:
+            self.snapshots.discard()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self.parent.tell(ChildCrashed("tools", repr(exception_value)))
+
+
+def tool_context(working_directory: Path, settings: Any, cancel: CancelToken) -> ToolContext:
+    return ToolContext(
+        working_directory=working_directory,
+        cancel=cancel,
+        default_timeout=settings.command_timeout,
+        max_timeout=settings.max_command_timeout,
+        output_limit=settings.tool_output_limit,
+    )

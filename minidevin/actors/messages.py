@@ -1,0 +1,132 @@
+"""The messages actors exchange: small frozen facts and commands.
+
+Requests from the asyncio side that need an answer carry a
+`concurrent.futures.Future` (`reply`) that the actor resolves; the loop awaits
+it with `asyncio.wrap_future`, never blocking on pykka futures.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minidevin.runtime.providers.base import ModelTurn
+from minidevin.runtime.tools import ToolResult
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything a task needs to run, fixed when it is created."""
+
+    task_id: str
+    session_id: str
+    description: str
+    model: str
+    run_mode: str
+    max_iterations: int
+    working_directory: Path
+
+
+# -- asyncio side -> SessionActor ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitTask:
+    spec: TaskSpec
+    reply: Future[str] = field(compare=False)  # the task's status once placed
+
+
+@dataclass(frozen=True)
+class StopTask:
+    task_id: str
+    reason: str = "Task stopped by user"
+    reply: Future[str | None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class UserInput:
+    task_id: str
+    content: str
+    reply: Future[bool] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class StopAll:
+    """Stop every task of the session; reply once none is running any more."""
+
+    reason: str
+    reply: Future[None] | None = field(default=None, compare=False)
+
+
+# -- among actors -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotGranted:
+    """A global task slot is now this session's."""
+
+
+@dataclass(frozen=True)
+class TaskEnded:
+    task_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class StreamTurn:
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ModelTurnDone:
+    turn: ModelTurn
+
+
+@dataclass(frozen=True)
+class ModelTurnFailed:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunTool:
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolDone:
+    call_id: str
+    result: ToolResult
+
+
+@dataclass(frozen=True)
+class TakeSnapshot:
+    pass
+
+
+@dataclass(frozen=True)
+class SnapshotTaken:
+    tree: str | None
+
+
+@dataclass(frozen=True)
+class MakeDiff:
+    before: str
+
+
+@dataclass(frozen=True)
+class DiffMade:
+    patch: str
+
+
+@dataclass(frozen=True)
+class ChildCrashed:
+    """A child actor died; `child` is "model" or "tools"."""
+
+    child: str
+    error: str

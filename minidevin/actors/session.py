@@ -1,0 +1,145 @@
+"""SessionActor: one live session, its FIFO of waiting tasks and its running task.
+
+Tasks of a session share a working directory, so one runs at a time; the rest
+wait in arrival order (status `queued`). A task also needs one of the global
+slots (`MINIDEVIN_MAX_CONCURRENT_TASKS`), so sessions run in parallel up to
+that cap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import structlog
+
+from minidevin.actors.deps import Deps
+from minidevin.actors.messages import (
+    SlotGranted,
+    StopAll,
+    StopTask,
+    SubmitTask,
+    TaskEnded,
+    TaskSpec,
+    UserInput,
+)
+from minidevin.actors.task import TaskActor
+from minidevin.runtime import records
+from minidevin.runtime.events import TaskEventLog, utc_now
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Entry:
+    spec: TaskSpec
+    events: TaskEventLog
+
+
+class SessionActor(pykka.ThreadingActor):
+    def __init__(self, session_id: str, deps: Deps) -> None:
+        super().__init__()
+        self.session_id = session_id
+        self.deps = deps
+        self.waiting: deque[_Entry] = deque()
+        self.running: tuple[_Entry, pykka.ActorRef] | None = None
+        self.has_slot = False
+        self.stop_all_replies: list[Future[None]] = []
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case SubmitTask(spec=spec, reply=reply):
+                entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.submit))
+                entry.events.emit("status", status="queued", message="Task queued")
+                self.waiting.append(entry)
+                self._start_next()
+                running = self.running is not None and self.running[0] is entry
+                reply.set_result("running" if running else "queued")
+            case SlotGranted():
+                self.has_slot = True
+                self._start_next()
+            case TaskEnded(task_id=task_id):
+                if self.running is not None and self.running[0].spec.task_id == task_id:
+                    self.running = None
+                self._start_next()
+            case StopTask(task_id=task_id, reason=reason, reply=reply):
+                self._stop_task(task_id, reason, reply)
+            case UserInput(task_id=task_id, reply=reply):
+                if self.running is not None and self.running[0].spec.task_id == task_id:
+                    self.running[1].tell(message)
+                elif reply is not None:
+                    reply.set_result(False)
+            case StopAll(reason=reason, reply=reply):
+                for entry in list(self.waiting):
+                    self._stop_task(entry.spec.task_id, reason, None)
+                if self.running is not None:
+                    self.running[1].tell(StopTask(self.running[0].spec.task_id, reason))
+                if reply is not None:
+                    self.stop_all_replies.append(reply)
+        self._answer_stop_all()
+
+    def _start_next(self) -> None:
+        """Start the first waiting task if none runs and a global slot is ours."""
+        if self.running is not None:
+            return
+        if not self.waiting:
+            self._release_slot()
+            return
+        if not self.has_slot:
+            self.has_slot = self.deps.slots.try_acquire(self.actor_ref)
+            if not self.has_slot:
+                return
+        entry = self.waiting.popleft()
+        now = utc_now()
+        self.deps.store.submit(
+            records.update_task(entry.spec.task_id, status="running", started_at=now)
+        )
+        self.deps.store.submit(records.touch_session(self.session_id))
+        entry.events.emit("status", status="running", message="Task started")
+        task = TaskActor.start(entry.spec, entry.events, self.deps, self.actor_ref)
+        self.running = (entry, task)
+
+    def _release_slot(self) -> None:
+        if self.has_slot:
+            self.has_slot = False
+            self.deps.slots.release()
+
+    def _stop_task(self, task_id: str, reason: str, reply: Future[str | None] | None) -> None:
+        if self.running is not None and self.running[0].spec.task_id == task_id:
+            self.running[1].tell(StopTask(task_id, reason, reply))
+            return
+        for entry in self.waiting:
+            if entry.spec.task_id == task_id:
+                self.waiting.remove(entry)
+                self.deps.store.submit(
+                    records.update_task(task_id, status="stopped", completed_at=utc_now())
+                )
+                entry.events.emit("status", status="stopped", message=reason)
+                entry.events.close()
+                if reply is not None:
+                    reply.set_result("stopped")
+                if not self.waiting and self.running is None:
+                    self._release_slot()
+                return
+        if reply is not None:
+            reply.set_result(None)  # not live here: it already ended
+
+    def _answer_stop_all(self) -> None:
+        if self.running is None and not self.waiting:
+            for reply in self.stop_all_replies:
+                if not reply.done():
+                    reply.set_result(None)
+            self.stop_all_replies.clear()
+
+    def on_stop(self) -> None:
+        if self.running is not None:
+            self.running[1].tell(StopTask(self.running[0].spec.task_id, "Session closed"))
+        self.deps.slots.leave_line(self.actor_ref)
+        self._release_slot()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        log.error("session_actor_crashed", session_id=self.session_id, error=repr(exception_value))
+        self.on_stop()

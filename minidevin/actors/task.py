@@ -1,0 +1,328 @@
+"""TaskActor: one task's state machine, conversation, plan and iteration count.
+
+It never blocks: model turns go to a ModelActor, commands and file edits to a
+ToolActor, and their answers come back as messages. So `StopTask` and
+`UserInput` are handled within milliseconds at any moment. State leaves this
+actor only as events (the task's log) and writes (the store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import deque
+from typing import Any
+
+import pykka
+import structlog
+
+from minidevin.actors.children import ModelActor, ToolActor, tool_context
+from minidevin.actors.deps import Deps
+from minidevin.actors.messages import (
+    ChildCrashed,
+    DiffMade,
+    MakeDiff,
+    ModelTurnDone,
+    ModelTurnFailed,
+    RunTool,
+    SnapshotTaken,
+    StopTask,
+    StreamTurn,
+    TakeSnapshot,
+    TaskEnded,
+    TaskSpec,
+    ToolDone,
+    UserInput,
+)
+from minidevin.runtime import agent, records
+from minidevin.runtime.artifacts import write_task_artifacts
+from minidevin.runtime.cancel import CancelToken
+from minidevin.runtime.events import TaskEventLog, utc_now
+from minidevin.runtime.providers.base import ToolCall, Usage
+from minidevin.runtime.tools import ToolError, ToolResult
+from minidevin.runtime.workspace import Snapshots
+
+log = structlog.get_logger(__name__)
+
+
+class TaskActor(pykka.ThreadingActor):
+    def __init__(
+        self, spec: TaskSpec, events: TaskEventLog, deps: Deps, session: pykka.ActorRef
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.events = events
+        self.deps = deps
+        self.session = session
+        self.cancel = CancelToken()
+        self.messages = agent.initial_messages(spec.description, spec.working_directory)
+        self.tools = tuple(agent.tool_schemas())
+        self.plan: dict[str, Any] = {"steps": []}
+        self.iterations = 0
+        self.usage = Usage()
+        self.pending_calls: deque[ToolCall] = deque()
+        self.running_call: ToolCall | None = None
+        self.question_call: ToolCall | None = None
+        self.queued_input: list[str] = []
+        self.base_tree: str | None = None
+        self.ending: tuple[str, dict[str, Any] | None, tuple[str, str] | None, str] | None = None
+        self.model: pykka.ActorRef | None = None
+        self.tool_runner: pykka.ActorRef | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        snapshots = Snapshots(
+            self.spec.working_directory,
+            self.deps.settings.snapshots_dir / f"{self.spec.task_id}.git",
+        )
+        context = tool_context(self.spec.working_directory, self.deps.settings, self.cancel)
+        self.tool_runner = ToolActor.start(self.actor_ref, context, snapshots)
+        self.tool_runner.tell(TakeSnapshot())
+
+    def on_stop(self) -> None:
+        self.cancel.cancel()
+        for child in (self.model, self.tool_runner):
+            if child is not None:
+                child.stop(block=False)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        log.error("task_actor_crashed", task_id=self.spec.task_id, error=repr(exception_value))
+        self.cancel.cancel()
+        if self.ending is None:
+            self.ending = ("failed", None, ("INTERNAL_ERROR", "the task crashed"), "Task failed")
+        try:
+            self._finalize("")
+        finally:
+            self.on_stop()
+
+    # -- messages ----------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case SnapshotTaken(tree=tree):
+                self.base_tree = tree
+                if self.ending is None:
+                    self._next_turn()
+            case ModelTurnDone(turn=turn):
+                self._on_turn(turn)
+            case ModelTurnFailed(code=code, message=text):
+                if self.ending is None:
+                    self._end("failed", error=(code, text), message=f"Model call failed: {text}")
+            case ToolDone(call_id=call_id, result=result):
+                if self.running_call is not None and call_id == self.running_call.id:
+                    call, self.running_call = self.running_call, None
+                    self._record_result(call, result)
+                    self._continue()
+            case StopTask(reason=reason, reply=reply):
+                self._end("stopped", message=reason)
+                if reply is not None and not reply.done():
+                    reply.set_result("stopped")
+            case UserInput(content=content, reply=reply):
+                accepted = self._on_input(content)
+                if reply is not None and not reply.done():
+                    reply.set_result(accepted)
+            case DiffMade(patch=patch):
+                self._finalize(patch)
+            case ChildCrashed(child=child, error=error):
+                self._on_child_crash(child, error)
+
+    # -- the loop: model turn -> tool calls -> next turn ----------------------------------
+
+    def _next_turn(self) -> None:
+        if self.iterations >= self.spec.max_iterations:
+            self._end(
+                "failed",
+                error=("MAX_ITERATIONS_REACHED", "Maximum iterations reached"),
+                message=f"Stopped after {self.iterations} iterations",
+            )
+            return
+        for content in self.queued_input:
+            self.messages.append({"role": "user", "content": content})
+        self.queued_input.clear()
+        if self.model is None:
+            self.model = ModelActor.start(
+                self.actor_ref, self.deps.providers, self.spec.model, self.events, self.cancel
+            )
+        self.model.tell(StreamTurn(tuple(self.messages), self.tools))
+
+    def _on_turn(self, turn: Any) -> None:
+        if self.ending is not None:
+            return
+        self.iterations += 1
+        self.usage = Usage(
+            self.usage.prompt_tokens + turn.usage.prompt_tokens,
+            self.usage.completion_tokens + turn.usage.completion_tokens,
+        )
+        self.messages.append(turn.as_message())
+        self._write(iterations=self.iterations, usage=self._usage_dict())
+        self.events.emit("usage", usage=self._usage_dict(), iteration=self.iterations)
+        if not turn.tool_calls:
+            summary = turn.text.strip() or "The agent ended without a summary."
+            self._end("completed", result={"success": True, "summary": summary})
+            return
+        self.pending_calls.extend(turn.tool_calls)
+        self._continue()
+
+    def _continue(self) -> None:
+        """Run the turn's remaining tool calls; when none is left, start the next turn."""
+        while self.pending_calls and self.ending is None:
+            call = self.pending_calls.popleft()
+            self.events.emit("tool_call", tool=call.name, input=_input_of(call))
+            if call.name in agent.EXECUTING_TOOLS:
+                self.running_call = call
+                assert self.tool_runner is not None
+                self.tool_runner.tell(RunTool(call.id, call.name, call.arguments))
+                return
+            if call.name == "ask_user":
+                if self._ask(call):
+                    return
+                continue
+            self._record_result(call, self._control_tool(call))
+        if self.ending is None and self.running_call is None and self.question_call is None:
+            self._next_turn()
+
+    def _control_tool(self, call: ToolCall) -> ToolResult:
+        try:
+            arguments = agent.decode_arguments(call.arguments)
+            if call.name == "plan":
+                self.plan = agent.plan_from_arguments(arguments)
+                self._write(plan=self.plan)
+                self.events.emit("plan_update", plan=self.plan)
+                return ToolResult(f"Plan updated ({len(self.plan['steps'])} steps).", True)
+            if call.name == "finish":
+                result = agent.finish_from_arguments(arguments)
+                self.pending_calls.clear()
+                self._end("completed", result=result)
+                return ToolResult("Task finished.", True)
+        except ToolError as exc:
+            return ToolResult(str(exc), False)
+        known = ", ".join((*agent.EXECUTING_TOOLS, *agent.CONTROL_TOOLS))
+        return ToolResult(f"unknown tool {call.name!r}; the tools are: {known}", False)
+
+    def _ask(self, call: ToolCall) -> bool:
+        """Put the question to the user; False (with a failed result) if it is malformed."""
+        try:
+            question = agent.question_from_arguments(agent.decode_arguments(call.arguments))
+        except ToolError as exc:
+            self._record_result(call, ToolResult(str(exc), False))
+            return False
+        self.question_call = call
+        self._set_status("waiting_input", question)
+        return True
+
+    def _on_input(self, content: str) -> bool:
+        if self.ending is not None:
+            return False
+        if self.question_call is None:
+            self.queued_input.append(content)
+            return True
+        call, self.question_call = self.question_call, None
+        self._record_result(call, ToolResult(content, True))
+        self._set_status("running", "Input received")
+        self._continue()
+        return True
+
+    def _record_result(self, call: ToolCall, result: ToolResult) -> None:
+        self.events.emit(
+            "tool_result", tool=call.name, output=result.output, success=result.success
+        )
+        self.messages.append({"role": "tool", "tool_call_id": call.id, "content": result.output})
+
+    def _on_child_crash(self, child: str, error: str) -> None:
+        log.error("child_crashed", task_id=self.spec.task_id, child=child, error=error)
+        if child == "tools":
+            self.tool_runner = None
+            if self.ending is not None:
+                self._finalize("")
+                return
+        else:
+            self.model = None
+        self._end(
+            "failed", error=("INTERNAL_ERROR", f"the {child} actor crashed"), message="Task failed"
+        )
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def _end(
+        self,
+        status: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: tuple[str, str] | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Begin the end: cancel the children's work, then compute the diff and finalize."""
+        if self.ending is not None:
+            return
+        if message is None:
+            message = "Task completed successfully" if status == "completed" else f"Task {status}"
+            if result is not None and not result["success"]:
+                message = "Task finished without success"
+        self.ending = (status, result, error, message)
+        self.cancel.cancel()
+        if self.base_tree is not None and self.tool_runner is not None:
+            self.tool_runner.tell(MakeDiff(self.base_tree))
+        else:
+            self._finalize("")
+
+    def _finalize(self, patch: str) -> None:
+        if self.ending is None or self.events.closed:
+            return
+        status, result, error, message = self.ending
+        trajectory = {
+            "task_id": self.spec.task_id,
+            "description": self.spec.description,
+            "model": self.spec.model,
+            "usage": self._usage_dict(),
+            "messages": self.messages,
+        }
+        try:
+            writes = write_task_artifacts(
+                self.deps.settings.artifacts_dir, self.spec.task_id, self.plan, patch, trajectory
+            )
+        except OSError as exc:
+            log.error("artifacts_failed", task_id=self.spec.task_id, error=str(exc))
+            writes = []
+        for write in writes:
+            self.deps.store.submit(write)
+        self._write(
+            status=status,
+            completed_at=utc_now(),
+            result=result,
+            plan=self.plan,
+            iterations=self.iterations,
+            usage=self._usage_dict(),
+        )
+        if error is not None:
+            self.events.emit("error", error=error[1], code=error[0])
+        self.events.emit("status", status=status, message=message)
+        self.events.close()
+        with contextlib.suppress(pykka.ActorDeadError):  # a closing session no longer waits
+            self.session.tell(TaskEnded(self.spec.task_id, status))
+        if self.actor_ref.is_alive():
+            self.actor_ref.stop(block=False)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _set_status(self, status: str, message: str) -> None:
+        self._write(status=status)
+        self.events.emit("status", status=status, message=message)
+
+    def _write(self, **fields: Any) -> None:
+        self.deps.store.submit(records.update_task(self.spec.task_id, **fields))
+
+    def _usage_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+        }
+
+
+def _input_of(call: ToolCall) -> Any:
+    """The call's arguments as the client sees them: the object, or the raw text."""
+    try:
+        value = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError:
+        return call.arguments
+    return value

@@ -1,0 +1,302 @@
+"""`Runtime`: the programmatic face of minidevin, used by the HTTP layer and embedders.
+
+All methods are coroutines on the runtime's event loop. Commands go to actors
+as messages (answers come back through `concurrent.futures.Future`s, never a
+blocking pykka `get()` on the loop); queries read the store.
+
+    async with Runtime(Settings.from_env()) as runtime:
+        session = await runtime.create_session("demo", "/path/to/repo")
+        task = await runtime.create_task(session.id, "Fix the failing test")
+        async for event in runtime.events(task.id):
+            print(event.to_message())
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pykka
+import structlog
+
+from minidevin.actors.deps import Deps, TaskSlots
+from minidevin.actors.messages import StopAll, StopTask, SubmitTask, TaskSpec, UserInput
+from minidevin.actors.session import SessionActor
+from minidevin.runtime import records, schemas
+from minidevin.runtime.accounts import Accounts
+from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
+from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
+from minidevin.runtime.errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from minidevin.runtime.events import FINAL_STATUSES, Event, TaskEventLog, utc_now
+from minidevin.runtime.hub import EventHub
+from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
+from minidevin.runtime.settings import Settings
+from minidevin.runtime.store import Store
+from minidevin.runtime.workspace import WorkspaceError, resolve_working_directory
+
+log = structlog.get_logger(__name__)
+ACTOR_REPLY_TIMEOUT = 10.0
+LIVE_STATUSES = ("queued", "running", "waiting_input")
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings | None = None, *, provider_env: Mapping[str, str] | None = None
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.store = Store(self.settings.database_path)
+        self.hub = EventHub(self.settings.subscriber_queue_size)
+        self.providers = ProviderRegistry(provider_env)
+        self.slots = TaskSlots(self.settings.max_concurrent_tasks)
+        self.deps = Deps(self.settings, self.store, self.providers, self.slots)
+        self.accounts: Accounts
+        self._sessions: dict[str, pykka.ActorRef] = {}
+        self._local_user: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> Runtime:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store.on_events_committed = self.hub.publish
+        await self.store.open()
+        secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
+        self.accounts = Accounts(self.store, TokenIssuer(secret, self.settings.jwt_ttl_seconds))
+        await self._fail_interrupted_tasks()
+        log.info("runtime_started", data_dir=str(self.settings.data_dir))
+        return self
+
+    async def close(self) -> None:
+        """Stop every task (status `stopped`), stop the actors, flush the store."""
+        await asyncio.gather(
+            *(self._ask(ref, StopAll, "Server shutting down") for ref in self._sessions.values()),
+            return_exceptions=True,
+        )
+        for ref in self._sessions.values():
+            ref.stop(block=False)
+        self._sessions.clear()
+        await self.store.close()
+        log.info("runtime_closed")
+
+    async def __aenter__(self) -> Runtime:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _fail_interrupted_tasks(self) -> None:
+        """Tasks a previous process left running or queued end as `failed` (INTERRUPTED)."""
+        for row in await records.tasks_with_status(self.store, LIVE_STATUSES):
+            events = TaskEventLog(
+                row["id"], self.store.submit, await records.last_seq(self.store, row["id"])
+            )
+            self.store.submit(
+                records.update_task(row["id"], status="failed", completed_at=utc_now())
+            )
+            events.emit(
+                "error", error="The server stopped while the task was live", code="INTERRUPTED"
+            )
+            events.emit("status", status="failed", message="Task interrupted by a server restart")
+        await self.store.flush()
+
+    # -- sessions --------------------------------------------------------------------
+
+    async def owner(self, owner: str | None) -> str:
+        if owner is not None:
+            return owner
+        if self._local_user is None:
+            self._local_user = await self.accounts.local_user_id()
+        return self._local_user
+
+    async def create_session(
+        self, name: str, working_directory: str | Path, *, owner: str | None = None
+    ) -> schemas.SessionCreated:
+        try:
+            directory = resolve_working_directory(
+                str(working_directory), self.settings.workspace_roots
+            )
+        except WorkspaceError as exc:
+            error = Forbidden if exc.code == "FORBIDDEN" else ValidationFailed
+            raise error(f"working_directory: {exc}") from None
+        return await records.insert_session(
+            self.store, await self.owner(owner), name, str(directory)
+        )
+
+    async def list_sessions(self, *, owner: str | None = None) -> list[schemas.SessionSummary]:
+        return await records.list_sessions(self.store, await self.owner(owner))
+
+    async def get_session(
+        self, session_id: str, *, owner: str | None = None
+    ) -> schemas.SessionDetail:
+        return await records.session_detail(self.store, await self._session_row(session_id, owner))
+
+    async def delete_session(self, session_id: str, *, owner: str | None = None) -> None:
+        await self._session_row(session_id, owner)
+        ref = self._sessions.pop(session_id, None)
+        if ref is not None:
+            await self._ask(ref, StopAll, "Session deleted")
+            ref.stop(block=False)
+        await self.store.flush()
+        artifact_ids = await records.delete_session(self.store, session_id)
+        remove_artifact_files(self.settings.artifacts_dir, artifact_ids)
+
+    async def _session_row(self, session_id: str, owner: str | None) -> dict[str, Any]:
+        row = await records.session_row(self.store, session_id, await self.owner(owner))
+        if row is None:
+            raise NotFound("session not found")
+        return row
+
+    def _session_actor(self, session_id: str) -> pykka.ActorRef:
+        ref = self._sessions.get(session_id)
+        if ref is None or not ref.is_alive():
+            ref = SessionActor.start(session_id, self.deps)
+            self._sessions[session_id] = ref
+        return ref
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        session_id: str,
+        request: schemas.TaskRequest | str,
+        *,
+        owner: str | None = None,
+        **fields: Any,
+    ) -> schemas.TaskCreated:
+        """Create a task and hand it to its session (it runs now, or queues)."""
+        if isinstance(request, str):
+            request = schemas.TaskRequest(description=request, **fields)
+        session = await self._session_row(session_id, owner)
+        model = request.model or self.settings.default_model or self.providers.default_model()
+        try:
+            self.providers.resolve(model)
+        except UnknownModel as exc:
+            raise ValidationFailed(f"model: {exc}") from None
+        if not Path(session["working_directory"]).is_dir():
+            raise BadRequest("the session's working_directory no longer exists")
+        task_id = records.new_id()
+        created_at = utc_now()
+        max_iterations = request.max_iterations or self.settings.max_iterations
+        await self.store.write(
+            *_sql(
+                records.insert_task(task_id, session_id, request, model, max_iterations, created_at)
+            )
+        )
+        spec = TaskSpec(
+            task_id,
+            session_id,
+            request.description,
+            model,
+            request.run_mode,
+            max_iterations,
+            Path(session["working_directory"]),
+        )
+        status = await self._ask(self._session_actor(session_id), SubmitTask, spec)
+        await self.store.flush()
+        return schemas.TaskCreated(
+            id=task_id, description=request.description, status=status, created_at=created_at
+        )
+
+    async def list_tasks(
+        self, session_id: str, *, owner: str | None = None
+    ) -> list[schemas.TaskSummary]:
+        await self._session_row(session_id, owner)
+        return await records.list_tasks(self.store, session_id)
+
+    async def get_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
+        return records.task_detail(await self._task_row(task_id, owner))
+
+    async def _task_row(self, task_id: str, owner: str | None) -> dict[str, Any]:
+        row = await records.task_row(self.store, task_id, await self.owner(owner))
+        if row is None:
+            raise NotFound("task not found")
+        return row
+
+    async def stop_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskStopped:
+        """Stop a live task; an ended task keeps (and answers) its final status."""
+        row = await self._task_row(task_id, owner)
+        if row["status"] in FINAL_STATUSES:
+            return schemas.TaskStopped(id=task_id, status=row["status"])
+        status = await self._ask(self._session_actor(row["session_id"]), StopTask, task_id)
+        await self.store.flush()
+        if status is None:
+            status = (await self._task_row(task_id, owner))["status"]
+        return schemas.TaskStopped(id=task_id, status=status)
+
+    async def send_input(self, task_id: str, content: str, *, owner: str | None = None) -> bool:
+        """Answer the task's question, or queue a message for its next model turn."""
+        row = await self._task_row(task_id, owner)
+        if row["status"] in FINAL_STATUSES:
+            return False
+        return bool(
+            await self._ask(self._session_actor(row["session_id"]), UserInput, task_id, content)
+        )
+
+    async def events(
+        self, task_id: str, *, after: int = 0, owner: str | None = None
+    ) -> AsyncIterator[Event]:
+        """The task's history after `after`, then its live events, ending with its final status."""
+        await self._task_row(task_id, owner)
+        subscription = self.hub.subscribe(task_id)
+        try:
+            last = after
+            for event in await records.events_after(self.store, task_id, after):
+                yield event
+                last = event.seq
+                if event.is_final:
+                    return
+            while True:
+                event = await subscription.get()
+                if event.seq <= last:
+                    continue
+                yield event
+                last = event.seq
+                if event.is_final:
+                    return
+        finally:
+            self.hub.unsubscribe(subscription)
+
+    async def wait(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
+        """Wait until the task has ended; returns its final details."""
+        last = 0
+        while True:
+            try:
+                async for event in self.events(task_id, after=last, owner=owner):
+                    last = event.seq
+            except Exception as exc:  # a slow-subscriber cut: resume where we were
+                log.debug("wait_resumed", error=str(exc))
+                continue
+            return await self.get_task(task_id, owner=owner)
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    async def list_artifacts(
+        self, task_id: str, *, owner: str | None = None
+    ) -> list[schemas.Artifact]:
+        await self._task_row(task_id, owner)
+        return await records.list_artifacts(self.store, task_id)
+
+    async def artifact_file(
+        self, task_id: str, artifact_id: str, *, owner: str | None = None
+    ) -> tuple[dict[str, Any], Path]:
+        """The artifact's row and the path of its bytes."""
+        await self._task_row(task_id, owner)
+        row = await records.artifact_row(self.store, task_id, artifact_id)
+        path = artifact_path(self.settings.artifacts_dir, artifact_id) if row else None
+        if row is None or path is None or not path.is_file():
+            raise NotFound("artifact not found")
+        return row, path
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _ask(self, ref: pykka.ActorRef, message_type: Any, *args: Any) -> Any:
+        """Tell an actor a message carrying a reply future, and await it without blocking."""
+        reply: Future[Any] = Future()
+        ref.tell(message_type(*args, reply=reply))
+        return await asyncio.wait_for(asyncio.wrap_future(reply), ACTOR_REPLY_TIMEOUT)
+
+
+def _sql(write: Any) -> tuple[str, Any]:
+    return write.sql, write.params

@@ -1,0 +1,57 @@
+"""`minidevin serve`: the REST + WebSocket server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from minidevin import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="minidevin", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"minidevin {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the REST + WebSocket server")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve_command(args)
+    return 2
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from minidevin.api import Runtime
+    from minidevin.http.app import create_app
+    from minidevin.runtime.logging import configure_logging
+    from minidevin.runtime.settings import Settings, SettingsError
+
+    overrides = {
+        name: value
+        for name, value in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir))
+        if value is not None
+    }
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as exc:
+        print(f"minidevin: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(Runtime(settings))
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=5.0,
+        access_log=None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

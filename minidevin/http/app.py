@@ -1,0 +1,35 @@
+"""The aiohttp application: middlewares, routes, and the runtime's lifecycle."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from minidevin.api import Runtime
+from minidevin.http import routes, websocket
+from minidevin.http.keys import RUNTIME, WEBSOCKETS
+from minidevin.http.middlewares import auth_middleware, cors_middleware, errors_middleware
+
+
+def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Application:
+    """The app for `runtime`; with `manage_runtime` it starts and closes the runtime too."""
+    settings = runtime.settings
+    app = web.Application(
+        middlewares=[cors_middleware(settings.cors_origins), errors_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[RUNTIME] = runtime
+    app[WEBSOCKETS] = set()
+    app.add_routes(routes.routes)
+    app.add_routes(websocket.routes)
+    app.on_shutdown.append(websocket.close_all)
+    if manage_runtime:
+
+        async def start_runtime(app: web.Application) -> None:
+            await app[RUNTIME].start()
+
+        async def close_runtime(app: web.Application) -> None:
+            await app[RUNTIME].close()
+
+        app.on_startup.append(start_runtime)
+        app.on_cleanup.append(close_runtime)
+    return app

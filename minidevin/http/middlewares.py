@@ -1,0 +1,103 @@
+"""Cross-cutting concerns: errors, CORS, authentication."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from minidevin.http.errors import HTTP_CODES, error_response, validation_detail
+from minidevin.http.keys import PRINCIPAL, RUNTIME
+from minidevin.runtime.auth import Principal
+from minidevin.runtime.errors import ApiError, Unauthorized
+
+log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/health", "/api/auth/register", "/api/auth/login"})
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type, X-API-Key"
+EXPOSED_HEADERS = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as `{detail, code, timestamp}`; never a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.detail, exc.code)
+    except ValidationError as exc:
+        return error_response(422, validation_detail(exc), "VALIDATION_ERROR")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.reason if exc.status != 404 else "resource not found"
+        if exc.status == 413:
+            detail = "request body is too large"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, detail, HTTP_CODES.get(exc.status), headers)
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        return error_response(500, "internal server error", "INTERNAL_ERROR")
+
+
+def cors_middleware(
+    allowed_origins: tuple[str, ...],
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    allowed = frozenset(allowed_origins)
+    allow_any = "*" in allowed
+
+    def origin_allowed(origin: str | None) -> bool:
+        return origin is not None and (allow_any or origin in allowed)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        preflight = (
+            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        )
+        if preflight:
+            response: web.StreamResponse = web.Response(status=204)
+            if origin_allowed(origin):
+                response.headers.update(
+                    {
+                        "Access-Control-Allow-Methods": CORS_METHODS,
+                        "Access-Control-Allow-Headers": CORS_HEADERS,
+                        "Access-Control-Max-Age": "600",
+                    }
+                )
+        else:
+            response = await handler(request)
+        if origin_allowed(origin) and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        if not response.prepared:
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return cors
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`/api/*` (but register and login) needs `Authorization: Bearer` or `X-API-Key`."""
+    if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
+        request[PRINCIPAL] = await authenticate(request)
+    return await handler(request)
+
+
+async def authenticate(request: web.Request, query_token: bool = False) -> Principal:
+    accounts = request.app[RUNTIME].accounts
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return await accounts.authenticate_token(credentials.strip())
+    api_key = request.headers.get("X-API-Key")
+    if api_key:
+        return await accounts.authenticate_api_key(api_key.strip())
+    if query_token and request.query.get("token"):
+        return await accounts.authenticate_token(request.query["token"])
+    raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>' or 'X-API-Key'")

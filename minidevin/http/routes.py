@@ -1,0 +1,191 @@
+"""REST handlers: thin translations from HTTP to the `Runtime` facade."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from minidevin import __version__
+from minidevin.http.keys import PRINCIPAL, RUNTIME
+from minidevin.runtime import schemas
+from minidevin.runtime.errors import ApiError, ValidationFailed
+from minidevin.runtime.providers.registry import PROVIDERS
+
+M = TypeVar("M", bound=BaseModel)
+routes = web.RouteTableDef()
+
+
+async def body(request: web.Request, model: type[M]) -> M:
+    """The request body validated as `model`; 422 naming the field otherwise."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValidationFailed("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return model.model_validate(data)
+
+
+def reply(model: BaseModel | list[Any], status: int = 200) -> web.Response:
+    return web.json_response(schemas.dump(model), status=status)
+
+
+def owner(request: web.Request) -> str:
+    return request[PRINCIPAL].user_id
+
+
+# -- health, auth ----------------------------------------------------------------------
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return reply(schemas.Health(status="healthy", version=__version__))
+
+
+@routes.post("/api/auth/register")
+async def register(request: web.Request) -> web.Response:
+    user = await request.app[RUNTIME].accounts.register(
+        await body(request, schemas.RegisterRequest)
+    )
+    return reply(user, 201)
+
+
+@routes.post("/api/auth/login")
+async def login(request: web.Request) -> web.Response:
+    token = await request.app[RUNTIME].accounts.login(await body(request, schemas.LoginRequest))
+    return reply(token)
+
+
+@routes.post("/api/auth/api-keys")
+async def create_api_key(request: web.Request) -> web.Response:
+    request_body = await body(request, schemas.ApiKeyRequest)
+    key = await request.app[RUNTIME].accounts.create_api_key(owner(request), request_body)
+    return reply(key, 201)
+
+
+# -- models and providers -------------------------------------------------------------
+
+
+@routes.get("/api/models")
+async def list_models(request: web.Request) -> web.Response:
+    provider = request.query.get("provider")
+    if provider is not None and provider not in PROVIDERS:
+        raise ValidationFailed(f"provider: must be one of {', '.join(PROVIDERS)}")
+    models = request.app[RUNTIME].providers.models(provider)
+    return web.json_response({"models": [model.__dict__ for model in models]})
+
+
+@routes.get("/api/providers")
+async def list_providers(request: web.Request) -> web.Response:
+    registry = request.app[RUNTIME].providers
+    providers = [
+        {
+            "id": provider,
+            "name": name,
+            "configured": registry.configured(provider),
+            "models_count": len(registry.models(provider)),
+        }
+        for provider, name in PROVIDERS.items()
+    ]
+    runtime = request.app[RUNTIME]
+    default = runtime.settings.default_model or registry.default_model()
+    return web.json_response({"providers": providers, "default_model": default})
+
+
+# -- sessions -----------------------------------------------------------------------------
+
+
+@routes.get("/api/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    return reply(await request.app[RUNTIME].list_sessions(owner=owner(request)))
+
+
+@routes.post("/api/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    data = await body(request, schemas.SessionRequest)
+    session = await request.app[RUNTIME].create_session(
+        data.name, data.working_directory, owner=owner(request)
+    )
+    return reply(session, 201)
+
+
+@routes.get("/api/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return reply(await runtime.get_session(request.match_info["session_id"], owner=owner(request)))
+
+
+@routes.delete("/api/sessions/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    await runtime.delete_session(request.match_info["session_id"], owner=owner(request))
+    return web.Response(status=204)
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+@routes.get("/api/sessions/{session_id}/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return reply(await runtime.list_tasks(request.match_info["session_id"], owner=owner(request)))
+
+
+@routes.post("/api/sessions/{session_id}/tasks")
+async def create_task(request: web.Request) -> web.Response:
+    data = await body(request, schemas.TaskRequest)
+    runtime = request.app[RUNTIME]
+    task = await runtime.create_task(request.match_info["session_id"], data, owner=owner(request))
+    return reply(task, 201)
+
+
+@routes.get("/api/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return reply(await runtime.get_task(request.match_info["task_id"], owner=owner(request)))
+
+
+@routes.post("/api/tasks/{task_id}/stop")
+async def stop_task(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return reply(await runtime.stop_task(request.match_info["task_id"], owner=owner(request)))
+
+
+@routes.post("/api/tasks/{task_id}/input")
+async def send_input(request: web.Request) -> web.Response:
+    data = await body(request, schemas.InputRequest)
+    runtime = request.app[RUNTIME]
+    task_id = request.match_info["task_id"]
+    if not await runtime.send_input(task_id, data.content, owner=owner(request)):
+        raise ApiError(
+            "the task is not running; input was not delivered", code="CONFLICT", status=409
+        )
+    return web.json_response({"id": task_id, "delivered": True}, status=202)
+
+
+# -- artifacts ----------------------------------------------------------------------------------
+
+
+@routes.get("/api/tasks/{task_id}/artifacts")
+async def list_artifacts(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return reply(await runtime.list_artifacts(request.match_info["task_id"], owner=owner(request)))
+
+
+@routes.get("/api/tasks/{task_id}/artifacts/{artifact_id}")
+async def download_artifact(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    row, path = await runtime.artifact_file(
+        request.match_info["task_id"], request.match_info["artifact_id"], owner=owner(request)
+    )
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": row["content_type"],
+            "Content-Disposition": f'attachment; filename="{row["name"]}"',
+        },
+    )

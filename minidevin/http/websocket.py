@@ -1,0 +1,114 @@
+"""`/ws/tasks/{task_id}`: a task's events, history first, then live.
+
+Close codes: 1000 the task ended; 1001 the server is shutting down; 4008 the
+client fell too far behind (reconnect with `?after=<last seq>`).
+Client messages: `{"type": "stop"}` and `{"type": "input", "content": "..."}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from minidevin.api import Runtime
+from minidevin.http.errors import error_body
+from minidevin.http.keys import RUNTIME, WEBSOCKETS
+from minidevin.http.middlewares import authenticate
+from minidevin.runtime.errors import Forbidden, ValidationFailed
+from minidevin.runtime.hub import SlowSubscriber
+
+CLOSE_TASK_ENDED = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_SLOW = 4008
+routes = web.RouteTableDef()
+
+
+@routes.get("/ws/tasks/{task_id}")
+async def task_stream(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    origin = request.headers.get("Origin")
+    allowed = runtime.settings.cors_origins
+    if origin is not None and "*" not in allowed and origin not in allowed:
+        raise Forbidden("origin not allowed")
+    principal = await authenticate(request, query_token=True)
+    after = _after(request)
+    task_id = request.match_info["task_id"]
+    await runtime.get_task(task_id, owner=principal.user_id)
+
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
+    await ws.prepare(request)
+    request.app[WEBSOCKETS].add(ws)
+    pump = asyncio.create_task(_send_events(ws, runtime, task_id, after, principal.user_id))
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                reply = await _client_message(runtime, task_id, principal.user_id, message.data)
+                if reply is not None:
+                    await ws.send_json(reply)
+            elif message.type == WSMsgType.ERROR:
+                break
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        request.app[WEBSOCKETS].discard(ws)
+    return ws
+
+
+def _after(request: web.Request) -> int:
+    raw = request.query.get("after", "0")
+    if not raw.isdigit() or len(raw) > 18:
+        raise ValidationFailed("after: must be a non-negative integer (an event seq)")
+    return int(raw)
+
+
+async def _send_events(
+    ws: web.WebSocketResponse, runtime: Runtime, task_id: str, after: int, owner: str
+) -> None:
+    try:
+        async for event in runtime.events(task_id, after=after, owner=owner):
+            await ws.send_json(event.to_message())
+        await ws.close(code=CLOSE_TASK_ENDED, message=b"task ended")
+    except SlowSubscriber:
+        await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: reconnect with ?after=<seq>")
+    except (ConnectionResetError, RuntimeError):
+        pass  # the client went away
+
+
+async def _client_message(
+    runtime: Runtime, task_id: str, owner: str, data: str
+) -> dict[str, Any] | None:
+    try:
+        message = json.loads(data)
+    except json.JSONDecodeError:
+        message = None
+    kind = message.get("type") if isinstance(message, dict) else None
+    if kind == "stop":
+        await runtime.stop_task(task_id, owner=owner)
+        return None
+    if kind == "input":
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str) or not content:
+            return _error("input needs a non-empty 'content' string", "VALIDATION_ERROR")
+        if not await runtime.send_input(task_id, content, owner=owner):
+            return _error("the task is not running; input was not delivered", "CONFLICT")
+        return None
+    return _error(
+        'unknown message: send {"type": "stop"} or {"type": "input", ...}', "VALIDATION_ERROR"
+    )
+
+
+def _error(detail: str, code: str) -> dict[str, Any]:
+    body = error_body(detail, code)
+    return {"type": "error", "error": body["detail"], "code": code, "timestamp": body["timestamp"]}
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown: close every WebSocket with 1001 (going away)."""
+    for ws in set(app[WEBSOCKETS]):
+        with contextlib.suppress(Exception):
+            await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")

@@ -1,0 +1,61 @@
+"""Artifact files: stored under the data directory by id, never by a client's path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from minidevin.runtime import records
+from minidevin.runtime.events import utc_now
+from minidevin.runtime.store import Write
+
+TASK_ARTIFACTS = (
+    # name, type, content type
+    ("plan.json", "plan", "application/json"),
+    ("diff.patch", "diff", "text/x-diff; charset=utf-8"),
+    ("trajectory.json", "trajectory", "application/json"),
+)
+
+
+def artifact_path(artifacts_dir: Path, artifact_id: str) -> Path:
+    return artifacts_dir / artifact_id
+
+
+def write_task_artifacts(
+    artifacts_dir: Path,
+    task_id: str,
+    plan: dict[str, Any],
+    patch: str,
+    trajectory: dict[str, Any],
+) -> list[Write]:
+    """Write a finished task's three artifact files; returns the rows to store."""
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    contents = {
+        "plan": json.dumps(plan, indent=2).encode(),
+        "diff": patch.encode(),
+        "trajectory": json.dumps(trajectory, indent=2, default=str).encode(),
+    }
+    writes = []
+    for name, type_, content_type in TASK_ARTIFACTS:
+        artifact_id = records.new_id()
+        data = contents[type_]
+        path = artifact_path(artifacts_dir, artifact_id)
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+        writes.append(
+            records.insert_artifact(
+                artifact_id, task_id, name, type_, content_type, len(data), utc_now()
+            )
+        )
+    return writes
+
+
+def remove_artifact_files(artifacts_dir: Path, artifact_ids: list[str]) -> None:
+    for artifact_id in artifact_ids:
+        artifact_path(artifacts_dir, artifact_id).unlink(missing_ok=True)

@@ -1,0 +1,250 @@
+"""Named queries over the store: each returns the API's shapes, scoped to an owner.
+
+Ownership is part of every lookup (`user_id`): another user's id reads as
+missing, so no route can leak whether it exists.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from minidevin.runtime import schemas
+from minidevin.runtime.events import Event, utc_now
+from minidevin.runtime.store import Store, Write, decode_json, encode_json
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# -- users and keys --------------------------------------------------------------
+
+
+async def insert_user(
+    store: Store, email: str, name: str, password_hash: str | None
+) -> schemas.User:
+    user = schemas.User(id=new_id(), email=email, name=name, created_at=utc_now())
+    await store.write(
+        "INSERT INTO users (id, email, name, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        (user.id, user.email, user.name, password_hash, user.created_at),
+    )
+    return user
+
+
+async def user_by_email(store: Store, email: str) -> dict[str, Any] | None:
+    return await store.fetch_one("SELECT * FROM users WHERE email = ?", (email.strip(),))
+
+
+async def user_exists(store: Store, user_id: str) -> bool:
+    return await store.fetch_one("SELECT 1 FROM users WHERE id = ?", (user_id,)) is not None
+
+
+async def insert_api_key(
+    store: Store, user_id: str, name: str, key_hash: str, prefix: str, expires_at: str | None
+) -> schemas.ApiKey:
+    key = schemas.ApiKey(id=new_id(), name=name, created_at=utc_now(), expires_at=expires_at)
+    await store.write(
+        "INSERT INTO api_keys (id, user_id, name, key_hash, prefix, created_at, expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (key.id, user_id, name, key_hash, prefix, key.created_at, expires_at),
+    )
+    return key
+
+
+async def api_key_by_hash(store: Store, key_hash: str) -> dict[str, Any] | None:
+    return await store.fetch_one(
+        "SELECT user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ?", (key_hash,)
+    )
+
+
+# -- sessions ------------------------------------------------------------------------
+
+
+async def insert_session(
+    store: Store, user_id: str, name: str, working_directory: str
+) -> schemas.SessionCreated:
+    now = utc_now()
+    session = schemas.SessionCreated(
+        id=new_id(), name=name, status="active", working_directory=working_directory, created_at=now
+    )
+    await store.write(
+        "INSERT INTO sessions (id, user_id, name, status, working_directory, created_at, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (session.id, user_id, name, session.status, working_directory, now, now),
+    )
+    return session
+
+
+async def list_sessions(store: Store, user_id: str) -> list[schemas.SessionSummary]:
+    rows = await store.fetch_all(
+        "SELECT s.id, s.name, s.status, s.created_at, s.updated_at, "
+        "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id) AS task_count "
+        "FROM sessions s WHERE s.user_id = ? ORDER BY s.created_at DESC",
+        (user_id,),
+    )
+    return [schemas.SessionSummary(**row) for row in rows]
+
+
+async def session_row(store: Store, session_id: str, user_id: str | None) -> dict[str, Any] | None:
+    if user_id is None:
+        return await store.fetch_one("SELECT * FROM sessions WHERE id = ?", (session_id,))
+    return await store.fetch_one(
+        "SELECT * FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id)
+    )
+
+
+async def session_detail(store: Store, row: dict[str, Any]) -> schemas.SessionDetail:
+    tasks = await store.fetch_all(
+        "SELECT id, description, status FROM tasks WHERE session_id = ? ORDER BY created_at",
+        (row["id"],),
+    )
+    fields = {k: row[k] for k in ("id", "name", "status", "working_directory", "created_at")}
+    return schemas.SessionDetail(
+        **fields, updated_at=row["updated_at"], tasks=[schemas.TaskBrief(**t) for t in tasks]
+    )
+
+
+def touch_session(session_id: str) -> Write:
+    return Write("UPDATE sessions SET updated_at = ? WHERE id = ?", (utc_now(), session_id))
+
+
+async def delete_session(store: Store, session_id: str) -> list[str]:
+    """Delete a session with its tasks, events and artifact rows; returns artifact ids."""
+    artifacts = await store.fetch_all(
+        "SELECT a.id FROM artifacts a JOIN tasks t ON t.id = a.task_id WHERE t.session_id = ?",
+        (session_id,),
+    )
+    await store.write("DELETE FROM sessions WHERE id = ?", (session_id,))
+    return [row["id"] for row in artifacts]
+
+
+# -- tasks -----------------------------------------------------------------------------
+
+
+def insert_task(
+    task_id: str,
+    session_id: str,
+    request: schemas.TaskRequest,
+    model: str,
+    max_iterations: int,
+    created_at: str,
+) -> Write:
+    return Write(
+        "INSERT INTO tasks (id, session_id, description, model, run_mode, max_iterations, "
+        "status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+        (
+            task_id,
+            session_id,
+            request.description,
+            model,
+            request.run_mode,
+            max_iterations,
+            created_at,
+        ),
+    )
+
+
+def update_task(task_id: str, **fields: Any) -> Write:
+    """A write of some task columns; `plan`, `result` and `usage` are JSON-encoded."""
+    for name in ("plan", "result", "usage"):
+        if name in fields:
+            fields[name] = encode_json(fields[name])
+    columns = ", ".join(f"{name} = ?" for name in fields)
+    return Write(f"UPDATE tasks SET {columns} WHERE id = ?", (*fields.values(), task_id))
+
+
+async def task_row(store: Store, task_id: str, user_id: str | None) -> dict[str, Any] | None:
+    if user_id is None:
+        return await store.fetch_one("SELECT t.* FROM tasks t WHERE t.id = ?", (task_id,))
+    return await store.fetch_one(
+        "SELECT t.* FROM tasks t JOIN sessions s ON s.id = t.session_id "
+        "WHERE t.id = ? AND s.user_id = ?",
+        (task_id, user_id),
+    )
+
+
+def task_detail(row: dict[str, Any]) -> schemas.TaskDetail:
+    result = decode_json(row["result"])
+    return schemas.TaskDetail(
+        id=row["id"],
+        session_id=row["session_id"],
+        description=row["description"],
+        status=row["status"],
+        model=row["model"],
+        run_mode=row["run_mode"],
+        max_iterations=row["max_iterations"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        iterations=row["iterations"],
+        plan=schemas.Plan(**(decode_json(row["plan"]) or {"steps": []})),
+        result=schemas.TaskResult(**result) if result else None,
+        usage=schemas.Usage(**(decode_json(row["usage"]) or {})),
+    )
+
+
+async def list_tasks(store: Store, session_id: str) -> list[schemas.TaskSummary]:
+    rows = await store.fetch_all(
+        "SELECT id, description, status, created_at, completed_at, iterations FROM tasks "
+        "WHERE session_id = ? ORDER BY created_at",
+        (session_id,),
+    )
+    return [schemas.TaskSummary(**row) for row in rows]
+
+
+async def tasks_with_status(store: Store, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
+    marks = ", ".join("?" for _ in statuses)
+    return await store.fetch_all(
+        f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY created_at", statuses
+    )
+
+
+# -- events and artifacts ------------------------------------------------------------------
+
+
+async def events_after(store: Store, task_id: str, after: int) -> list[Event]:
+    rows = await store.fetch_all(
+        "SELECT seq, type, data, timestamp FROM events WHERE task_id = ? AND seq > ? ORDER BY seq",
+        (task_id, after),
+    )
+    return [
+        Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
+        for row in rows
+    ]
+
+
+async def last_seq(store: Store, task_id: str) -> int:
+    row = await store.fetch_one("SELECT MAX(seq) AS seq FROM events WHERE task_id = ?", (task_id,))
+    return (row or {}).get("seq") or 0
+
+
+def insert_artifact(
+    artifact_id: str,
+    task_id: str,
+    name: str,
+    type_: str,
+    content_type: str,
+    size: int,
+    created_at: str,
+) -> Write:
+    return Write(
+        "INSERT INTO artifacts (id, task_id, name, type, content_type, size, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (artifact_id, task_id, name, type_, content_type, size, created_at),
+    )
+
+
+async def list_artifacts(store: Store, task_id: str) -> list[schemas.Artifact]:
+    rows = await store.fetch_all(
+        "SELECT id, name, type, size, created_at FROM artifacts WHERE task_id = ? "
+        "ORDER BY created_at, name",
+        (task_id,),
+    )
+    return [schemas.Artifact(**row) for row in rows]
+
+
+async def artifact_row(store: Store, task_id: str, artifact_id: str) -> dict[str, Any] | None:
+    return await store.fetch_one(
+        "SELECT * FROM artifacts WHERE id = ? AND task_id = ?", (artifact_id, task_id)
+    )

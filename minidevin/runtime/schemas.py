@@ -1,0 +1,240 @@
+"""The API's request and response shapes, as pydantic models.
+
+Shared by the HTTP layer and the embedding API: what a REST client reads is
+what an embedding program gets back.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from minidevin.runtime.auth import MAX_PASSWORD_BYTES
+
+TaskStatus = Literal["queued", "running", "waiting_input", "completed", "failed", "stopped"]
+StepStatus = Literal["pending", "in_progress", "completed", "failed", "skipped"]
+RunMode = Literal["offline", "online"]
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def _email(value: str) -> str:
+    if len(value) > 254 or not _EMAIL.match(value):
+        raise ValueError("not a valid email address")
+    return value.lower()
+
+
+def _password(value: str) -> str:
+    if len(value.encode()) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+Email = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_email)]
+Password = Annotated[str, Field(min_length=8), AfterValidator(_password)]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
+
+
+class Body(BaseModel):
+    """Request bodies: unknown fields are ignored, known ones are strict."""
+
+    model_config = ConfigDict(extra="ignore", str_max_length=100_000)
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- auth --------------------------------------------------------------------
+
+
+class RegisterRequest(Body):
+    email: Email
+    password: Password
+    name: Name
+
+
+class LoginRequest(Body):
+    email: Annotated[str, Field(min_length=1, max_length=254)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class ApiKeyRequest(Body):
+    name: Name
+    expires_at: datetime | None = None
+
+    def expiry_utc(self) -> datetime | None:
+        if self.expires_at is None:
+            return None
+        if self.expires_at.tzinfo is None:
+            return self.expires_at.replace(tzinfo=UTC)
+        return self.expires_at.astimezone(UTC)
+
+
+class User(Out):
+    id: str
+    email: str
+    name: str
+    created_at: str
+
+
+class AccessToken(Out):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class ApiKey(Out):
+    id: str
+    name: str
+    created_at: str
+    expires_at: str | None
+
+
+class ApiKeyCreated(ApiKey):
+    key: str
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+class SessionRequest(Body):
+    name: Name
+    working_directory: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class SessionSummary(Out):
+    id: str
+    name: str
+    status: str
+    created_at: str
+    updated_at: str
+    task_count: int
+
+
+class SessionCreated(Out):
+    id: str
+    name: str
+    status: str
+    working_directory: str
+    created_at: str
+
+
+class TaskBrief(Out):
+    id: str
+    description: str
+    status: TaskStatus
+
+
+class SessionDetail(Out):
+    id: str
+    name: str
+    status: str
+    working_directory: str
+    created_at: str
+    updated_at: str
+    tasks: list[TaskBrief]
+
+
+# -- tasks ---------------------------------------------------------------------
+
+
+class TaskRequest(Body):
+    description: Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_not_blank)]
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    run_mode: RunMode = "offline"
+    max_iterations: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+
+class PlanStep(Out):
+    id: str
+    description: str
+    status: StepStatus
+
+
+class Plan(Out):
+    steps: list[PlanStep] = []
+
+
+class TaskResult(Out):
+    success: bool
+    summary: str
+
+
+class Usage(Out):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class TaskCreated(Out):
+    id: str
+    description: str
+    status: TaskStatus
+    created_at: str
+
+
+class TaskSummary(Out):
+    id: str
+    description: str
+    status: TaskStatus
+    created_at: str
+    completed_at: str | None
+    iterations: int
+
+
+class TaskDetail(TaskSummary):
+    session_id: str
+    model: str
+    run_mode: RunMode
+    max_iterations: int
+    started_at: str | None
+    plan: Plan
+    result: TaskResult | None
+    usage: Usage
+
+
+class TaskStopped(Out):
+    id: str
+    status: TaskStatus
+
+
+class InputRequest(Body):
+    content: Annotated[str, Field(min_length=1, max_length=100_000)]
+
+
+# -- artifacts and the rest -------------------------------------------------------
+
+
+class Artifact(Out):
+    id: str
+    name: str
+    type: str
+    size: int
+    created_at: str
+
+
+class Health(Out):
+    status: str
+    version: str
+
+
+class ErrorBody(Out):
+    detail: str
+    code: str
+    timestamp: str
+
+
+def dump(model: BaseModel | list[Any]) -> Any:
+    """JSON-ready data for a model or a list of models."""
+    if isinstance(model, list):
+        return [item.model_dump(mode="json") for item in model]
+    return model.model_dump(mode="json")

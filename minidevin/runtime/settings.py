@@ -1,0 +1,109 @@
+"""Every setting, in one pydantic model, read from the environment.
+
+Settings take the `MINIDEVIN_` prefix (`MINIDEVIN_DATA_DIR`, ...); `CORS_ORIGINS`
+keeps the name the API document gives it. Provider credentials use each SDK's
+standard variables and are read by the provider registry, not here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "MINIDEVIN_"
+DEFAULT_CORS_ORIGINS = ("http://localhost:5173", "http://localhost:3000")
+
+
+class SettingsError(ValueError):
+    """A setting from the environment that does not parse; names the variable."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(Path("data"), description="Database, artifacts and generated secrets.")
+    workspace_roots: tuple[Path, ...] = Field(
+        (), description="Where working directories may be; empty allows any existing directory."
+    )
+    jwt_secret: str | None = Field(None, description="HS256 secret; generated when unset.")
+    jwt_ttl_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    default_model: str | None = Field(None, description="Model used when a task names none.")
+    max_iterations: int = Field(50, ge=1, le=1000)
+    max_concurrent_tasks: int = Field(8, ge=1, le=10_000)
+    command_timeout: float = Field(120.0, gt=0, description="Default seconds per terminal call.")
+    max_command_timeout: float = Field(1800.0, gt=0)
+    tool_output_limit: int = Field(16_000, ge=1000, description="Characters kept per tool output.")
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    subscriber_queue_size: int = Field(10_000, ge=10)
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+    log_format: str = Field("auto", pattern="^(auto|json|console)$")
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("workspace_roots", mode="after")
+    @classmethod
+    def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        return tuple(root.expanduser().resolve() for root in value)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `environ` (default `os.environ`), then `overrides`."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if name == "cors_origins":
+                raw = environ.get("CORS_ORIGINS", raw)
+            if raw is None or raw == "":
+                continue
+            if field.annotation in (tuple[Path, ...],):
+                values[name] = [p for p in raw.replace(",", os.pathsep).split(os.pathsep) if p]
+            elif field.annotation in (tuple[str, ...],):
+                values[name] = [p.strip() for p in raw.split(",") if p.strip()]
+            else:
+                values[name] = raw
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{_env_name(str(err['loc'][0]))}: {err['msg']}" for err in exc.errors()
+            )
+            raise SettingsError(f"invalid settings: {problems}") from None
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "minidevin.sqlite3"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+
+def _env_name(field: str) -> str:
+    return "CORS_ORIGINS" if field == "cors_origins" else ENV_PREFIX + field.upper()
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for docs and `--help`."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, tuple):
+            default = ",".join(str(d) for d in default)
+        rows.append((_env_name(name), str(default), field.description or ""))
+    return rows

@@ -1,0 +1,207 @@
+"""SQLite through aiosqlite: one batching writer, one reader, on the runtime's loop.
+
+Writes are `Write` ops queued in order from any thread; the writer commits
+them in batches (one transaction per batch) and only then hands the batch's
+events to `on_events_committed`, so whatever a client is shown is on disk.
+Callers that must acknowledge a write (`await store.write(...)`) wait for its
+commit. Reads use their own connection (WAL lets them run beside writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from minidevin.runtime.events import Event
+from minidevin.runtime.schema import MIGRATIONS, SCHEMA_VERSION
+
+log = structlog.get_logger(__name__)
+MAX_BATCH = 2000
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (newer schema, disk full, locked...)."""
+
+
+@dataclass(frozen=True)
+class Write:
+    """One statement for the writer; `done` (optional) learns when it committed."""
+
+    sql: str
+    params: Sequence[Any] = ()
+    done: asyncio.Future[None] | None = field(default=None, compare=False)
+
+
+def encode_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def decode_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.on_events_committed: Callable[[list[Event]], None] = lambda events: None
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[Write | Event] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._writer = await self._connect()
+        await self._migrate(self._writer)
+        self._reader = await self._connect()
+        self._writer_task = asyncio.create_task(self._write_forever(), name="store-writer")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+            "busy_timeout=5000",
+        ):
+            await conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
+        if version > SCHEMA_VERSION:
+            await conn.close()
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this minidevin "
+                f"understands ({SCHEMA_VERSION}); upgrade minidevin or use another data directory"
+            )
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            await conn.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[number - 1].split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+            await conn.execute("COMMIT")
+            log.info("store_migrated", version=number)
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            await self.flush()
+            self._writer_task.cancel()
+            await asyncio.gather(self._writer_task, return_exceptions=True)
+            self._writer_task = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    # -- writing -----------------------------------------------------------
+
+    def submit(self, item: Write | Event) -> None:
+        """Queue a write or an event from any thread; never blocks."""
+        if threading.get_ident() == self._loop_thread:
+            self._queue.put_nowait(item)
+        else:
+            assert self._loop is not None, "store is not open"
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue one statement and wait until it is committed."""
+        done = asyncio.get_running_loop().create_future()
+        self.submit(Write(sql, params, done))
+        await done
+
+    async def flush(self) -> None:
+        """Wait until everything queued before this call is committed."""
+        await self.write("SELECT 1")
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except Exception as exc:
+                log.error("store_batch_failed", error=str(exc), size=len(batch))
+                for item in batch:  # isolate the bad statement; keep the rest
+                    try:
+                        await self._commit([item])
+                    except Exception as item_exc:
+                        self._finish([item], item_exc)
+                continue
+            self._finish(batch, None)
+
+    async def _commit(self, batch: list[Write | Event]) -> None:
+        assert self._writer is not None
+        await self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            events: list[tuple[str, int, str, str, str]] = []
+            for item in batch:
+                if isinstance(item, Event):
+                    events.append(
+                        (item.task_id, item.seq, item.type, encode_json(item.data), item.timestamp)
+                    )
+                    continue
+                if events:
+                    await self._insert_events(events)
+                    events = []
+                await self._writer.execute(item.sql, item.params)
+            if events:
+                await self._insert_events(events)
+            await self._writer.execute("COMMIT")
+        except BaseException:
+            await self._writer.execute("ROLLBACK")
+            raise
+
+    async def _insert_events(self, rows: list[tuple[str, int, str, str, str]]) -> None:
+        assert self._writer is not None
+        await self._writer.executemany(
+            "INSERT OR IGNORE INTO events (task_id, seq, type, data, timestamp) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _finish(self, batch: list[Write | Event], error: Exception | None) -> None:
+        events = [item for item in batch if isinstance(item, Event)]
+        for item in batch:
+            if isinstance(item, Write) and item.done is not None and not item.done.done():
+                if error is None:
+                    item.done.set_result(None)
+                else:
+                    item.done.set_exception(StoreError(f"write failed: {error}"))
+        if events and error is None:
+            try:
+                self.on_events_committed(events)
+            except Exception:
+                log.exception("event_fanout_failed")
+
+    # -- reading -----------------------------------------------------------
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        assert self._reader is not None, "store is not open"
+        try:
+            rows = await self._reader.execute_fetchall(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"read failed: {exc}") from exc
+        return [dict(row) for row in rows]
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
