@@ -1,0 +1,200 @@
+"""Stop, input, limits, bad tool calls, provider failures and queueing, through the runtime."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from waiting import process_gone, read_pid, until
+
+from minidevin.api import Runtime
+from minidevin.runtime.events import Event
+
+
+async def collect(runtime: Runtime, task_id: str) -> list[Event]:
+    return [event async for event in runtime.events(task_id)]
+
+
+def finish(summary: str = "done") -> ScriptedTurn:
+    return ScriptedTurn(tool_calls=[("finish", {"summary": summary, "success": True})])
+
+
+async def test_stop_during_a_command_kills_its_whole_process_tree(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    command = "bash -c 'sleep 300 & echo $! > grandchild.pid; wait' ; echo never"
+    openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": command})])])
+    session = await runtime.create_session("s", work)
+    task = await runtime.create_task(session.id, "run something long")
+    await until(lambda: read_pid(work / "grandchild.pid") is not None, what="the grandchild")
+    grandchild = read_pid(work / "grandchild.pid")
+    assert grandchild is not None and not process_gone(grandchild)
+
+    started = time.monotonic()
+    stopped = await runtime.stop_task(task.id)
+    events = await collect(runtime, task.id)
+    latency = time.monotonic() - started
+    assert stopped.status == "stopped"
+    assert events[-1].type == "status" and events[-1].data["status"] == "stopped"
+    assert latency < 1.0, f"stop took {latency:.3f}s"
+    await until(lambda: process_gone(grandchild), timeout=3, what="the grandchild to die")
+    assert (await runtime.get_task(task.id)).status == "stopped"
+
+
+async def test_stop_while_the_model_streams(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script([ScriptedTurn(text="thinking very slowly", stall=True)])
+    session = await runtime.create_session("s", tmp_path)
+    task = await runtime.create_task(session.id, "think")
+    await openai_server.wait_for_requests(1)
+    started = time.monotonic()
+    await runtime.stop_task(task.id)
+    events = await collect(runtime, task.id)
+    assert time.monotonic() - started < 1.0
+    assert events[-1].data["status"] == "stopped"
+    # stopping again changes nothing and answers the final status
+    assert (await runtime.stop_task(task.id)).status == "stopped"
+
+
+async def test_ask_user_waits_for_input_and_returns_the_answer(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script(
+        [
+            ScriptedTurn(tool_calls=[("ask_user", {"question": "Proceed with the changes?"})]),
+            finish(),
+        ]
+    )
+    session = await runtime.create_session("s", tmp_path)
+    task = await runtime.create_task(session.id, "ask first")
+    async for event in runtime.events(task.id):
+        if event.type == "status" and event.data["status"] == "waiting_input":
+            assert event.data["message"] == "Proceed with the changes?"
+            break
+    assert (await runtime.get_task(task.id)).status == "waiting_input"
+    assert await runtime.send_input(task.id, "Yes, proceed")
+    detail = await runtime.wait(task.id)
+    assert detail.status == "completed"
+    tool_message = openai_server.requests[1]["messages"][-1]
+    assert tool_message["role"] == "tool" and tool_message["content"] == "Yes, proceed"
+
+
+async def test_input_without_a_question_reaches_the_next_turn(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script(
+        [
+            ScriptedTurn(
+                text="slow",
+                tool_calls=[
+                    (
+                        "terminal",
+                        {
+                            "command": "cat gate 2>/dev/null; "
+                            "while [ ! -f gate ]; do sleep 0.02; done"
+                        },
+                    )
+                ],
+            ),
+            finish(),
+        ]
+    )
+    session = await runtime.create_session("s", tmp_path)
+    task = await runtime.create_task(session.id, "work")
+    await openai_server.wait_for_requests(1)
+    assert await runtime.send_input(task.id, "also update the docs")
+    (tmp_path / "gate").write_text("open")
+    await runtime.wait(task.id)
+    assert {"role": "user", "content": "also update the docs"} in openai_server.requests[1][
+        "messages"
+    ]
+
+
+async def test_max_iterations_fails_the_task(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": "true"})])] * 3)
+    session = await runtime.create_session("s", tmp_path)
+    task = await runtime.create_task(session.id, "loop", max_iterations=2)
+    events = await collect(runtime, task.id)
+    assert [e.data for e in events if e.type == "error"] == [
+        {"error": "Maximum iterations reached", "code": "MAX_ITERATIONS_REACHED"}
+    ]
+    detail = await runtime.get_task(task.id)
+    assert detail.status == "failed" and detail.iterations == 2
+
+
+async def test_bad_tool_calls_become_failed_results_and_the_task_goes_on(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script(
+        [
+            ScriptedTurn(
+                tool_calls=[
+                    ("browse", {"url": "http://example.com"}),
+                    ("terminal", "{not json"),
+                    ("editor", {"command": "view"}),
+                    ("editor", {"command": "view", "path": "../../etc/passwd"}),
+                    ("plan", {"steps": "not a list"}),
+                ]
+            ),
+            finish(),
+        ]
+    )
+    session = await runtime.create_session("s", tmp_path)
+    task = await runtime.create_task(session.id, "misbehave")
+    events = await collect(runtime, task.id)
+    results = [e.data for e in events if e.type == "tool_result"]
+    assert [r["success"] for r in results] == [False] * 5 + [True]
+    assert "unknown tool 'browse'" in results[0]["output"]
+    assert "JSON" in results[1]["output"]
+    assert "path" in results[2]["output"]
+    assert events[-1].data["status"] == "completed"
+
+
+async def test_provider_failure_ends_only_that_task(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script(
+        [ScriptedTurn(error_status=401, error_code="invalid_api_key"), finish("ok")]
+    )
+    first = await runtime.create_session("a", tmp_path)
+    failing = await runtime.create_task(first.id, "auth fails")
+    events = await collect(runtime, failing.id)
+    assert events[-2].type == "error" and events[-2].data["code"] == "PROVIDER_AUTH_FAILED"
+    assert "sk-test-key-123" not in str([e.to_message() for e in events])
+    assert events[-1].data["status"] == "failed"
+    second = await runtime.create_session("b", tmp_path)
+    healthy = await runtime.create_task(second.id, "works")
+    assert (await runtime.wait(healthy.id)).status == "completed"
+
+
+async def test_tasks_of_one_session_run_one_at_a_time_in_order(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    wait_gate = f"while [ ! -f {gate} ]; do sleep 0.02; done"
+    openai_server.script(
+        [
+            ScriptedTurn(tool_calls=[("terminal", {"command": wait_gate})]),
+            finish("one"),
+            finish("two"),
+        ]
+    )
+    session = await runtime.create_session("s", tmp_path)
+    one = await runtime.create_task(session.id, "first")
+    two = await runtime.create_task(session.id, "second")
+    three = await runtime.create_task(session.id, "third")
+    assert (one.status, two.status, three.status) == ("running", "queued", "queued")
+    assert (await runtime.stop_task(three.id)).status == "stopped"
+    await openai_server.wait_for_requests(1)
+    assert (await runtime.get_task(two.id)).status == "queued"
+    gate.write_text("go")
+    assert (await runtime.wait(one.id)).result.summary == "one"
+    assert (await runtime.wait(two.id)).result.summary == "two"
+    assert (await runtime.get_task(three.id)).status == "stopped"
+    assert len(openai_server.requests) == 3
