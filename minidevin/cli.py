@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    import structlog
     from aiohttp import web
 
     from minidevin.api import Runtime
@@ -41,7 +42,13 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"minidevin: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("minidevin.cli")
     app = create_app(Runtime(settings))
+
+    async def announce(app: web.Application) -> None:
+        log.info("server_listening", url=f"http://{settings.host}:{settings.port}")
+
+    app.on_startup.append(announce)
     web.run_app(
         app,
         host=settings.host,

@@ -84,7 +84,8 @@ def cors_middleware(
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """`/api/*` (but register and login) needs `Authorization: Bearer` or `X-API-Key`."""
-    if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
+    unrouted = request.match_info.http_exception is not None  # answer 404/405 as such
+    if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS and not unrouted:
         request[PRINCIPAL] = await authenticate(request)
     return await handler(request)
 

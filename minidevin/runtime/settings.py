@@ -30,20 +30,36 @@ class Settings(BaseModel):
         (), description="Where working directories may be; empty allows any existing directory."
     )
     jwt_secret: str | None = Field(None, description="HS256 secret; generated when unset.")
-    jwt_ttl_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    jwt_ttl_seconds: int = Field(
+        3600, ge=60, le=7 * 24 * 3600, description="Lifetime of an access token (`expires_in`)."
+    )
     default_model: str | None = Field(None, description="Model used when a task names none.")
-    max_iterations: int = Field(50, ge=1, le=1000)
-    max_concurrent_tasks: int = Field(8, ge=1, le=10_000)
+    max_iterations: int = Field(
+        50, ge=1, le=1000, description="Default iteration limit of a task (model turn + its tools)."
+    )
+    max_concurrent_tasks: int = Field(
+        8, ge=1, le=10_000, description="Tasks running at once across all sessions; others queue."
+    )
     command_timeout: float = Field(120.0, gt=0, description="Default seconds per terminal call.")
-    max_command_timeout: float = Field(1800.0, gt=0)
+    max_command_timeout: float = Field(
+        1800.0, gt=0, description="Upper bound for a timeout the model asks for."
+    )
     tool_output_limit: int = Field(16_000, ge=1000, description="Characters kept per tool output.")
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    subscriber_queue_size: int = Field(10_000, ge=10)
-    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    log_level: str = "info"
-    log_format: str = Field("auto", pattern="^(auto|json|console)$")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
+    subscriber_queue_size: int = Field(
+        10_000, ge=10, description="Events a WebSocket may lag behind before it is cut off (4008)."
+    )
+    cors_origins: tuple[str, ...] = Field(
+        DEFAULT_CORS_ORIGINS, description="Comma-separated browser origins allowed; `*` for any."
+    )
+    host: str = Field("127.0.0.1", description="Address `minidevin serve` listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `minidevin serve` listens on.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: str = Field(
+        "auto", pattern="^(auto|json|console)$", description="JSON unless stderr is a terminal."
+    )
 
     @field_validator("data_dir", mode="after")
     @classmethod
