@@ -32,6 +32,7 @@ from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from minidevin.runtime.events import FINAL_STATUSES, Event, TaskEventLog, utc_now
 from minidevin.runtime.hub import EventHub
+from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.store import Store
@@ -49,7 +50,13 @@ class Runtime:
         self.settings = settings or Settings.from_env()
         self.store = Store(self.settings.database_path)
         self.hub = EventHub(self.settings.subscriber_queue_size)
-        self.providers = ProviderRegistry(provider_env)
+        self.providers = ProviderRegistry(
+            provider_env,
+            timeout=self.settings.provider_timeout,
+            azure_deployments=self.settings.azure_deployments,
+            prices=self.settings.model_prices,
+            context_windows=self.settings.context_windows,
+        )
         self.slots = TaskSlots(self.settings.max_concurrent_tasks)
         self.deps = Deps(self.settings, self.store, self.providers, self.slots)
         self.accounts: Accounts
@@ -169,11 +176,14 @@ class Runtime:
         if isinstance(request, str):
             request = schemas.TaskRequest(description=request, **fields)
         session = await self._session_row(session_id, owner)
-        model = request.model or self.settings.default_model or self.providers.default_model()
+        await self.providers.refresh()
+        requested = request.model or self.settings.default_model or self.providers.default_model()
         try:
-            self.providers.resolve(model)
+            model = self.providers.check_configured(requested).id
         except UnknownModel as exc:
             raise ValidationFailed(f"model: {exc}") from None
+        except ProviderError as exc:
+            raise BadRequest(exc.message, code=exc.code) from None
         if not Path(session["working_directory"]).is_dir():
             raise BadRequest("the session's working_directory no longer exists")
         task_id = records.new_id()
@@ -192,6 +202,7 @@ class Runtime:
             request.run_mode,
             max_iterations,
             Path(session["working_directory"]),
+            request.max_cost_usd,
         )
         status = await self._ask(self._session_actor(session_id), SubmitTask, spec)
         await self.store.flush()

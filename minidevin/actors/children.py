@@ -30,6 +30,7 @@ from minidevin.runtime.cancel import Cancelled, CancelToken
 from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.providers.base import Model, ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry
+from minidevin.runtime.providers.retry import RetryPolicy, stream_with_retries
 from minidevin.runtime.tools import (
     EditorTool,
     TerminalTool,
@@ -52,6 +53,7 @@ class ModelActor(pykka.ThreadingActor):
         model_id: str,
         events: TaskEventLog,
         cancel: CancelToken,
+        policy: RetryPolicy,
     ) -> None:
         super().__init__()
         self.parent = parent
@@ -59,6 +61,7 @@ class ModelActor(pykka.ThreadingActor):
         self.model_id = model_id
         self.events = events
         self.cancel = cancel
+        self.policy = policy
         self.model: Model | None = None
 
     def on_receive(self, message: Any) -> None:
@@ -70,11 +73,14 @@ class ModelActor(pykka.ThreadingActor):
         try:
             if self.model is None:
                 self.model = self.providers.create(self.model_id)
-            turn = self.model.stream_turn(
+            turn = stream_with_retries(
+                self.model,
                 messages,
                 tools,
                 on_token=lambda text: self.events.emit("token", content=text),
                 cancel=self.cancel,
+                policy=self.policy,
+                on_retry=self._announce_retry,
             )
             return ModelTurnDone(turn)
         except Cancelled:
@@ -84,6 +90,17 @@ class ModelActor(pykka.ThreadingActor):
         except Exception as exc:  # a crash here fails the task, not the session
             log.exception("model_actor_crashed", model=self.model_id)
             return ModelTurnFailed("PROVIDER_ERROR", f"model call crashed: {type(exc).__name__}")
+
+    def _announce_retry(self, attempt: int, delay: float, error: ProviderError) -> None:
+        """Tell clients the turn restarts: tokens streamed since the last turn are void."""
+        self.events.emit(
+            "turn_restart",
+            attempt=attempt,
+            max_attempts=self.policy.max_attempts,
+            delay=round(delay, 3),
+            code=error.code,
+            reason=error.message,
+        )
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self.parent.tell(ChildCrashed("model", repr(exception_value)))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pykka
 
 from minidevin.runtime.providers.registry import ProviderRegistry
+from minidevin.runtime.providers.retry import RetryPolicy
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.store import Store
 
@@ -62,3 +63,13 @@ class Deps:
     store: Store
     providers: ProviderRegistry
     slots: TaskSlots
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(
+            max_attempts=s.provider_max_attempts,
+            base_delay=s.provider_retry_base_delay,
+            max_delay=s.provider_retry_max_delay,
+            max_total=s.provider_retry_total,
+        )

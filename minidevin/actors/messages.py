@@ -27,6 +27,7 @@ class TaskSpec:
     run_mode: str
     max_iterations: int
     working_directory: Path
+    max_cost_usd: float | None = None
 
 
 # -- asyncio side -> SessionActor ---------------------------------------------------

@@ -37,6 +37,7 @@ from minidevin.actors.messages import (
 from minidevin.runtime import agent, records
 from minidevin.runtime.artifacts import write_task_artifacts
 from minidevin.runtime.cancel import CancelToken
+from minidevin.runtime.context import fit_messages, input_budget
 from minidevin.runtime.events import TaskEventLog, utc_now
 from minidevin.runtime.providers.base import ToolCall, Usage
 from minidevin.runtime.tools import ToolError, ToolResult
@@ -68,6 +69,10 @@ class TaskActor(pykka.ThreadingActor):
         self.ending: tuple[str, dict[str, Any] | None, tuple[str, str] | None, str] | None = None
         self.model: pykka.ActorRef | None = None
         self.tool_runner: pykka.ActorRef | None = None
+        self.cost_usd = 0.0
+        self.price = deps.providers.price(spec.model)
+        self.context_budget = input_budget(deps.providers.resolve(spec.model).context_window)
+        self.context_shrunk = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -106,6 +111,8 @@ class TaskActor(pykka.ThreadingActor):
                     self._next_turn()
             case ModelTurnDone(turn=turn):
                 self._on_turn(turn)
+            case ModelTurnFailed(code="CONTEXT_LENGTH_EXCEEDED") if self._shrink_context():
+                self._request_turn()
             case ModelTurnFailed(code=code, message=text):
                 if self.ending is None:
                     self._end("failed", error=(code, text), message=f"Model call failed: {text}")
@@ -140,11 +147,28 @@ class TaskActor(pykka.ThreadingActor):
         for content in self.queued_input:
             self.messages.append({"role": "user", "content": content})
         self.queued_input.clear()
+        self._request_turn()
+
+    def _request_turn(self) -> None:
         if self.model is None:
             self.model = ModelActor.start(
-                self.actor_ref, self.deps.providers, self.spec.model, self.events, self.cancel
+                self.actor_ref,
+                self.deps.providers,
+                self.spec.model,
+                self.events,
+                self.cancel,
+                self.deps.retry_policy,
             )
-        self.model.tell(StreamTurn(tuple(self.messages), self.tools))
+        fitted = fit_messages(self.messages, self.context_budget)
+        self.model.tell(StreamTurn(tuple(fitted), self.tools))
+
+    def _shrink_context(self) -> bool:
+        """After the provider said the context is too long: try once with half the budget."""
+        if self.ending is not None or self.context_shrunk or self.context_budget <= 512:
+            return False
+        self.context_shrunk = True
+        self.context_budget //= 2
+        return True
 
     def _on_turn(self, turn: Any) -> None:
         if self.ending is not None:
@@ -154,9 +178,25 @@ class TaskActor(pykka.ThreadingActor):
             self.usage.prompt_tokens + turn.usage.prompt_tokens,
             self.usage.completion_tokens + turn.usage.completion_tokens,
         )
+        if self.price is not None:
+            rate_in, rate_out = self.price
+            self.cost_usd += (
+                turn.usage.prompt_tokens * rate_in + turn.usage.completion_tokens * rate_out
+            ) / 1_000_000
         self.messages.append(turn.as_message())
         self._write(iterations=self.iterations, usage=self._usage_dict())
         self.events.emit("usage", usage=self._usage_dict(), iteration=self.iterations)
+        budget = self.spec.max_cost_usd
+        if budget is not None and self.cost_usd > budget:
+            self._end(
+                "failed",
+                error=(
+                    "BUDGET_EXCEEDED",
+                    f"Cost ${self.cost_usd:.4f} exceeded the budget ${budget}",
+                ),
+                message="Stopped: the cost budget is spent",
+            )
+            return
         if not turn.tool_calls:
             summary = turn.text.strip() or "The agent ended without a summary."
             self._end("completed", result={"success": True, "summary": summary})
@@ -312,10 +352,11 @@ class TaskActor(pykka.ThreadingActor):
     def _write(self, **fields: Any) -> None:
         self.deps.store.submit(records.update_task(self.spec.task_id, **fields))
 
-    def _usage_dict(self) -> dict[str, int]:
+    def _usage_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
         }
 
 

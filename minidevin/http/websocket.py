@@ -24,6 +24,7 @@ from minidevin.runtime.hub import SlowSubscriber
 CLOSE_TASK_ENDED = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_SLOW = 4008
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
 routes = web.RouteTableDef()
 
 
@@ -42,7 +43,10 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
-    pump = asyncio.create_task(_send_events(ws, runtime, task_id, after, principal.user_id))
+    closing = asyncio.Event()  # set when the pump begins the closing handshake
+    pump = asyncio.create_task(
+        _send_events(ws, runtime, task_id, after, principal.user_id, closing)
+    )
     try:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
@@ -52,6 +56,9 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
             elif message.type == WSMsgType.ERROR:
                 break
     finally:
+        if closing.is_set():  # let the pump finish the closing handshake it started
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pump), CLOSE_HANDSHAKE_TIMEOUT)
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pump
@@ -67,13 +74,20 @@ def _after(request: web.Request) -> int:
 
 
 async def _send_events(
-    ws: web.WebSocketResponse, runtime: Runtime, task_id: str, after: int, owner: str
+    ws: web.WebSocketResponse,
+    runtime: Runtime,
+    task_id: str,
+    after: int,
+    owner: str,
+    closing: asyncio.Event,
 ) -> None:
     try:
         async for event in runtime.events(task_id, after=after, owner=owner):
             await ws.send_json(event.to_message())
+        closing.set()
         await ws.close(code=CLOSE_TASK_ENDED, message=b"task ended")
     except SlowSubscriber:
+        closing.set()
         await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: reconnect with ?after=<seq>")
     except (ConnectionResetError, RuntimeError):
         pass  # the client went away

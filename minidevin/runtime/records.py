@@ -132,7 +132,7 @@ def insert_task(
 ) -> Write:
     return Write(
         "INSERT INTO tasks (id, session_id, description, model, run_mode, max_iterations, "
-        "status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+        "max_cost_usd, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
         (
             task_id,
             session_id,
@@ -140,6 +140,7 @@ def insert_task(
             model,
             request.run_mode,
             max_iterations,
+            request.max_cost_usd,
             created_at,
         ),
     )
@@ -174,6 +175,7 @@ def task_detail(row: dict[str, Any]) -> schemas.TaskDetail:
         model=row["model"],
         run_mode=row["run_mode"],
         max_iterations=row["max_iterations"],
+        max_cost_usd=row["max_cost_usd"],
         created_at=row["created_at"],
         started_at=row["started_at"],
         completed_at=row["completed_at"],

@@ -70,6 +70,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX artifacts_task ON artifacts(task_id);
     """,
+    # 2: a cost budget per task
+    """
+    ALTER TABLE tasks ADD COLUMN max_cost_usd REAL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

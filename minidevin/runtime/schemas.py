@@ -153,6 +153,7 @@ class TaskRequest(Body):
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     run_mode: RunMode = "offline"
     max_iterations: Annotated[int, Field(ge=1, le=1000)] | None = None
+    max_cost_usd: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] | None = None
 
 
 class PlanStep(Out):
@@ -173,6 +174,7 @@ class TaskResult(Out):
 class Usage(Out):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class TaskCreated(Out):
@@ -196,6 +198,7 @@ class TaskDetail(TaskSummary):
     model: str
     run_mode: RunMode
     max_iterations: int
+    max_cost_usd: float | None
     started_at: str | None
     plan: Plan
     result: TaskResult | None

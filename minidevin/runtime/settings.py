@@ -7,6 +7,7 @@ standard variables and are read by the provider registry, not here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +46,26 @@ class Settings(BaseModel):
         1800.0, gt=0, description="Upper bound for a timeout the model asks for."
     )
     tool_output_limit: int = Field(16_000, ge=1000, description="Characters kept per tool output.")
+    provider_timeout: float = Field(600.0, gt=0, description="Seconds one model request may take.")
+    provider_max_attempts: int = Field(
+        5, ge=1, le=20, description="Attempts per model turn (429, 5xx, timeouts, drops)."
+    )
+    provider_retry_base_delay: float = Field(
+        0.5, ge=0, description="First backoff delay; doubles per attempt, with jitter."
+    )
+    provider_retry_max_delay: float = Field(30.0, ge=0, description="Cap of one backoff delay.")
+    provider_retry_total: float = Field(
+        120.0, ge=0, description="Cap of all backoff delays of one turn together."
+    )
+    azure_deployments: tuple[str, ...] = Field(
+        (), description="Azure OpenAI deployment names, listed as `azure/<name>` models."
+    )
+    model_prices: dict[str, tuple[float, float]] = Field(
+        {}, description='JSON {"model": [USD per 1M input tokens, per 1M output]}; overrides.'
+    )
+    context_windows: dict[str, int] = Field(
+        {}, description='JSON {"model": tokens}; overrides the catalog\'s context windows.'
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted (413 beyond)."
     )
@@ -86,6 +107,11 @@ class Settings(BaseModel):
                 values[name] = [p for p in raw.replace(",", os.pathsep).split(os.pathsep) if p]
             elif field.annotation in (tuple[str, ...],):
                 values[name] = [p.strip() for p in raw.split(",") if p.strip()]
+            elif str(field.annotation).startswith("dict"):
+                try:
+                    values[name] = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise SettingsError(f"{_env_name(name)}: not valid JSON ({exc.msg})") from None
             else:
                 values[name] = raw
         values.update(overrides)

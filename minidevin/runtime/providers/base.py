@@ -7,8 +7,10 @@ we store, and providers with another wire format translate at their edge.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from minidevin.runtime.cancel import CancelToken
@@ -58,13 +60,41 @@ class ProviderError(Exception):
 
     Codes: PROVIDER_AUTH_FAILED, PROVIDER_RATE_LIMITED, PROVIDER_TIMEOUT,
     PROVIDER_UNAVAILABLE, PROVIDER_BAD_REQUEST, CONTEXT_LENGTH_EXCEEDED,
-    PROVIDER_ERROR.
+    PROVIDER_NOT_CONFIGURED, PROVIDER_ERROR. The first three retryable ones may
+    carry the server's `Retry-After` in seconds.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    RETRYABLE = frozenset({"PROVIDER_RATE_LIMITED", "PROVIDER_TIMEOUT", "PROVIDER_UNAVAILABLE"})
+
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in self.RETRYABLE
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    try:
+        milliseconds = headers.get("retry-after-ms")
+        if milliseconds is not None:
+            return max(0.0, float(milliseconds) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            moment = parsedate_to_datetime(value)
+            return max(0.0, moment.timestamp() - time.time())
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 TokenSink = Callable[[str], None]

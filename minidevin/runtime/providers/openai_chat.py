@@ -36,6 +36,7 @@ from minidevin.runtime.providers.base import (
     TokenSink,
     ToolCall,
     Usage,
+    retry_after_seconds,
 )
 
 _SECRET_PATTERNS = (
@@ -184,7 +185,12 @@ class OpenAIChatModel:
         if isinstance(error, openai.APIConnectionError) and error.__cause__ is not None:
             detail = f"{detail} ({error.__cause__})"
         detail = _redact(detail, self._client.api_key)
-        raise ProviderError(code, f"{summary}: {detail}" if detail else summary) from None
+        response = getattr(error, "response", None)
+        raise ProviderError(
+            code,
+            f"{summary}: {detail}" if detail else summary,
+            retry_after=retry_after_seconds(getattr(response, "headers", None)),
+        ) from None
 
 
 def _classify(error: Exception) -> tuple[str, str]:

@@ -2,22 +2,38 @@
 
 A model id is a catalog id (`gpt-4o`, `claude-3-5-sonnet-20241022`) or
 `provider/model` (`openai/gpt-4o-mini`, `azure/<deployment>`, `ollama/llama3.2`).
-Credentials come from each SDK's standard environment variables.
+Credentials come from each SDK's standard environment variables. The SDKs'
+own retries are off: `retry.stream_with_retries` retries whole turns.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
 
 from minidevin.runtime.providers.base import Model, ProviderError
+from minidevin.runtime.providers.replay import PREFIX as REPLAY_PREFIX
+from minidevin.runtime.providers.replay import ReplayModel, replay_path
 
 PROVIDERS: dict[str, str] = {
     "openai": "OpenAI",
     "anthropic": "Anthropic",
     "ollama": "Ollama",
     "azure": "Azure OpenAI",
+}
+# the order in which a default model is picked among configured providers
+DEFAULT_ORDER = ("openai", "anthropic", "azure", "ollama")
+OLLAMA_DEFAULT_HOST = "http://127.0.0.1:11434"
+OLLAMA_CACHE_SECONDS = 15.0
+REQUIRED_ENV = {
+    "openai": ("OPENAI_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "azure": ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "OPENAI_API_VERSION"),
 }
 
 
@@ -30,6 +46,17 @@ class ModelInfo:
     supports_vision: bool = True
     supports_function_calling: bool = True
 
+    def public(self) -> dict[str, object]:
+        """The fields of `GET /api/models`."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "provider": self.provider,
+            "context_window": self.context_window,
+            "supports_vision": self.supports_vision,
+            "supports_function_calling": self.supports_function_calling,
+        }
+
 
 CATALOG: tuple[ModelInfo, ...] = (
     ModelInfo("gpt-4o", "GPT-4o", "openai", 128_000),
@@ -41,6 +68,17 @@ CATALOG: tuple[ModelInfo, ...] = (
     ModelInfo("claude-3-5-haiku-20241022", "Claude 3.5 Haiku", "anthropic", 200_000),
     ModelInfo("claude-3-7-sonnet-20250219", "Claude 3.7 Sonnet", "anthropic", 200_000),
 )
+# USD per million tokens: (input, output); MINIDEVIN_MODEL_PRICES overrides.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "o3-mini": (1.10, 4.40),
+    "claude-3-5-sonnet-20241022": (3.00, 15.00),
+    "claude-3-5-haiku-20241022": (0.80, 4.00),
+    "claude-3-7-sonnet-20250219": (3.00, 15.00),
+}
 
 
 class UnknownModel(ValueError):
@@ -48,53 +86,180 @@ class UnknownModel(ValueError):
 
 
 class ProviderRegistry:
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 600.0,
+        azure_deployments: tuple[str, ...] = (),
+        prices: Mapping[str, tuple[float, float]] | None = None,
+        context_windows: Mapping[str, int] | None = None,
+    ) -> None:
         self.environ = dict(os.environ if environ is None else environ)
+        self.timeout = timeout
+        self.azure_deployments = azure_deployments
+        self.prices = {**PRICES, **(prices or {})}
+        self.context_windows = dict(context_windows or {})
+        self._ollama_models: tuple[str, ...] | None = None  # None: not answering
+        self._ollama_checked = float("-inf")
+
+    # -- configuration -----------------------------------------------------------------
+
+    @property
+    def ollama_host(self) -> str:
+        return (self.environ.get("OLLAMA_HOST") or OLLAMA_DEFAULT_HOST).rstrip("/")
 
     def configured(self, provider: str) -> bool:
-        match provider:
-            case "openai":
-                return bool(self.environ.get("OPENAI_API_KEY"))
-            case _:
-                return False
+        if provider == "ollama":
+            return self._ollama_models is not None
+        return not self.missing_settings(provider)
+
+    def missing_settings(self, provider: str) -> list[str]:
+        return [name for name in REQUIRED_ENV.get(provider, ()) if not self.environ.get(name)]
+
+    async def refresh(self) -> None:
+        """Ask the Ollama server for its models, at most every few seconds."""
+        if time.monotonic() - self._ollama_checked < OLLAMA_CACHE_SECONDS:
+            return
+        self._ollama_checked = time.monotonic()
+        try:
+            timeout = aiohttp.ClientTimeout(total=1.5)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.get(f"{self.ollama_host}/api/tags") as response,
+            ):
+                response.raise_for_status()
+                payload = await response.json(content_type=None)
+            self._ollama_models = tuple(
+                str(model["name"]) for model in payload.get("models", []) if "name" in model
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, TypeError, KeyError):
+            self._ollama_models = None
+
+    # -- the catalog ---------------------------------------------------------------------
 
     def models(self, provider: str | None = None) -> list[ModelInfo]:
-        return [m for m in CATALOG if provider is None or m.provider == provider]
+        listed = list(CATALOG)
+        listed += [
+            ModelInfo(f"azure/{name}", name, "azure", 128_000) for name in self.azure_deployments
+        ]
+        listed += [
+            ModelInfo(f"ollama/{name}", name, "ollama", 128_000, supports_vision=False)
+            for name in self._ollama_models or ()
+        ]
+        return [self._with_overrides(m) for m in listed if provider in (None, m.provider)]
 
     def resolve(self, model_id: str) -> ModelInfo:
-        """The catalog entry for `model_id`; `UnknownModel` if there is none."""
-        for info in CATALOG:
+        """The catalog entry for `model_id`; `UnknownModel` if there is none.
+
+        `replay:PATH` resolves to an absolute path (relative to the current
+        directory), so the id a task keeps works from anywhere.
+        """
+        if model_id.startswith(REPLAY_PREFIX):
+            path = replay_path(model_id)
+            if not path:
+                raise UnknownModel("replay: needs a path, as in replay:path/to/trajectory.json")
+            absolute = str(Path(path).expanduser().resolve())
+            return ModelInfo(
+                f"{REPLAY_PREFIX}{absolute}", f"Replay of {Path(absolute).name}", "replay", 10**9
+            )
+        for info in self.models():
             if info.id == model_id:
                 return info
         provider, _, name = model_id.partition("/")
-        if provider in PROVIDERS and name:
+        if provider in PROVIDERS and name.strip():
             for info in CATALOG:
                 if info.provider == provider and info.id == name:
-                    return info
-            return ModelInfo(model_id, name, provider, 128_000)
+                    return self._with_overrides(info)
+            return self._with_overrides(ModelInfo(model_id, name, provider, 128_000))
         raise UnknownModel(
             f"unknown model {model_id!r}: use an id from GET /api/models, "
             "or 'provider/model' with provider one of " + ", ".join(PROVIDERS)
         )
 
+    def _with_overrides(self, info: ModelInfo) -> ModelInfo:
+        window = self.context_windows.get(info.id)
+        return replace(info, context_window=window) if window else info
+
     def default_model(self) -> str:
-        for provider in PROVIDERS:
+        for provider in DEFAULT_ORDER:
             if self.configured(provider):
-                return next(m.id for m in CATALOG if m.provider == provider)
+                return self.models(provider)[0].id
         return CATALOG[0].id
+
+    def price(self, model_id: str) -> tuple[float, float] | None:
+        """USD per million (input, output) tokens, if known."""
+        if model_id in self.prices:
+            return self.prices[model_id]
+        return self.prices.get(model_id.partition("/")[2])
+
+    # -- building models -------------------------------------------------------------------
+
+    def check_configured(self, model_id: str) -> ModelInfo:
+        """The model's info; `ProviderError(PROVIDER_NOT_CONFIGURED)` naming what is missing."""
+        info = self.resolve(model_id)
+        if info.provider == "ollama" and not self.configured("ollama"):
+            raise ProviderError(
+                "PROVIDER_NOT_CONFIGURED",
+                f"Ollama does not answer at {self.ollama_host} (set OLLAMA_HOST)",
+            )
+        missing = self.missing_settings(info.provider)
+        if missing:
+            raise ProviderError(
+                "PROVIDER_NOT_CONFIGURED",
+                f"provider {info.provider!r} is not configured: set {', '.join(missing)}",
+            )
+        return info
 
     def create(self, model_id: str) -> Model:
         """A ready `Model`; `ProviderError` if its provider is not configured."""
         info = self.resolve(model_id)
+        missing = self.missing_settings(info.provider)
+        if missing:
+            raise ProviderError("PROVIDER_NOT_CONFIGURED", f"set {', '.join(missing)}")
+        if info.provider == "replay":
+            return ReplayModel.from_file(replay_path(info.id), info.id)
         api_model = info.id.partition("/")[2] if "/" in info.id else info.id
-        if info.provider == "openai":
-            from minidevin.runtime.providers.openai_chat import OpenAIChatModel, openai_client
+        env = self.environ
+        if info.provider == "anthropic":
+            from minidevin.runtime.providers.anthropic_messages import (
+                AnthropicModel,
+                anthropic_client,
+            )
 
+            client = anthropic_client(
+                api_key=env.get("ANTHROPIC_API_KEY"),
+                base_url=env.get("ANTHROPIC_BASE_URL"),
+                timeout=self.timeout,
+                max_retries=0,
+            )
+            return AnthropicModel(model_id, client, api_model=api_model)
+
+        import openai
+
+        from minidevin.runtime.providers.openai_chat import OpenAIChatModel, openai_client
+
+        if info.provider == "azure":
+            azure = openai.AzureOpenAI(
+                api_key=env["AZURE_OPENAI_API_KEY"],
+                azure_endpoint=env["AZURE_OPENAI_ENDPOINT"],
+                api_version=env["OPENAI_API_VERSION"],
+                timeout=self.timeout,
+                max_retries=0,
+            )
+            return OpenAIChatModel(model_id, azure, api_model=api_model)
+        if info.provider == "ollama":
             client = openai_client(
-                api_key=self.environ.get("OPENAI_API_KEY"),
-                base_url=self.environ.get("OPENAI_BASE_URL"),
+                api_key="ollama",
+                base_url=f"{self.ollama_host}/v1",
+                timeout=self.timeout,
+                max_retries=0,
             )
             return OpenAIChatModel(model_id, client, api_model=api_model)
-        raise ProviderError(
-            "PROVIDER_NOT_CONFIGURED", f"provider {info.provider!r} is not available yet"
+        client = openai_client(
+            api_key=env.get("OPENAI_API_KEY"),
+            base_url=env.get("OPENAI_BASE_URL"),
+            timeout=self.timeout,
+            max_retries=0,
         )
+        return OpenAIChatModel(model_id, client, api_model=api_model)
