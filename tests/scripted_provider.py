@@ -85,6 +85,9 @@ class ScriptedOpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []
         self.client_disconnects = 0  # stalled streams the client walked away from
+        self.paths: list[str] = []  # path and query of each completion request
+        self.api_keys: list[str | None] = []  # Azure's `api-key` header of each request
+        self.ollama_models: list[str] = []  # what `GET /api/tags` lists
         self._turns: deque[ScriptedTurn] = deque()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -139,6 +142,9 @@ class ScriptedOpenAIServer:
         self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
+        # Azure OpenAI's path for the same protocol, and Ollama's model list
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._handle)
+        app.router.add_get("/api/tags", self._tags)
         self._runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
@@ -187,8 +193,13 @@ class ScriptedOpenAIServer:
 
     # --- request handling --------------------------------------------------------------
 
+    async def _tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": name} for name in self.ollama_models]})
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        self.paths.append(request.path_qs)
+        self.api_keys.append(request.headers.get("api-key"))
         with self._arrived:
             self.requests.append(body)
             self.authorizations.append(request.headers.get("Authorization"))

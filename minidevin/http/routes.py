@@ -75,13 +75,15 @@ async def list_models(request: web.Request) -> web.Response:
     provider = request.query.get("provider")
     if provider is not None and provider not in PROVIDERS:
         raise ValidationFailed(f"provider: must be one of {', '.join(PROVIDERS)}")
-    models = request.app[RUNTIME].providers.models(provider)
-    return web.json_response({"models": [model.__dict__ for model in models]})
+    registry = request.app[RUNTIME].providers
+    await registry.refresh()
+    return web.json_response({"models": [model.public() for model in registry.models(provider)]})
 
 
 @routes.get("/api/providers")
 async def list_providers(request: web.Request) -> web.Response:
     registry = request.app[RUNTIME].providers
+    await registry.refresh()
     providers = [
         {
             "id": provider,

@@ -3,8 +3,8 @@
 Before each turn the conversation is measured (about four characters a token);
 when it would not fit, older tool outputs are shortened, oldest first, to a
 head and a marker, then dropped to a one-line note. The system prompt, the
-task, every assistant message (so the plan and the tool calls) and the most
-recent turns stay intact. Only the copy sent to the model is shortened: the
+task and every assistant message (so the plan and the tool calls) stay intact,
+and the most recent turns as long as they fit. Only the copy sent to the model is shortened: the
 task keeps the full record, and so does its trajectory artifact.
 """
 
@@ -14,7 +14,6 @@ import json
 from typing import Any
 
 CHARS_PER_TOKEN = 4
-KEEP_RECENT = 6  # messages at the end that are never shortened
 SHORT_HEAD = 400
 DROPPED = "[output omitted to fit the context window]"
 
@@ -29,18 +28,19 @@ def input_budget(context_window: int) -> int:
 
 
 def fit_messages(messages: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
-    """`messages`, or a copy with older tool outputs shortened until it fits `budget`."""
+    """`messages`, or a copy with older tool outputs shortened until it fits `budget`.
+
+    Oldest outputs go first, so the recent turns stay intact as long as they can;
+    the newest output is only shortened (never dropped) as the last resort.
+    """
     total = estimate_tokens(messages)
     if total <= budget:
         return messages
     fitted = list(messages)
-    candidates = [
-        index
-        for index, message in enumerate(fitted[: max(0, len(fitted) - KEEP_RECENT)])
-        if message.get("role") == "tool" and index > 1
-    ]
-    for shorten in (_head, _drop):
-        for index in candidates:
+    tools = [i for i, message in enumerate(fitted) if message.get("role") == "tool" and i > 1]
+    older, newest = tools[:-1], tools[-1:]
+    for shorten, indexes in ((_head, older), (_drop, older), (_head, newest)):
+        for index in indexes:
             if total <= budget:
                 return fitted
             before = estimate_tokens([fitted[index]])

@@ -6,9 +6,8 @@ deltas go to `on_token` as they arrive and tool calls are assembled from their
 deltas by `index`.
 
 Cancellation: once the stream is open, a callback on the cancel token shuts
-the underlying socket down, which wakes the worker blocked in a read at once
-(closing the httpx response from another thread does not: `socket.close()`
-does not interrupt a `recv()` in progress). The worker then closes the stream
+the underlying socket down (`streaming.abort_stream`), which wakes the worker
+blocked in a read at once. The worker then closes the stream
 itself and raises `Cancelled`. The token is also checked between chunks.
 The wait for response headers (and the SDK's retry sleeps) cannot be
 interrupted; the client's timeout bounds them.
@@ -16,12 +15,9 @@ interrupted; the client's timeout bounds them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-import re
-import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -38,11 +34,8 @@ from minidevin.runtime.providers.base import (
     Usage,
     retry_after_seconds,
 )
+from minidevin.runtime.providers.streaming import abort_stream, close_quietly, redact
 
-_SECRET_PATTERNS = (
-    re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}"),
-    re.compile(r"(?i)\bbearer\s+\S+"),
-)
 _MalformedStream = json.JSONDecodeError | UnicodeDecodeError
 _CONTEXT_HINTS = ("context_length", "context length", "maximum context", "too many tokens")
 
@@ -158,7 +151,7 @@ class OpenAIChatModel:
         unregister = None
         try:
             stream = self._client.chat.completions.create(**request)
-            unregister = cancel.on_cancel(functools.partial(_abort, stream))
+            unregister = cancel.on_cancel(functools.partial(abort_stream, stream))
             for chunk in stream:
                 if cancel.is_set():
                     raise Cancelled()
@@ -175,7 +168,7 @@ class OpenAIChatModel:
             if unregister is not None:
                 unregister()
             if stream is not None:
-                _close_quietly(stream)
+                close_quietly(stream)
 
     def _raise_provider_error(self, error: Exception) -> NoReturn:
         if not isinstance(error, openai.OpenAIError | _MalformedStream):
@@ -184,7 +177,7 @@ class OpenAIChatModel:
         detail = str(error)
         if isinstance(error, openai.APIConnectionError) and error.__cause__ is not None:
             detail = f"{detail} ({error.__cause__})"
-        detail = _redact(detail, self._client.api_key)
+        detail = redact(detail, self._client.api_key)
         response = getattr(error, "response", None)
         raise ProviderError(
             code,
@@ -223,34 +216,3 @@ def _mentions_context_length(error: openai.APIError) -> bool:
         return False
     text = f"{error.code or ''} {error.message}".lower()
     return any(hint in text for hint in _CONTEXT_HINTS)
-
-
-def _redact(text: str, api_key: str | None) -> str:
-    if api_key:
-        text = text.replace(api_key, "[redacted]")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub("[redacted]", text)
-    return text.strip()
-
-
-def _abort(stream: openai.Stream[ChatCompletionChunk]) -> None:
-    """Runs on the cancelling thread: wake the worker's blocked read at once."""
-    if stream.response.is_closed:
-        # Finished: the connection may already serve another request; leave it be.
-        return
-    network_stream = stream.response.extensions.get("network_stream")
-    sock = network_stream.get_extra_info("socket") if network_stream is not None else None
-    if isinstance(sock, socket.socket):
-        try:
-            # The base-class call also covers SSL sockets without touching SSL state.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            return
-        except OSError:
-            pass  # already closed: the worker is not blocked on it
-    stream.close()
-
-
-def _close_quietly(stream: openai.Stream[ChatCompletionChunk]) -> None:
-    # Closing a broken connection must not mask the real outcome.
-    with contextlib.suppress(Exception):
-        stream.close()
