@@ -66,6 +66,21 @@ class Settings(BaseModel):
     context_windows: dict[str, int] = Field(
         {}, description='JSON {"model": tokens}; overrides the catalog\'s context windows.'
     )
+    sandbox: str = Field(
+        "auto",
+        pattern="^(auto|required|off)$",
+        description="bubblewrap for terminal commands: auto (use it where it works), "
+        "required (refuse tasks without it), off.",
+    )
+    rate_limit_authenticated: int = Field(
+        100, ge=0, description="Requests a minute per user or API key; 0 turns it off."
+    )
+    rate_limit_anonymous: int = Field(
+        10, ge=0, description="Requests a minute per client address without credentials; 0: off."
+    )
+    trust_forwarded_for: bool = Field(
+        False, description="Behind a trusted proxy: take the client address from X-Forwarded-For."
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted (413 beyond)."
     )
