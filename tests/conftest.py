@@ -36,7 +36,12 @@ async def openai_server() -> AsyncIterator[ScriptedOpenAIServer]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", jwt_secret="test-secret-" + "x" * 32)
+    return Settings(
+        data_dir=tmp_path / "data",
+        jwt_secret="test-secret-" + "x" * 32,
+        rate_limit_authenticated=0,
+        rate_limit_anonymous=0,
+    )
 
 
 def provider_env(server: ScriptedOpenAIServer) -> dict[str, str]:

@@ -48,7 +48,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     provider = ScriptedOpenAIServer(
         responder=lambda body: ScriptedTurn(tool_calls=[("finish", {"summary": "ok"})])
     ).start_in_thread()
-    settings_ = Settings(data_dir=root / "data", jwt_secret="fuzz-secret-" + "x" * 32)
+    settings_ = Settings(
+        data_dir=root / "data",
+        jwt_secret="fuzz-secret-" + "x" * 32,
+        rate_limit_authenticated=0,
+        rate_limit_anonymous=0,
+    )
     env = {"OPENAI_API_KEY": "sk-fuzz", "OPENAI_BASE_URL": provider.base_url}
     with LiveServer(settings_, env) as live:
         live.request(

@@ -28,6 +28,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "data_dir": tmp_path / "data",
         "jwt_secret": "s" * 40,
         "provider_retry_base_delay": 0.01,
+        "rate_limit_authenticated": 0,
+        "rate_limit_anonymous": 0,
     }
     return Settings(**{**values, **overrides})
 

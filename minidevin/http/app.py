@@ -5,22 +5,30 @@ from __future__ import annotations
 from aiohttp import web
 
 from minidevin.api import Runtime
-from minidevin.http import routes, websocket
+from minidevin.http import openapi, routes, websocket
 from minidevin.http.keys import RUNTIME, WEBSOCKETS
 from minidevin.http.middlewares import auth_middleware, cors_middleware, errors_middleware
+from minidevin.http.ratelimit import FixedWindowLimiter, add_rate_headers, ratelimit_middleware
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Application:
     """The app for `runtime`; with `manage_runtime` it starts and closes the runtime too."""
     settings = runtime.settings
     app = web.Application(
-        middlewares=[cors_middleware(settings.cors_origins), errors_middleware, auth_middleware],
+        middlewares=[
+            cors_middleware(settings.cors_origins),
+            errors_middleware,
+            ratelimit_middleware(FixedWindowLimiter()),
+            auth_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[RUNTIME] = runtime
     app[WEBSOCKETS] = set()
     app.add_routes(routes.routes)
     app.add_routes(websocket.routes)
+    app.add_routes(openapi.routes)
+    app.on_response_prepare.append(add_rate_headers)
     app.on_shutdown.append(websocket.close_all)
     if manage_runtime:
 

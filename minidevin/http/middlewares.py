@@ -15,7 +15,7 @@ from minidevin.runtime.errors import ApiError, Unauthorized
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/api/auth/register", "/api/auth/login"})
+PUBLIC_PATHS = frozenset({"/health", "/api/auth/register", "/api/auth/login", "/api/openapi.json"})
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, X-API-Key"
 EXPOSED_HEADERS = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
@@ -85,7 +85,8 @@ def cors_middleware(
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """`/api/*` (but register and login) needs `Authorization: Bearer` or `X-API-Key`."""
     unrouted = request.match_info.http_exception is not None  # answer 404/405 as such
-    if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS and not unrouted:
+    protected = request.path.startswith("/api/") and request.path not in PUBLIC_PATHS
+    if protected and not unrouted and PRINCIPAL not in request:  # (the rate limiter may know)
         request[PRINCIPAL] = await authenticate(request)
     return await handler(request)
 

@@ -67,6 +67,17 @@ async def create_api_key(request: web.Request) -> web.Response:
     return reply(key, 201)
 
 
+@routes.get("/api/auth/api-keys")
+async def list_api_keys(request: web.Request) -> web.Response:
+    return reply(await request.app[RUNTIME].accounts.list_api_keys(owner(request)))
+
+
+@routes.delete("/api/auth/api-keys/{key_id}")
+async def revoke_api_key(request: web.Request) -> web.Response:
+    await request.app[RUNTIME].accounts.revoke_api_key(owner(request), request.match_info["key_id"])
+    return web.Response(status=204)
+
+
 # -- models and providers -------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from minidevin.runtime.auth import (
     new_api_key,
     verify_password,
 )
-from minidevin.runtime.errors import Conflict, Unauthorized, ValidationFailed
+from minidevin.runtime.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from minidevin.runtime.store import Store, StoreError
 
 LOCAL_USER_EMAIL = "local@minidevin.invalid"
@@ -62,6 +62,14 @@ class Accounts:
             self.store, user_id, request.name, hash_api_key(key), key[:8], expires_at
         )
         return schemas.ApiKeyCreated(**stored.model_dump(), key=key)
+
+    async def list_api_keys(self, user_id: str) -> list[schemas.ApiKey]:
+        return await records.list_api_keys(self.store, user_id)
+
+    async def revoke_api_key(self, user_id: str, key_id: str) -> None:
+        """Revoke at once: the next request with the key is refused."""
+        if not await records.revoke_api_key(self.store, user_id, key_id):
+            raise NotFound("API key not found")
 
     async def authenticate_token(self, token: str) -> Principal:
         try:

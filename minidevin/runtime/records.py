@@ -52,6 +52,30 @@ async def insert_api_key(
     return key
 
 
+async def list_api_keys(store: Store, user_id: str) -> list[schemas.ApiKey]:
+    rows = await store.fetch_all(
+        "SELECT id, name, created_at, expires_at FROM api_keys "
+        "WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at",
+        (user_id,),
+    )
+    return [schemas.ApiKey(**row) for row in rows]
+
+
+async def revoke_api_key(store: Store, user_id: str, key_id: str) -> bool:
+    """Revoke one of the user's keys; False if they have no such (live) key."""
+    row = await store.fetch_one(
+        "SELECT 1 FROM api_keys WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+        (key_id, user_id),
+    )
+    if row is None:
+        return False
+    await store.write(
+        "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ?",
+        (utc_now(), key_id, user_id),
+    )
+    return True
+
+
 async def api_key_by_hash(store: Store, key_hash: str) -> dict[str, Any] | None:
     return await store.fetch_one(
         "SELECT user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ?", (key_hash,)

@@ -1,0 +1,121 @@
+"""Rate limits as the API document sets them, with `X-RateLimit-*` headers.
+
+Authenticated requests count per user (`MINIDEVIN_RATE_LIMIT_AUTHENTICATED`,
+default 100 a minute), the rest per client address
+(`MINIDEVIN_RATE_LIMIT_ANONYMOUS`, default 10); 0 turns a limit off. Windows
+are fixed minutes, so `X-RateLimit-Reset` (epoch seconds) is the same for
+everyone. `/health` and CORS preflights are exempt. The client address is the
+peer's, or `X-Forwarded-For`'s first entry when a setting says a trusted proxy
+sits in front.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from minidevin.http.keys import PRINCIPAL, RUNTIME
+from minidevin.runtime.errors import ApiError, Unauthorized
+
+WINDOW_SECONDS = 60
+EXEMPT_PATHS = frozenset({"/health"})
+RATE_HEADERS = web.RequestKey("rate_limit_headers", dict)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "RATE_LIMITED"
+
+
+class FixedWindowLimiter:
+    """Counts requests per key in the current fixed window."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._window = 0
+        self._counts: dict[str, int] = {}
+
+    def hit(self, key: str, limit: int) -> tuple[bool, dict[str, str]]:
+        """Count one request; (allowed, the headers to send)."""
+        now = self._clock()
+        window = int(now // WINDOW_SECONDS)
+        if window != self._window:  # a new minute: forget the old counts
+            self._window = window
+            self._counts.clear()
+        count = self._counts.get(key, 0) + 1
+        self._counts[key] = count
+        reset = (window + 1) * WINDOW_SECONDS
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - count)),
+            "X-RateLimit-Reset": str(reset),
+        }
+        if count > limit:
+            headers["Retry-After"] = str(max(1, math.ceil(reset - now)))
+            return False, headers
+        return True, headers
+
+
+def client_address(request: web.Request, trust_forwarded_for: bool) -> str:
+    if trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first
+    return request.remote or "unknown"
+
+
+def has_credentials(request: web.Request) -> bool:
+    return bool(
+        request.headers.get("Authorization")
+        or request.headers.get("X-API-Key")
+        or (request.path.startswith("/ws/") and request.query.get("token"))
+    )
+
+
+def ratelimit_middleware(
+    limiter: FixedWindowLimiter,
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    from minidevin.http.middlewares import authenticate
+
+    @web.middleware
+    async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        settings = request.app[RUNTIME].settings
+        exempt = (
+            request.path in EXEMPT_PATHS
+            or request.method == "OPTIONS"
+            or not request.path.startswith(("/api/", "/ws/"))
+        )
+        if exempt:
+            return await handler(request)
+        key, limit = None, settings.rate_limit_anonymous
+        if has_credentials(request):
+            try:
+                principal = await authenticate(request, query_token=True)
+            except Unauthorized:
+                pass  # counted as anonymous; the auth middleware answers 401
+            else:
+                request[PRINCIPAL] = principal
+                key, limit = f"user:{principal.user_id}", settings.rate_limit_authenticated
+        if key is None:
+            key = f"addr:{client_address(request, settings.trust_forwarded_for)}"
+        if limit == 0:
+            return await handler(request)
+        allowed, headers = limiter.hit(key, limit)
+        request[RATE_HEADERS] = headers
+        if not allowed:
+            raise RateLimited(f"rate limit of {limit} requests a minute exceeded; retry later")
+        return await handler(request)
+
+    return ratelimit
+
+
+async def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: every limited response carries the headers, errors too."""
+    headers = request.get(RATE_HEADERS)
+    if headers:
+        response.headers.update(headers)
