@@ -48,7 +48,9 @@ class Runtime:
         self, settings: Settings | None = None, *, provider_env: Mapping[str, str] | None = None
     ) -> None:
         self.settings = settings or Settings.from_env()
-        self.store = Store(self.settings.database_path)
+        self.store = Store(
+            self.settings.database_path, retry_seconds=self.settings.store_retry_seconds
+        )
         self.hub = EventHub(self.settings.subscriber_queue_size)
         self.providers = ProviderRegistry(
             provider_env,

@@ -12,6 +12,7 @@ from minidevin.http.errors import HTTP_CODES, error_response, validation_detail
 from minidevin.http.keys import PRINCIPAL, RUNTIME
 from minidevin.runtime.auth import Principal
 from minidevin.runtime.errors import ApiError, Unauthorized
+from minidevin.runtime.store import StoreError
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,6 +31,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(exc.status, exc.detail, exc.code)
     except ValidationError as exc:
         return error_response(422, validation_detail(exc), "VALIDATION_ERROR")
+    except StoreError as exc:
+        log.error("store_unavailable", method=request.method, path=request.path, error=str(exc))
+        return error_response(503, f"storage is unavailable: {exc}", "STORE_UNAVAILABLE")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

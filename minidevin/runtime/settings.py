@@ -66,6 +66,9 @@ class Settings(BaseModel):
     context_windows: dict[str, int] = Field(
         {}, description='JSON {"model": tokens}; overrides the catalog\'s context windows.'
     )
+    store_retry_seconds: float = Field(
+        10.0, ge=0, description="How long writes wait out a locked or full database before failing."
+    )
     sandbox: str = Field(
         "auto",
         pattern="^(auto|required|off)$",

@@ -13,6 +13,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from minidevin.runtime.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 2000
+# SQLite errors worth waiting out: another process holds the lock, the disk is full
+TRANSIENT_ERRORS = ("locked", "busy", "full")
 
 
 class StoreError(Exception):
@@ -50,8 +53,9 @@ def decode_json(text: str | None) -> Any:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, retry_seconds: float = 10.0) -> None:
         self.path = path
+        self.retry_seconds = retry_seconds
         self.on_events_committed: Callable[[list[Event]], None] = lambda events: None
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -78,7 +82,7 @@ class Store:
             "journal_mode=WAL",
             "synchronous=NORMAL",
             "foreign_keys=ON",
-            "busy_timeout=5000",
+            "busy_timeout=200",  # short: the writer waits out locks itself, in steps
         ):
             await conn.execute(f"PRAGMA {pragma}")
         return conn
@@ -137,7 +141,7 @@ class Store:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit(batch)
+                await self._commit_patiently(batch)
             except Exception as exc:
                 log.error("store_batch_failed", error=str(exc), size=len(batch))
                 for item in batch:  # isolate the bad statement; keep the rest
@@ -147,6 +151,22 @@ class Store:
                         self._finish([item], item_exc)
                 continue
             self._finish(batch, None)
+
+    async def _commit_patiently(self, batch: list[Write | Event]) -> None:
+        """Commit; while the database is locked, busy or full, wait and try again."""
+        delay, started = 0.05, time.monotonic()
+        while True:
+            try:
+                await self._commit(batch)
+                return
+            except sqlite3.OperationalError as exc:
+                waited = time.monotonic() - started
+                transient = any(word in str(exc) for word in TRANSIENT_ERRORS)
+                if not transient or waited + delay > self.retry_seconds:
+                    raise
+                log.warning("store_write_retrying", error=str(exc), waited=round(waited, 2))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def _commit(self, batch: list[Write | Event]) -> None:
         assert self._writer is not None
@@ -167,7 +187,8 @@ class Store:
                 await self._insert_events(events)
             await self._writer.execute("COMMIT")
         except BaseException:
-            await self._writer.execute("ROLLBACK")
+            if self._writer.in_transaction:
+                await self._writer.execute("ROLLBACK")
             raise
 
     async def _insert_events(self, rows: list[tuple[str, int, str, str, str]]) -> None:
