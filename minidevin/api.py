@@ -36,6 +36,7 @@ from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.store import Store
+from minidevin.runtime.tools.sandbox import SandboxUnavailable, sandbox_status
 from minidevin.runtime.workspace import WorkspaceError, resolve_working_directory
 
 log = structlog.get_logger(__name__)
@@ -60,20 +61,35 @@ class Runtime:
             context_windows=self.settings.context_windows,
         )
         self.slots = TaskSlots(self.settings.max_concurrent_tasks)
-        self.deps = Deps(self.settings, self.store, self.providers, self.slots)
+        self.deps = Deps(
+            self.settings, self.store, self.providers, self.slots, self._session_idle_threadsafe
+        )
         self.accounts: Accounts
         self._sessions: dict[str, pykka.ActorRef] = {}
+        self._submitted: dict[str, int] = {}  # tasks handed to each live session actor
         self._local_user: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> Runtime:
+        self._loop = asyncio.get_running_loop()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store.on_events_committed = self.hub.publish
         await self.store.open()
         secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
         self.accounts = Accounts(self.store, TokenIssuer(secret, self.settings.jwt_ttl_seconds))
         await self._fail_interrupted_tasks()
+        sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop
+        if self.settings.sandbox != "off" and not sandbox.works:
+            log.warning(
+                "sandbox_unavailable",
+                mode=self.settings.sandbox,
+                reason=sandbox.reason,
+                consequence="tasks are refused"
+                if self.settings.sandbox == "required"
+                else "commands run unsandboxed",
+            )
         log.info("runtime_started", data_dir=str(self.settings.data_dir))
         return self
 
@@ -162,7 +178,30 @@ class Runtime:
         if ref is None or not ref.is_alive():
             ref = SessionActor.start(session_id, self.deps)
             self._sessions[session_id] = ref
+            self._submitted[session_id] = 0
         return ref
+
+    def _session_idle_threadsafe(self, session_id: str, submitted: int) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(
+                self._loop.call_later,
+                self.settings.session_idle_seconds,
+                self._stop_if_idle,
+                session_id,
+                submitted,
+            )
+
+    def _stop_if_idle(self, session_id: str, submitted: int) -> None:
+        """Stop a session actor that got no task since it went idle; it restarts on demand."""
+        ref = self._sessions.get(session_id)
+        if ref is not None and self._submitted.get(session_id) == submitted:
+            del self._sessions[session_id], self._submitted[session_id]
+            ref.stop(block=False)
+            log.debug("session_actor_idle_stopped", session_id=session_id)
+
+    @property
+    def live_session_actors(self) -> int:
+        return len(self._sessions)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -178,6 +217,10 @@ class Runtime:
         if isinstance(request, str):
             request = schemas.TaskRequest(description=request, **fields)
         session = await self._session_row(session_id, owner)
+        if self.settings.sandbox == "required" and not (sandbox := sandbox_status()).works:
+            raise SandboxUnavailable(
+                f"sandbox=required but the command sandbox is unavailable: {sandbox.reason}"
+            )
         await self.providers.refresh()
         requested = request.model or self.settings.default_model or self.providers.default_model()
         try:
@@ -206,7 +249,9 @@ class Runtime:
             Path(session["working_directory"]),
             request.max_cost_usd,
         )
-        status = await self._ask(self._session_actor(session_id), SubmitTask, spec)
+        actor = self._session_actor(session_id)
+        self._submitted[session_id] += 1
+        status = await self._ask(actor, SubmitTask, spec)
         await self.store.flush()
         return schemas.TaskCreated(
             id=task_id, description=request.description, status=status, created_at=created_at

@@ -38,6 +38,7 @@ from minidevin.runtime.tools import (
     ToolResult,
     run_tool,
 )
+from minidevin.runtime.tools.sandbox import sandbox_status
 from minidevin.runtime.workspace import Snapshots
 
 log = structlog.get_logger(__name__)
@@ -151,11 +152,21 @@ class ToolActor(pykka.ThreadingActor):
         self.parent.tell(ChildCrashed("tools", repr(exception_value)))
 
 
-def tool_context(working_directory: Path, settings: Any, cancel: CancelToken) -> ToolContext:
+def tool_context(
+    working_directory: Path, settings: Any, cancel: CancelToken, run_mode: str = "offline"
+) -> ToolContext:
+    """The tools' context for a task: sandboxed when the setting allows and bwrap works.
+
+    Only an `online` task's commands get the network; the server's data directory is
+    hidden from them.
+    """
     return ToolContext(
         working_directory=working_directory,
         cancel=cancel,
         default_timeout=settings.command_timeout,
         max_timeout=settings.max_command_timeout,
         output_limit=settings.tool_output_limit,
+        sandbox=settings.sandbox != "off" and sandbox_status().works,
+        network=run_mode == "online",
+        hidden_paths=(settings.data_dir,),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pykka
@@ -57,12 +58,18 @@ class TaskSlots:
         return self._used
 
 
+def _ignore_idle(session_id: str, submitted: int) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Deps:
     settings: Settings
     store: Store
     providers: ProviderRegistry
     slots: TaskSlots
+    # called (from the session's thread) when a session has nothing left to run
+    on_session_idle: Callable[[str, int], None] = _ignore_idle
 
     @property
     def retry_policy(self) -> RetryPolicy:

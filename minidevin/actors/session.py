@@ -48,10 +48,13 @@ class SessionActor(pykka.ThreadingActor):
         self.running: tuple[_Entry, pykka.ActorRef] | None = None
         self.has_slot = False
         self.stop_all_replies: list[Future[None]] = []
+        self.submitted = 0
+        self.idle = False  # so the first idle moment is reported
 
     def on_receive(self, message: Any) -> None:
         match message:
             case SubmitTask(spec=spec, reply=reply):
+                self.submitted += 1
                 entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.submit))
                 entry.events.emit("status", status="queued", message="Task queued")
                 self.waiting.append(entry)
@@ -80,6 +83,14 @@ class SessionActor(pykka.ThreadingActor):
                 if reply is not None:
                     self.stop_all_replies.append(reply)
         self._answer_stop_all()
+        self._report_idleness()
+
+    def _report_idleness(self) -> None:
+        """Tell the runtime when nothing is left to run (it may stop us to save a thread)."""
+        idle = self.running is None and not self.waiting
+        if idle and not self.idle:
+            self.deps.on_session_idle(self.session_id, self.submitted)
+        self.idle = idle
 
     def _start_next(self) -> None:
         """Start the first waiting task if none runs and a global slot is ours."""

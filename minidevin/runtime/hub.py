@@ -24,18 +24,25 @@ _OVERFLOW = object()
 class Subscription:
     def __init__(self, task_id: str, maxsize: int) -> None:
         self.task_id = task_id
-        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize + 1)
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._maxsize = maxsize
         self.overflowed = False
 
-    def offer(self, event: Event) -> None:
+    def offer(self, events: list[Event]) -> None:
+        """Queue one committed batch; cut off a subscriber already `maxsize` events behind.
+
+        The check is per batch, so a reader that keeps up is never cut off
+        just because one commit carried many events.
+        """
         if self.overflowed:
             return
         if self._queue.qsize() >= self._maxsize:
             self.overflowed = True
+            self._queue = asyncio.Queue()  # drop the backlog: it resumes from the store
             self._queue.put_nowait(_OVERFLOW)
             return
-        self._queue.put_nowait(event)
+        for event in events:
+            self._queue.put_nowait(event)
 
     async def get(self) -> Event:
         item = await self._queue.get()
@@ -63,9 +70,13 @@ class EventHub:
                 del self._subscribers[subscription.task_id]
 
     def publish(self, events: list[Event]) -> None:
+        by_task: dict[str, list[Event]] = defaultdict(list)
         for event in events:
-            for subscription in self._subscribers.get(event.task_id, ()):
-                subscription.offer(event)
+            if event.task_id in self._subscribers:
+                by_task[event.task_id].append(event)
+        for task_id, task_events in by_task.items():
+            for subscription in self._subscribers[task_id]:
+                subscription.offer(task_events)
 
     def subscriber_count(self, task_id: str | None = None) -> int:
         if task_id is not None:

@@ -66,6 +66,9 @@ class Settings(BaseModel):
     context_windows: dict[str, int] = Field(
         {}, description='JSON {"model": tokens}; overrides the catalog\'s context windows.'
     )
+    session_idle_seconds: float = Field(
+        300.0, gt=0, description="An idle session's actor stops after this; it returns on demand."
+    )
     store_retry_seconds: float = Field(
         10.0, ge=0, description="How long writes wait out a locked or full database before failing."
     )
