@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
-from waiting import process_gone, read_pid, until
+from waiting import pids_running, until
 
 from minidevin.api import Runtime
 from minidevin.runtime.events import Event
@@ -25,13 +25,12 @@ async def test_stop_during_a_command_kills_its_whole_process_tree(
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    command = "bash -c 'sleep 300 & echo $! > grandchild.pid; wait' ; echo never"
+    marker = f"300.{time.time_ns() % 1000000}"  # unique: found on the host by cmdline
+    command = f"bash -c 'sleep {marker} & wait' ; echo never"
     openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": command})])])
     session = await runtime.create_session("s", work)
     task = await runtime.create_task(session.id, "run something long")
-    await until(lambda: read_pid(work / "grandchild.pid") is not None, what="the grandchild")
-    grandchild = read_pid(work / "grandchild.pid")
-    assert grandchild is not None and not process_gone(grandchild)
+    await until(lambda: bool(pids_running(f"sleep {marker}")), what="the grandchild")
 
     started = time.monotonic()
     stopped = await runtime.stop_task(task.id)
@@ -40,7 +39,7 @@ async def test_stop_during_a_command_kills_its_whole_process_tree(
     assert stopped.status == "stopped"
     assert events[-1].type == "status" and events[-1].data["status"] == "stopped"
     assert latency < 1.0, f"stop took {latency:.3f}s"
-    await until(lambda: process_gone(grandchild), timeout=3, what="the grandchild to die")
+    await until(lambda: not pids_running(f"sleep {marker}"), timeout=3, what="it to die")
     assert (await runtime.get_task(task.id)).status == "stopped"
 
 

@@ -41,3 +41,22 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return not process_gone(pid)
+
+
+def pids_running(marker: str) -> list[int]:
+    """Host pids of live processes whose command line contains `marker`.
+
+    Works whether or not the command ran in a sandbox with its own pid namespace
+    (where a pid the command writes down means nothing on the host).
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and not process_gone(int(entry.name)):
+            found.append(int(entry.name))
+    return found
