@@ -46,14 +46,18 @@ LIVE_STATUSES = ("queued", "running", "waiting_input")
 
 class Runtime:
     def __init__(
-        self, settings: Settings | None = None, *, provider_env: Mapping[str, str] | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        provider_env: Mapping[str, str] | None = None,
+        providers: ProviderRegistry | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.store = Store(
             self.settings.database_path, retry_seconds=self.settings.store_retry_seconds
         )
         self.hub = EventHub(self.settings.subscriber_queue_size)
-        self.providers = ProviderRegistry(
+        self.providers = providers or ProviderRegistry(
             provider_env,
             timeout=self.settings.provider_timeout,
             azure_deployments=self.settings.azure_deployments,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -102,6 +102,15 @@ class ProviderRegistry:
         self.context_windows = dict(context_windows or {})
         self._ollama_models: tuple[str, ...] | None = None  # None: not answering
         self._ollama_checked = float("-inf")
+        self._custom: dict[str, tuple[ModelInfo, Callable[[], Model]]] = {}
+
+    def register(
+        self, model_id: str, factory: Callable[[], Model], *, context_window: int = 128_000
+    ) -> ModelInfo:
+        """Add a model of your own (provider `custom`); `factory` builds one per task."""
+        info = ModelInfo(model_id, model_id, "custom", context_window)
+        self._custom[model_id] = (info, factory)
+        return info
 
     # -- configuration -----------------------------------------------------------------
 
@@ -155,6 +164,8 @@ class ProviderRegistry:
         `replay:PATH` resolves to an absolute path (relative to the current
         directory), so the id a task keeps works from anywhere.
         """
+        if model_id in self._custom:
+            return self._custom[model_id][0]
         if model_id.startswith(REPLAY_PREFIX):
             path = replay_path(model_id)
             if not path:
@@ -219,6 +230,8 @@ class ProviderRegistry:
             raise ProviderError("PROVIDER_NOT_CONFIGURED", f"set {', '.join(missing)}")
         if info.provider == "replay":
             return ReplayModel.from_file(replay_path(info.id), info.id)
+        if info.provider == "custom":
+            return self._custom[info.id][1]()
         api_model = info.id.partition("/")[2] if "/" in info.id else info.id
         env = self.environ
         if info.provider == "anthropic":
