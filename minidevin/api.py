@@ -31,7 +31,7 @@ from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from minidevin.runtime.events import FINAL_STATUSES, Event, TaskEventLog, utc_now
-from minidevin.runtime.hub import EventHub
+from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
 from minidevin.runtime.settings import Settings
@@ -327,8 +327,7 @@ class Runtime:
             try:
                 async for event in self.events(task_id, after=last, owner=owner):
                     last = event.seq
-            except Exception as exc:  # a slow-subscriber cut: resume where we were
-                log.debug("wait_resumed", error=str(exc))
+            except SlowSubscriber:  # cut off for lagging: resume where we were
                 continue
             return await self.get_task(task_id, owner=owner)
 

@@ -92,6 +92,15 @@ class ModelActor(pykka.ThreadingActor):
             log.exception("model_actor_crashed", model=self.model_id)
             return ModelTurnFailed("PROVIDER_ERROR", f"model call crashed: {type(exc).__name__}")
 
+    def on_stop(self) -> None:
+        """Release the model's HTTP connections with the actor, not at garbage collection."""
+        close = getattr(self.model, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as exc:
+                log.warning("model_close_failed", error=str(exc))
+
     def _announce_retry(self, attempt: int, delay: float, error: ProviderError) -> None:
         """Tell clients the turn restarts: tokens streamed since the last turn are void."""
         self.events.emit(

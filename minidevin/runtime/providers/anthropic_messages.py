@@ -259,6 +259,10 @@ class AnthropicModel:
         self.max_tokens = max_tokens
         self._client = client
 
+    def close(self) -> None:
+        """Close the client's connection pool."""
+        self._client.close()
+
     def build_request(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> dict[str, Any]:

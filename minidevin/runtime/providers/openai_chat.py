@@ -130,6 +130,10 @@ class OpenAIChatModel:
         self.api_model = api_model or model_id
         self._client = client
 
+    def close(self) -> None:
+        """Close the client's connection pool."""
+        self._client.close()
+
     def stream_turn(
         self,
         messages: list[dict[str, Any]],
