@@ -68,7 +68,7 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
 
 def _after(request: web.Request) -> int:
     raw = request.query.get("after", "0")
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ValidationFailed("after: must be a non-negative integer (an event seq)")
     return int(raw)
 

@@ -228,6 +228,7 @@ class Artifact(Out):
 class Health(Out):
     status: str
     version: str
+    sandbox: dict[str, Any] | None = None
 
 
 class ErrorBody(Out):
@@ -241,3 +242,36 @@ def dump(model: BaseModel | list[Any]) -> Any:
     if isinstance(model, list):
         return [item.model_dump(mode="json") for item in model]
     return model.model_dump(mode="json")
+
+
+# -- response shapes the HTTP layer builds by hand (documented in the OpenAPI document) ------
+
+
+class ModelEntry(Out):
+    id: str
+    name: str
+    provider: str
+    context_window: int
+    supports_vision: bool
+    supports_function_calling: bool
+
+
+class ModelList(Out):
+    models: list[ModelEntry]
+
+
+class ProviderEntry(Out):
+    id: str
+    name: str
+    configured: bool
+    models_count: int
+
+
+class ProviderList(Out):
+    providers: list[ProviderEntry]
+    default_model: str
+
+
+class InputAccepted(Out):
+    id: str
+    delivered: bool

@@ -1,0 +1,333 @@
+"""`GET /api/openapi.json`: an OpenAPI 3.1 document of the REST and WebSocket API.
+
+Built from `OPERATIONS`, a declarative table kept next to `routes.py` (a test
+checks both list the same routes), and from the pydantic models in
+`minidevin.runtime.schemas`: request bodies in validation mode, responses in
+serialization mode, every nested model collected into `components/schemas`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from minidevin import __version__
+from minidevin.runtime import schemas
+from minidevin.runtime.providers.registry import PROVIDERS
+
+OPENAPI_PATH = "/api/openapi.json"
+REF = "#/components/schemas/{model}"
+AUTHENTICATED = ({"bearerAuth": []}, {"apiKeyAuth": []})
+PUBLIC = ()
+ERRORS = {
+    400: "Bad request (e.g. the model's provider is not configured)",
+    401: "Missing or invalid credentials",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict",
+    413: "Request body too large",
+    422: "Validation error: the detail names the offending field",
+    429: "Rate limited",
+    500: "Internal server error",
+    503: "Service unavailable: the store cannot take writes (STORE_UNAVAILABLE), or tasks "
+    "need a command sandbox that is missing",
+}
+STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content"}
+routes = web.RouteTableDef()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    location: Literal["path", "query"]
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    status: int
+    response: type[BaseModel] | None = None
+    many: bool = False  # the response is a JSON array of `response`
+    body: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    security: tuple[dict[str, list[str]], ...] = AUTHENTICATED
+    query: tuple[Param, ...] = ()
+    description: str | None = None
+    content: dict[str, Any] | None = None  # a non-JSON success response
+
+
+PATH_PARAMETERS = {
+    "session_id": "A session id",
+    "task_id": "A task id",
+    "artifact_id": "An artifact id (from the task's artifact list)",
+    "key_id": "An API key id (from the key list)",
+}
+PROVIDER = Param(
+    "provider", "query", "Only this provider's models", {"type": "string", "enum": list(PROVIDERS)}
+)
+TOKEN = Param(
+    "token",
+    "query",
+    "A JWT access token, for clients that cannot set headers on a WebSocket handshake",
+)
+AFTER = Param(
+    "after",
+    "query",
+    "Resume after this event seq (the last one received); 0 replays the whole history",
+    {"type": "string", "pattern": "^[0-9]{1,18}$", "default": "0"},
+)
+AUTH = (401, 429, 500, 503)  # (authenticating reads the store)
+BODY = (413, 422)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "get", "/health", "health", "Check that the API is running", "health", 200,
+        schemas.Health, errors=(500,), security=PUBLIC,
+    ),
+    Operation(
+        "get", OPENAPI_PATH, "get_openapi", "This OpenAPI document", "health", 200,
+        errors=(429, 500), security=PUBLIC,
+        content={"application/json": {"schema": {"type": "object"}}},
+    ),
+    Operation(
+        "post", "/api/auth/register", "register", "Register a new user", "auth", 201,
+        schemas.User, body=schemas.RegisterRequest, errors=(409, *BODY, 429, 500, 503),
+        security=PUBLIC,
+    ),
+    Operation(
+        "post", "/api/auth/login", "login", "Authenticate and receive a JWT", "auth", 200,
+        schemas.AccessToken, body=schemas.LoginRequest, errors=(*AUTH, *BODY), security=PUBLIC,
+    ),
+    Operation(
+        "post", "/api/auth/api-keys", "create_api_key", "Create an API key", "auth", 201,
+        schemas.ApiKeyCreated, body=schemas.ApiKeyRequest, errors=(*AUTH, *BODY),
+        description="The key itself (`key`) is shown only in this response.",
+    ),
+    Operation(
+        "get", "/api/auth/api-keys", "list_api_keys", "List your API keys", "auth", 200,
+        schemas.ApiKey, many=True, errors=AUTH,
+    ),
+    Operation(
+        "delete", "/api/auth/api-keys/{key_id}", "revoke_api_key", "Revoke an API key", "auth",
+        204, errors=(*AUTH, 404),
+        description="At once: the next request with the key is refused (401).",
+    ),
+    Operation(
+        "get", "/api/models", "list_models", "List the available LLM models", "models", 200,
+        schemas.ModelList, errors=(*AUTH, 422), query=(PROVIDER,),
+    ),
+    Operation(
+        "get", "/api/providers", "list_providers", "List the LLM providers", "models", 200,
+        schemas.ProviderList, errors=AUTH,
+    ),
+    Operation(
+        "get", "/api/sessions", "list_sessions", "List your sessions", "sessions", 200,
+        schemas.SessionSummary, many=True, errors=AUTH,
+    ),
+    Operation(
+        "post", "/api/sessions", "create_session", "Create a session", "sessions", 201,
+        schemas.SessionCreated, body=schemas.SessionRequest, errors=(*AUTH, 403, *BODY),
+        description="`working_directory` must be an existing absolute directory "
+        "(inside the configured workspace roots, if any: 403 otherwise).",
+    ),
+    Operation(
+        "get", "/api/sessions/{session_id}", "get_session", "Get a session", "sessions", 200,
+        schemas.SessionDetail, errors=(*AUTH, 404),
+    ),
+    Operation(
+        "delete", "/api/sessions/{session_id}", "delete_session",
+        "Delete a session, stopping its tasks", "sessions", 204, errors=(*AUTH, 404),
+    ),
+    Operation(
+        "get", "/api/sessions/{session_id}/tasks", "list_tasks", "List a session's tasks",
+        "tasks", 200, schemas.TaskSummary, many=True, errors=(*AUTH, 404),
+    ),
+    Operation(
+        "post", "/api/sessions/{session_id}/tasks", "create_task",
+        "Create and start (or queue) a task", "tasks", 201, schemas.TaskCreated,
+        body=schemas.TaskRequest, errors=(*AUTH, 400, 404, *BODY),
+    ),
+    Operation(
+        "get", "/api/tasks/{task_id}", "get_task", "Get a task", "tasks", 200,
+        schemas.TaskDetail, errors=(*AUTH, 404),
+    ),
+    Operation(
+        "post", "/api/tasks/{task_id}/stop", "stop_task", "Stop a task", "tasks", 200,
+        schemas.TaskStopped, errors=(*AUTH, 404),
+        description="An ended task keeps, and answers, its final status.",
+    ),
+    Operation(
+        "post", "/api/tasks/{task_id}/input", "send_input", "Send input to a running task",
+        "tasks", 202, schemas.InputAccepted, body=schemas.InputRequest,
+        errors=(*AUTH, 404, 409, *BODY),
+        description="Answers the task's question, or queues a message for its next model "
+        "turn; 409 if the task is not running.",
+    ),
+    Operation(
+        "get", "/api/tasks/{task_id}/artifacts", "list_artifacts", "List a task's artifacts",
+        "artifacts", 200, schemas.Artifact, many=True, errors=(*AUTH, 404),
+    ),
+    Operation(
+        "get", "/api/tasks/{task_id}/artifacts/{artifact_id}", "download_artifact",
+        "Download an artifact", "artifacts", 200, errors=(*AUTH, 404),
+        description="The artifact's bytes, with its own Content-Type and a "
+        "`Content-Disposition: attachment` header.",
+        content={
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "*/*": {"schema": {}},
+        },
+    ),
+    Operation(
+        "get", "/ws/tasks/{task_id}", "task_stream", "Stream a task's events (WebSocket)",
+        "websocket", 101, errors=(400, *AUTH, 403, 404, 422), query=(TOKEN, AFTER),
+        security=(*AUTHENTICATED, {}),
+        description=(
+            "Upgrades to a WebSocket (send `Connection: Upgrade`, `Upgrade: websocket`): the "
+            "task's event history after `after`, then its live events, as JSON messages "
+            "(`token`, `tool_call`, `tool_result`, `plan_update`, `status`, `error`). "
+            "Authenticate with `Authorization: Bearer`, `X-API-Key`, or `?token=<jwt>`; "
+            "without any of them the answer is 401. A request that is not a WebSocket "
+            "handshake is answered 400. Client messages: `{\"type\": \"stop\"}` and "
+            "`{\"type\": \"input\", \"content\": \"...\"}`. Close codes: 1000 the task "
+            "ended, 1001 the server is shutting down, 4008 the client fell too far behind "
+            "(reconnect with `?after=<last seq>`)."
+        ),
+    ),
+)  # fmt: skip
+
+
+class _Components:
+    """Model schemas gathered into `components/schemas`, each added once."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+
+    def ref(self, model: type[BaseModel], mode: Literal["validation", "serialization"]) -> Any:
+        schema = model.model_json_schema(ref_template=REF, mode=mode)
+        for name, definition in schema.pop("$defs", {}).items():
+            self._add(name, definition)
+        self._add(model.__name__, schema)
+        return {"$ref": REF.format(model=model.__name__)}
+
+    def _add(self, name: str, schema: dict[str, Any]) -> None:
+        known = self.schemas.setdefault(name, schema)
+        if known != schema:  # the same name in two shapes would make a `$ref` ambiguous
+            raise ValueError(f"schema {name!r} differs between its uses")
+
+
+def _parameters(operation: Operation) -> list[dict[str, Any]]:
+    names = [part[1:-1] for part in operation.path.split("/") if part.startswith("{")]
+    params = [Param(name, "path", PATH_PARAMETERS[name], required=True) for name in names]
+    return [
+        {
+            "name": param.name,
+            "in": param.location,
+            "required": param.required,
+            "description": param.description,
+            "schema": param.schema,
+        }
+        for param in [*params, *operation.query]
+    ]
+
+
+def _success(operation: Operation, components: _Components) -> dict[str, Any]:
+    if operation.status == 101:
+        return {"description": "Switching Protocols: the connection is now a WebSocket"}
+    answer: dict[str, Any] = {"description": STATUS_TEXT[operation.status]}
+    if operation.content is not None:
+        answer["content"] = operation.content
+    elif operation.response is not None:
+        schema = components.ref(operation.response, "serialization")
+        if operation.many:
+            schema = {"type": "array", "items": schema}
+        answer["content"] = {"application/json": {"schema": schema}}
+    return answer
+
+
+def _operation(operation: Operation, components: _Components) -> dict[str, Any]:
+    error = components.ref(schemas.ErrorBody, "serialization")
+    responses = {str(operation.status): _success(operation, components)}
+    for status in sorted(operation.errors):
+        responses[str(status)] = {
+            "description": ERRORS[status],
+            "content": {"application/json": {"schema": error}},
+        }
+    document: dict[str, Any] = {
+        "operationId": operation.operation_id,
+        "summary": operation.summary,
+        "tags": [operation.tag],
+        "security": [dict(requirement) for requirement in operation.security],
+    }
+    if operation.description:
+        document["description"] = operation.description
+    parameters = _parameters(operation)
+    if parameters:
+        document["parameters"] = parameters
+    if operation.body is not None:
+        document["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": components.ref(operation.body, "validation")}
+            },
+        }
+    document["responses"] = responses
+    return document
+
+
+@functools.cache
+def build_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document (built once; treat it as read-only)."""
+    components = _Components()
+    paths: dict[str, dict[str, Any]] = {}
+    for operation in OPERATIONS:
+        paths.setdefault(operation.path, {})[operation.method] = _operation(operation, components)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "minidevin",
+            "version": __version__,
+            "description": "REST and WebSocket API of minidevin, a runtime for autonomous "
+            "coding agents. Every failure answers `{detail, code, timestamp}` (`ErrorBody`).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(components.schemas.items())),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "An access token from POST /api/auth/login.",
+                },
+                "apiKeyAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "A key from POST /api/auth/api-keys.",
+                },
+            },
+        },
+        "security": [dict(requirement) for requirement in AUTHENTICATED],
+    }
+
+
+@functools.cache
+def _document_bytes() -> bytes:
+    return json.dumps(build_document()).encode()
+
+
+@routes.get(OPENAPI_PATH)
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_document_bytes(), content_type="application/json")
