@@ -309,6 +309,8 @@ class Runtime:
                 last = event.seq
                 if event.is_final:
                     return
+            if await records.ended_by(self.store, task_id, last):
+                return  # the client already saw the end (`after` at or past it)
             while True:
                 event = await subscription.get()
                 if event.seq <= last:

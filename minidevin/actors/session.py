@@ -72,14 +72,14 @@ class SessionActor(pykka.ThreadingActor):
                 self._stop_task(task_id, reason, reply)
             case UserInput(task_id=task_id, reply=reply):
                 if self.running is not None and self.running[0].spec.task_id == task_id:
-                    self.running[1].tell(message)
+                    self._tell_running(message)
                 elif reply is not None:
                     reply.set_result(False)
             case StopAll(reason=reason, reply=reply):
                 for entry in list(self.waiting):
                     self._stop_task(entry.spec.task_id, reason, None)
                 if self.running is not None:
-                    self.running[1].tell(StopTask(self.running[0].spec.task_id, reason))
+                    self._tell_running(StopTask(self.running[0].spec.task_id, reason))
                 if reply is not None:
                     self.stop_all_replies.append(reply)
         self._answer_stop_all()
@@ -91,6 +91,15 @@ class SessionActor(pykka.ThreadingActor):
         if idle and not self.idle:
             self.deps.on_session_idle(self.session_id, self.submitted)
         self.idle = idle
+
+    def _tell_running(self, message: StopTask | UserInput) -> None:
+        """Tell the running task; if it has just stopped, its `TaskEnded` is on the way."""
+        assert self.running is not None
+        try:
+            self.running[1].tell(message)
+        except pykka.ActorDeadError:
+            if message.reply is not None and not message.reply.done():
+                message.reply.set_result(None if isinstance(message, StopTask) else False)
 
     def _start_next(self) -> None:
         """Start the first waiting task if none runs and a global slot is ours."""
@@ -120,7 +129,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _stop_task(self, task_id: str, reason: str, reply: Future[str | None] | None) -> None:
         if self.running is not None and self.running[0].spec.task_id == task_id:
-            self.running[1].tell(StopTask(task_id, reason, reply))
+            self._tell_running(StopTask(task_id, reason, reply))
             return
         for entry in self.waiting:
             if entry.spec.task_id == task_id:
@@ -147,7 +156,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         if self.running is not None:
-            self.running[1].tell(StopTask(self.running[0].spec.task_id, "Session closed"))
+            self._tell_running(StopTask(self.running[0].spec.task_id, "Session closed"))
         self.deps.slots.leave_line(self.actor_ref)
         self._release_slot()
 

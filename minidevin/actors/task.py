@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import deque
+from concurrent.futures import Future
 from typing import Any
 
 import pykka
@@ -73,6 +74,7 @@ class TaskActor(pykka.ThreadingActor):
         self.price = deps.providers.price(spec.model)
         self.context_budget = input_budget(deps.providers.resolve(spec.model).context_window)
         self.context_shrunk = False
+        self.stop_replies: list[Future[str | None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -124,9 +126,9 @@ class TaskActor(pykka.ThreadingActor):
                     self._record_result(call, result)
                     self._continue()
             case StopTask(reason=reason, reply=reply):
+                if reply is not None:  # answered once the final status is written
+                    self.stop_replies.append(reply)
                 self._end("stopped", message=reason)
-                if reply is not None and not reply.done():
-                    reply.set_result("stopped")
             case UserInput(content=content, reply=reply):
                 accepted = self._on_input(content)
                 if reply is not None and not reply.done():
@@ -340,6 +342,9 @@ class TaskActor(pykka.ThreadingActor):
             self.events.emit("error", error=error[1], code=error[0])
         self.events.emit("status", status=status, message=message)
         self.events.close()
+        for reply in self.stop_replies:
+            if not reply.done():
+                reply.set_result(status)
         with contextlib.suppress(pykka.ActorDeadError):  # a closing session no longer waits
             self.session.tell(TaskEnded(self.spec.task_id, status))
         if self.actor_ref.is_alive():

@@ -240,6 +240,16 @@ async def events_after(store: Store, task_id: str, after: int) -> list[Event]:
     ]
 
 
+async def ended_by(store: Store, task_id: str, seq: int) -> bool:
+    """Whether the task's final `status` event is at or before `seq`."""
+    row = await store.fetch_one(
+        "SELECT 1 FROM events WHERE task_id = ? AND seq <= ? AND type = 'status' "
+        "AND json_extract(data, '$.status') IN ('completed', 'failed', 'stopped') LIMIT 1",
+        (task_id, seq),
+    )
+    return row is not None
+
+
 async def last_seq(store: Store, task_id: str) -> int:
     row = await store.fetch_one("SELECT MAX(seq) AS seq FROM events WHERE task_id = ?", (task_id,))
     return (row or {}).get("seq") or 0
