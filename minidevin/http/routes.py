@@ -13,6 +13,7 @@ from minidevin.http.keys import PRINCIPAL, RUNTIME
 from minidevin.runtime import schemas
 from minidevin.runtime.errors import ApiError, ValidationFailed
 from minidevin.runtime.providers.registry import PROVIDERS
+from minidevin.runtime.tools.sandbox import sandbox_status
 
 M = TypeVar("M", bound=BaseModel)
 routes = web.RouteTableDef()
@@ -43,7 +44,8 @@ def owner(request: web.Request) -> str:
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    return reply(schemas.Health(status="healthy", version=__version__))
+    sandbox = sandbox_status().as_health(request.app[RUNTIME].settings.sandbox)
+    return reply(schemas.Health(status="healthy", version=__version__, sandbox=sandbox))
 
 
 @routes.post("/api/auth/register")

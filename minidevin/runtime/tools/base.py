@@ -27,7 +27,12 @@ class ToolError(Exception):
 
 @dataclass
 class ToolContext:
-    """What a tool executor may use: the workspace, the task's cancel token, limits."""
+    """What a tool executor may use: the workspace, the task's cancel token, limits.
+
+    With `sandbox`, terminal commands run under bubblewrap (see `sandbox.wrap`):
+    without network unless `network`, and with `hidden_paths` (the server's data
+    directory) covered by an empty tmpfs.
+    """
 
     working_directory: Path
     cancel: CancelToken = field(default_factory=CancelToken)
@@ -35,6 +40,9 @@ class ToolContext:
     max_timeout: float = 1800.0
     output_limit: int = 16_000
     env: dict[str, str] | None = None
+    sandbox: bool = False
+    network: bool = True
+    hidden_paths: tuple[Path, ...] = ()
 
 
 class Tool(Protocol):

@@ -15,6 +15,7 @@ from collections import deque
 from typing import Any
 
 from minidevin.runtime.cancel import Cancelled
+from minidevin.runtime.tools import sandbox
 from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
 
 _CHUNK = 65536
@@ -127,8 +128,16 @@ class TerminalTool:
     }
 
     def build_argv(self, command: str, context: ToolContext) -> list[str]:
-        """The argv that runs `command` (a sandbox wrapper would be prepended here)."""
-        return ["bash", "-c", command]
+        """The argv that runs `command`: bash, inside bubblewrap when `context.sandbox`."""
+        argv = ["bash", "-c", command]
+        if not context.sandbox:
+            return argv
+        return sandbox.wrap(
+            argv,
+            context.working_directory,
+            network=context.network,
+            hide=context.hidden_paths,
+        )
 
     def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult:
         """Run the command; raises `Cancelled` if the task's cancel token fires."""
