@@ -225,7 +225,8 @@ class Runtime:
             raise SandboxUnavailable(
                 f"sandbox=required but the command sandbox is unavailable: {sandbox.reason}"
             )
-        await self.providers.refresh()
+        if not request.model or request.model.startswith("ollama/"):
+            await self.providers.refresh()  # (asks the Ollama server; only when it matters)
         requested = request.model or self.settings.default_model or self.providers.default_model()
         try:
             model = self.providers.check_configured(requested).id

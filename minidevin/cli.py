@@ -1,4 +1,4 @@
-"""`minidevin serve`: the REST + WebSocket server."""
+"""`minidevin serve` (the REST + WebSocket server) and `minidevin run` (one task, live)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,31 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
+    run = commands.add_parser("run", help="run one task in this process and show it live")
+    run.add_argument("task", help="what the agent should do")
+    run.add_argument("--dir", required=True, help="the working directory (a repository)")
+    run.add_argument("--model", help="model id, e.g. gpt-4o or replay:PATH/trajectory.json")
+    run.add_argument("--max-iterations", type=_iterations, help="model turns at most (1-1000)")
+    run.add_argument("--json", action="store_true", help="print one JSON event per line")
+    run.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve_command(args)
+    if args.command == "run":
+        from minidevin.run_command import run_command
+
+        return run_command(args)
     return 2
+
+
+def _iterations(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000")
+    return value
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -78,9 +78,9 @@ class Snapshots:
                 timeout=GIT_TIMEOUT,
                 check=True,
             )
-            # the user's repository (if any) is part of the tree we must not record
+            # never record the user's repository itself, nor bytecode caches
             (self.git_dir / "info").mkdir(exist_ok=True)
-            (self.git_dir / "info" / "exclude").write_text(".git\n")
+            (self.git_dir / "info" / "exclude").write_text(".git\n__pycache__/\n*.py[co]\n")
         self._git("add", "--all", ".")
         return self._git("write-tree").strip()
 

@@ -60,7 +60,8 @@ class ProviderError(Exception):
 
     Codes: PROVIDER_AUTH_FAILED, PROVIDER_RATE_LIMITED, PROVIDER_TIMEOUT,
     PROVIDER_UNAVAILABLE, PROVIDER_BAD_REQUEST, CONTEXT_LENGTH_EXCEEDED,
-    PROVIDER_NOT_CONFIGURED, PROVIDER_ERROR. The first three retryable ones may
+    PROVIDER_NOT_CONFIGURED, PROVIDER_ERROR; REPLAY_INVALID and REPLAY_EXHAUSTED
+    for `replay:` models. The first three retryable ones may
     carry the server's `Retry-After` in seconds.
     """
 

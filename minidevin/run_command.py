@@ -1,0 +1,211 @@
+"""`minidevin run`: one task, in-process through the embedding API, shown live.
+
+Streams the model's text, each tool call and a shortened result, the plan when
+it changes, status changes, then a summary and the diff stat. Questions from
+`ask_user` are answered from stdin. Ctrl-C stops the task (status `stopped`)
+and exits 130; otherwise the exit code is 0 when the task completed with
+success, 1 when not. `--json` prints one event per line and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+from minidevin.api import Runtime
+from minidevin.run_view import HumanView, JsonView
+from minidevin.runtime.errors import ApiError
+from minidevin.runtime.hub import SlowSubscriber
+from minidevin.runtime.settings import Settings, SettingsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+NO_ANSWER = "The user cannot answer (stdin is closed); proceed with your best judgement."
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Entry point of `minidevin run` (arguments as `cli.py` parses them)."""
+    from minidevin.runtime.logging import configure_logging
+
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as exc:
+        print(f"minidevin: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging("warning", settings.log_format)
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
+    try:
+        run = TaskRun(settings, args.task, args.dir, args.model, args.max_iterations, args.json)
+        return asyncio.run(run.main())
+    except KeyboardInterrupt:  # before the loop's handler was installed
+        return EXIT_INTERRUPTED
+    finally:
+        import pykka
+
+        pykka.ActorRegistry.stop_all(block=True, timeout=10)
+
+
+class TaskRun:
+    """One `minidevin run`: creates the session and task, follows and shows its events."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        description: str,
+        directory: str,
+        model: str | None,
+        max_iterations: int | None,
+        json_output: bool,
+        out: TextIO | None = None,
+    ) -> None:
+        self.settings = settings
+        self.description = description
+        self.directory = directory
+        self.model = model
+        self.max_iterations = max_iterations
+        self.view = JsonView(out or sys.stdout) if json_output else HumanView(out or sys.stdout)
+        self.task_id: str | None = None
+        self.interrupts = 0
+        self.stdin = StdinLines()
+        self.runtime: Runtime
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        try:
+            async with Runtime(self.settings) as self.runtime:
+                try:
+                    return await self._run()
+                finally:
+                    for task in self._background:  # a question nobody needs answered now
+                        task.cancel()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    async def _run(self) -> int:
+        try:
+            if self.interrupts:
+                return EXIT_INTERRUPTED
+            name = f"run: {Path(self.directory).name or self.directory}"
+            session = await self.runtime.create_session(name, self.directory)
+            task = await self.runtime.create_task(
+                session.id, self.description, model=self.model, max_iterations=self.max_iterations
+            )
+        except (ApiError, ValueError) as exc:  # a bad directory, model or setting
+            print(f"minidevin: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        self.task_id = task.id
+        if self.interrupts:
+            self._spawn(self._stop())
+        await self._follow(task.id)
+        detail = await self.runtime.get_task(task.id)
+        if isinstance(self.view, HumanView):
+            self.view.summary(detail, await self._patch(task.id))
+        if self.interrupts:
+            return EXIT_INTERRUPTED
+        success = detail.status == "completed" and detail.result is not None
+        return EXIT_OK if success and detail.result.success else EXIT_FAILED
+
+    async def _follow(self, task_id: str) -> None:
+        """Show every event until the final status (resuming if cut off as too slow)."""
+        last = 0
+        while True:
+            try:
+                async for event in self.runtime.events(task_id, after=last):
+                    last = event.seq
+                    self.view.show(event)
+                    if event.type == "status" and event.data.get("status") == "waiting_input":
+                        self._spawn(self._answer(task_id))
+                return
+            except SlowSubscriber:
+                continue
+
+    async def _answer(self, task_id: str) -> None:
+        line = await self.stdin.readline()
+        while line is not None and not line.strip():
+            line = await self.stdin.readline()
+        answer = NO_ANSWER if line is None else line.strip()
+        self.view.answered(answer, echo=line is None or not _isatty(0))
+        await self.runtime.send_input(task_id, answer)
+
+    async def _patch(self, task_id: str) -> str:
+        for artifact in await self.runtime.list_artifacts(task_id):
+            if artifact.name == "diff.patch":
+                _, path = await self.runtime.artifact_file(task_id, artifact.id)
+                return path.read_text(encoding="utf-8", errors="replace")
+        return ""
+
+    def _on_sigint(self) -> None:
+        self.interrupts += 1
+        if self.interrupts > 1:
+            print("\nminidevin: interrupted again, exiting now", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
+        print("\nminidevin: stopping the task (Ctrl-C again to force)", file=sys.stderr, flush=True)
+        if self.task_id is not None:
+            self._spawn(self._stop())
+
+    async def _stop(self) -> None:
+        assert self.task_id is not None
+        try:
+            await self.runtime.stop_task(self.task_id)
+        except Exception as exc:  # the final status still ends the run, or a second ^C
+            print(f"minidevin: could not stop the task: {exc}", file=sys.stderr)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class StdinLines:
+    """Lines of stdin, read by a daemon thread (raw fd reads, so exit never waits on it)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[str | None] | None = None
+
+    async def readline(self) -> str | None:
+        """The next line without its newline; None at end of input."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            thread = threading.Thread(target=self._pump, args=(loop, self._queue), daemon=True)
+            thread.start()
+        return await self._queue.get()
+
+    @staticmethod
+    def _pump(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+        def put(item: str | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        buffer = b""
+        while True:
+            try:
+                chunk = os.read(0, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if buffer:
+                    put(buffer.decode(errors="replace"))
+                put(None)
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                put(line.decode(errors="replace").rstrip("\r"))
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
