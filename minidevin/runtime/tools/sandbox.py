@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -132,6 +133,7 @@ def _build(
         if os.path.isdir(private):
             args += ["--tmpfs", private]
     args += _keep_resolv_conf()
+    args += _keep_interpreter()
     hidden = [path.resolve() for path in hide if os.path.lexists(path)]
     # A hidden path around the workdir is covered first, then the workdir bound on
     # top; one inside the workdir is covered after the bind, or the bind reveals it.
@@ -149,7 +151,7 @@ def _build(
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     if not network:
         args.append("--unshare-net")
-    args += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--", *argv]
+    args += ["--cap-drop", "ALL", "--die-with-parent", "--", *argv]
     return args
 
 
@@ -158,6 +160,15 @@ def _cover(path: Path) -> list[str]:
     if path.is_dir():
         return ["--tmpfs", str(path)]
     return ["--ro-bind", "/dev/null", str(path)]
+
+
+def _keep_interpreter() -> list[str]:
+    """Keep the server's own Python (say, a virtualenv under /tmp) usable, read-only."""
+    args: list[str] = []
+    for prefix in sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}):
+        if any(prefix.is_relative_to(p) for p in PRIVATE_DIRS) and prefix.is_dir():
+            args += ["--ro-bind", str(prefix), str(prefix)]
+    return args
 
 
 def _keep_resolv_conf() -> list[str]:
