@@ -36,6 +36,7 @@ from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.store import Store
+from minidevin.runtime.tools.environment import kill_task_processes
 from minidevin.runtime.tools.sandbox import SandboxUnavailable, sandbox_status
 from minidevin.runtime.workspace import WorkspaceError, resolve_working_directory
 
@@ -116,8 +117,17 @@ class Runtime:
         await self.close()
 
     async def _fail_interrupted_tasks(self) -> None:
-        """Tasks a previous process left running or queued end as `failed` (INTERRUPTED)."""
-        for row in await records.tasks_with_status(self.store, LIVE_STATUSES):
+        """Tasks a previous process left running or queued end as `failed` (INTERRUPTED).
+
+        Whatever their commands left behind (found by the `MINIDEVIN_TASK_ID` in
+        their environment) is killed first.
+        """
+        rows = await records.tasks_with_status(self.store, LIVE_STATUSES)
+        if rows:
+            killed = await asyncio.to_thread(kill_task_processes, {row["id"] for row in rows})
+            if killed:
+                log.warning("reaped_orphaned_processes", count=killed)
+        for row in rows:
             events = TaskEventLog(
                 row["id"], self.store.submit, await records.last_seq(self.store, row["id"])
             )

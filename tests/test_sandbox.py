@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -236,6 +238,8 @@ def test_server_secrets_and_processes_are_out_of_sight(
     assert pids <= 5, result.output  # bwrap's reaper, bash, ls, grep: not the host's
     capabilities = term(sandboxed(work), "grep CapEff /proc/self/status")
     assert capabilities.output.split() == ["CapEff:", "0000000000000000"]
+    no_tty = term(sandboxed(work), "(: < /dev/tty) 2>/dev/null || echo NO_CONTROLLING_TTY")
+    assert no_tty.output == "NO_CONTROLLING_TTY\n"  # so no TIOCSTI keystroke injection
 
 
 # -- the network ------------------------------------------------------------------------
@@ -309,6 +313,32 @@ def test_cancel_kills_the_whole_tree_inside_the_sandbox(work: Path) -> None:
     assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
 
 
+SERVER_STAND_IN = """
+import sys
+from pathlib import Path
+from minidevin.runtime.tools import TerminalTool, ToolContext
+context = ToolContext(working_directory=Path(sys.argv[1]), sandbox=True, network=False)
+TerminalTool().run({"command": sys.argv[2]}, context)
+"""
+
+
+@needs_bwrap
+def test_the_tree_dies_when_the_server_process_is_killed(work: Path) -> None:
+    mark = marker()
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_STAND_IN, str(work), f"sleep {mark} & wait"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for(lambda: sleep_runs(mark)), "the grandchild never started"
+        server.kill()  # SIGKILL: no cleanup runs, only --die-with-parent and the pid namespace
+        server.wait(10)
+        assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
+    finally:
+        server.kill()
+        server.wait(10)
+
+
 @needs_bwrap
 def test_background_processes_die_when_the_command_ends(work: Path) -> None:
     mark = marker()
@@ -336,7 +366,8 @@ def test_tool_context_follows_the_setting_and_the_run_mode(tmp_path: Path) -> No
 def test_sandbox_off_runs_commands_unsandboxed(work: Path, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", sandbox="off")
     context = tool_context(work, settings, cancel_module.CancelToken(), "offline")
-    assert TerminalTool().build_argv("true", context) == ["bash", "-c", "true"]
+    assert TerminalTool().build_argv("true", context)[-3:] == ["bash", "-c", "true"]
+    assert "bwrap" not in " ".join(TerminalTool().build_argv("true", context))
     outside = tmp_path / "outside.txt"
     result = term(context, f"echo free > {outside} && readlink /proc/$$/ns/pid")
     assert result.success and outside.read_text() == "free\n"

@@ -38,6 +38,7 @@ from minidevin.runtime.tools import (
     ToolResult,
     run_tool,
 )
+from minidevin.runtime.tools.environment import command_environment
 from minidevin.runtime.tools.sandbox import sandbox_status
 from minidevin.runtime.workspace import Snapshots
 
@@ -162,7 +163,11 @@ class ToolActor(pykka.ThreadingActor):
 
 
 def tool_context(
-    working_directory: Path, settings: Any, cancel: CancelToken, run_mode: str = "offline"
+    working_directory: Path,
+    settings: Any,
+    cancel: CancelToken,
+    run_mode: str = "offline",
+    task_id: str = "",
 ) -> ToolContext:
     """The tools' context for a task: sandboxed when the setting allows and bwrap works.
 
@@ -178,4 +183,5 @@ def tool_context(
         sandbox=settings.sandbox != "off" and sandbox_status().works,
         network=run_mode == "online",
         hidden_paths=(settings.data_dir,),
+        env=command_environment(task_id),
     )

@@ -83,8 +83,9 @@ class TaskActor(pykka.ThreadingActor):
             self.spec.working_directory,
             self.deps.settings.snapshots_dir / f"{self.spec.task_id}.git",
         )
+        spec = self.spec
         context = tool_context(
-            self.spec.working_directory, self.deps.settings, self.cancel, self.spec.run_mode
+            spec.working_directory, self.deps.settings, self.cancel, spec.run_mode, spec.task_id
         )
         self.tool_runner = ToolActor.start(self.actor_ref, context, snapshots)
         self.tool_runner.tell(TakeSnapshot())

@@ -9,7 +9,9 @@ of a task, so a restarted server can find (and kill) what a crashed one left.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,3 +45,14 @@ def processes_of_tasks(task_ids: set[str]) -> list[int]:
         if wanted.intersection(variables):
             found.append(int(entry.name))
     return found
+
+
+def kill_task_processes(task_ids: set[str]) -> int:
+    """SIGKILL every process (and its process group) left by `task_ids`; how many."""
+    pids = processes_of_tasks(task_ids)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)

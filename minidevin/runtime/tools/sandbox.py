@@ -12,11 +12,17 @@ What a sandboxed command sees and may do:
   secret, artifacts, snapshots) covered by an empty tmpfs. A working directory
   inside a hidden directory is bound back on top, so only it shows, not its
   siblings;
-- fresh pid, IPC and UTS namespaces and a new session: the server's processes
-  (and their `/proc/<pid>/environ`) are invisible, and `--unshare-pid` makes
-  bwrap's reaper pid 1 of the namespace, so when it dies the kernel kills every
-  process inside. `--die-with-parent` kills it when the bwrap process that the
-  TerminalTool started (and whose process group it kills) dies;
+- fresh pid, IPC and UTS namespaces: the server's processes (and their
+  `/proc/<pid>/environ`) are invisible, and `--unshare-pid` makes bwrap's
+  reaper pid 1 of the namespace, so when it dies the kernel kills every process
+  inside, whatever process group or session they moved to;
+- one process group with the bwrap that the TerminalTool starts (in a session
+  of its own, `start_new_session`, so without a controlling terminal: no
+  TIOCSTI keystroke injection). The tool's `killpg` therefore kills that pid 1
+  directly. No `--new-session`: it would `setsid` pid 1 out of the group and
+  leave its death to `--die-with-parent` (PR_SET_PDEATHSIG) alone, which, seen
+  here, left the whole tree running in about one `minidevin serve` shutdown in
+  four. `--die-with-parent` stays, for when the server itself dies;
 - no capabilities (`--cap-drop ALL`): when the server runs as root, bwrap would
   otherwise keep them, and the command could remount `/` read-write or unmount
   the tmpfs that hides the data directory;
@@ -114,7 +120,11 @@ def wrap(
     network: bool,
     hide: Sequence[Path] = (),
 ) -> list[str]:
-    """The bwrap command line that runs `argv` sandboxed in `working_directory`."""
+    """The bwrap command line that runs `argv` sandboxed in `working_directory`.
+
+    Start it in a new session (`start_new_session=True`) and kill its process
+    group to end it: see the module docstring.
+    """
     bwrap = sandbox_status().bwrap or "bwrap"
     return _build(bwrap, argv, working_directory, network=network, hide=hide)
 

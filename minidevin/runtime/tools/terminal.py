@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from minidevin.runtime.tools import sandbox
 from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
 
 _CHUNK = 65536
+SETPRIV = shutil.which("setpriv")
 _POLL_INTERVAL = 0.05  # only used when pidfd_open is unavailable
 _DRAIN_GRACE = 1.0  # after bash exits, how long to wait for EOF on the output pipe
 
@@ -131,7 +133,8 @@ class TerminalTool:
         """The argv that runs `command`: bash, inside bubblewrap when `context.sandbox`."""
         argv = ["bash", "-c", command]
         if not context.sandbox:
-            return argv
+            # bash dies with the server even on `kill -9` (a restart reaps the rest)
+            return [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if SETPRIV else argv
         return sandbox.wrap(
             argv,
             context.working_directory,
