@@ -182,6 +182,6 @@ def tool_context(
         output_limit=settings.tool_output_limit,
         sandbox=settings.sandbox != "off" and sandbox_status().works,
         network=run_mode == "online",
-        hidden_paths=(settings.data_dir,),
+        hidden_paths=(settings.data_dir, *settings.workspace_roots),  # other workspaces too
         env=command_environment(task_id),
     )
