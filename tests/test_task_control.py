@@ -10,6 +10,7 @@ from waiting import pids_running, until
 
 from minidevin.api import Runtime
 from minidevin.runtime.events import Event
+from minidevin.runtime.settings import Settings
 
 
 async def collect(runtime: Runtime, task_id: str) -> list[Event]:
@@ -197,3 +198,26 @@ async def test_tasks_of_one_session_run_one_at_a_time_in_order(
     assert (await runtime.wait(two.id)).result.summary == "two"
     assert (await runtime.get_task(three.id)).status == "stopped"
     assert len(openai_server.requests) == 3
+
+
+async def test_sessions_run_in_parallel_up_to_the_global_cap(
+    openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    wait_gate = f"while [ ! -f {gate} ]; do sleep 0.02; done"
+    openai_server.script(
+        [ScriptedTurn(tool_calls=[("terminal", {"command": wait_gate})]), finish("a"), finish("b")]
+    )
+    settings = Settings(data_dir=tmp_path / "data", jwt_secret="c" * 40, max_concurrent_tasks=1)
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_server.base_url}
+    async with Runtime(settings, provider_env=env) as runtime:
+        first = await runtime.create_session("a", tmp_path)
+        second = await runtime.create_session("b", tmp_path)
+        a = await runtime.create_task(first.id, "holds the only slot")
+        b = await runtime.create_task(second.id, "waits for it")
+        assert (a.status, b.status) == ("running", "queued")
+        await openai_server.wait_for_requests(1)
+        assert (await runtime.get_task(b.id)).status == "queued"
+        gate.write_text("go")
+        assert (await runtime.wait(a.id)).status == "completed"
+        assert (await runtime.wait(b.id)).result.summary == "b"
