@@ -358,6 +358,8 @@ async def test_http_errors_map_to_provider_codes(
     assert len(server.requests) == 1  # max_retries=0: no retry
     for text in (str(caught.value), caught.value.message, repr(caught.value)):
         assert API_KEY not in text
+    if turn.error_status == 429:  # the server's Retry-After reaches our retry policy
+        assert caught.value.retry_after == 1.0
         assert "SECRETKEY" not in text
 
 

@@ -12,7 +12,6 @@ wait for response headers and the SDK's retry sleeps are bounded by its timeout.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -22,9 +21,9 @@ from typing import Any, NoReturn
 import anthropic
 import httpx2
 
-from minidevin.runtime.cancel import Cancelled, CancelToken
+from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.providers.base import ModelTurn, ProviderError, TokenSink, ToolCall, Usage
-from minidevin.runtime.providers.streaming import abort_stream, close_quietly, redact
+from minidevin.runtime.providers.streaming import consume_stream, provider_error
 
 _MalformedStream = json.JSONDecodeError | UnicodeDecodeError
 _TransportFailure = httpx2.HTTPError | httpx2.StreamError
@@ -290,38 +289,20 @@ class AnthropicModel:
         cancel.raise_if_set()
         request = self.build_request(messages, tools)
         builder = _TurnBuilder(on_token)
-        stream: anthropic.Stream[Any] | None = None
-        unregister = None
-        try:
-            stream = self._client.messages.create(**request)
-            unregister = cancel.on_cancel(functools.partial(abort_stream, stream))
-            for event in stream:
-                if cancel.is_set():
-                    raise Cancelled()
-                builder.add(event)
-            cancel.raise_if_set()
-            return builder.build()
-        except (Cancelled, ProviderError):
-            raise
-        except Exception as error:
-            if cancel.is_set():
-                raise Cancelled() from None
-            self._raise_provider_error(error)
-        finally:
-            if unregister is not None:
-                unregister()
-            if stream is not None:
-                close_quietly(stream)
+        consume_stream(
+            lambda: self._client.messages.create(**request),
+            builder.add,
+            cancel,
+            self._raise_provider_error,
+        )
+        return builder.build()
 
     def _raise_provider_error(self, error: Exception) -> NoReturn:
         if not isinstance(error, anthropic.AnthropicError | _TransportFailure | _MalformedStream):
             raise error  # not the provider's failure (e.g. raised by on_token)
         code, summary = _classify(error)
-        detail = str(error)
-        if isinstance(error, anthropic.APIConnectionError) and error.__cause__ is not None:
-            detail = f"{detail} ({error.__cause__})"
-        detail = redact(detail, self._client.api_key, self._client.auth_token)
-        raise ProviderError(code, f"{summary}: {detail}" if detail else summary) from None
+        secrets = (self._client.api_key, self._client.auth_token)
+        raise provider_error(code, summary, error, *secrets) from None
 
 
 def _classify(error: Exception) -> tuple[str, str]:

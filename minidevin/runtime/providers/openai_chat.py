@@ -15,7 +15,6 @@ interrupted; the client's timeout bounds them.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import uuid
@@ -25,16 +24,15 @@ from typing import Any, NoReturn
 import openai
 from openai.types.chat import ChatCompletionChunk
 
-from minidevin.runtime.cancel import Cancelled, CancelToken
+from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.providers.base import (
     ModelTurn,
     ProviderError,
     TokenSink,
     ToolCall,
     Usage,
-    retry_after_seconds,
 )
-from minidevin.runtime.providers.streaming import abort_stream, close_quietly, redact
+from minidevin.runtime.providers.streaming import consume_stream, provider_error
 
 _MalformedStream = json.JSONDecodeError | UnicodeDecodeError
 _CONTEXT_HINTS = ("context_length", "context length", "maximum context", "too many tokens")
@@ -151,43 +149,19 @@ class OpenAIChatModel:
         if tools:
             request["tools"] = tools
         builder = _TurnBuilder(on_token)
-        stream: openai.Stream[ChatCompletionChunk] | None = None
-        unregister = None
-        try:
-            stream = self._client.chat.completions.create(**request)
-            unregister = cancel.on_cancel(functools.partial(abort_stream, stream))
-            for chunk in stream:
-                if cancel.is_set():
-                    raise Cancelled()
-                builder.add(chunk)
-            cancel.raise_if_set()
-            return builder.build()
-        except (Cancelled, ProviderError):
-            raise
-        except Exception as error:
-            if cancel.is_set():
-                raise Cancelled() from None
-            self._raise_provider_error(error)
-        finally:
-            if unregister is not None:
-                unregister()
-            if stream is not None:
-                close_quietly(stream)
+        consume_stream(
+            lambda: self._client.chat.completions.create(**request),
+            builder.add,
+            cancel,
+            self._raise_provider_error,
+        )
+        return builder.build()
 
     def _raise_provider_error(self, error: Exception) -> NoReturn:
         if not isinstance(error, openai.OpenAIError | _MalformedStream):
             raise error  # not the provider's failure (e.g. raised by on_token)
         code, summary = _classify(error)
-        detail = str(error)
-        if isinstance(error, openai.APIConnectionError) and error.__cause__ is not None:
-            detail = f"{detail} ({error.__cause__})"
-        detail = redact(detail, self._client.api_key)
-        response = getattr(error, "response", None)
-        raise ProviderError(
-            code,
-            f"{summary}: {detail}" if detail else summary,
-            retry_after=retry_after_seconds(getattr(response, "headers", None)),
-        ) from None
+        raise provider_error(code, summary, error, self._client.api_key) from None
 
 
 def _classify(error: Exception) -> tuple[str, str]:

@@ -14,11 +14,16 @@ real outcome. `redact` strips API keys and bearer tokens from error text.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import socket
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, Protocol
 
 import httpx2
+
+from minidevin.runtime.cancel import Cancelled, CancelToken
+from minidevin.runtime.providers.base import ProviderError, retry_after_seconds
 
 SECRET_PATTERNS = (
     re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}"),  # OpenAI `sk-...`, Anthropic `sk-ant-...`
@@ -34,6 +39,61 @@ class SdkStream(Protocol):
     def response(self) -> httpx2.Response: ...
 
     def close(self) -> None: ...
+
+    def __iter__(self) -> Any: ...
+
+
+def consume_stream(
+    open_stream: Callable[[], SdkStream],
+    feed: Callable[[Any], None],
+    cancel: CancelToken,
+    on_error: Callable[[Exception], NoReturn],
+) -> None:
+    """Open a stream and feed it item by item, honouring `cancel` at once.
+
+    A cancel shuts the socket down (waking a blocked read) and raises
+    `Cancelled`; any other failure goes to `on_error`, which raises the
+    provider's `ProviderError`. The stream is always closed.
+    """
+    cancel.raise_if_set()
+    stream: SdkStream | None = None
+    unregister = None
+    try:
+        stream = open_stream()
+        unregister = cancel.on_cancel(functools.partial(abort_stream, stream))
+        items: Iterable[Any] = stream
+        for item in items:
+            if cancel.is_set():
+                raise Cancelled()
+            feed(item)
+        cancel.raise_if_set()
+    except (Cancelled, ProviderError):
+        raise
+    except Exception as error:
+        if cancel.is_set():
+            raise Cancelled() from None
+        on_error(error)
+    finally:
+        if unregister is not None:
+            unregister()
+        if stream is not None:
+            close_quietly(stream)
+
+
+def provider_error(
+    code: str, summary: str, error: Exception, *secrets: str | None
+) -> ProviderError:
+    """The `ProviderError` for an SDK error: redacted detail, the server's Retry-After."""
+    detail = str(error)
+    if error.__cause__ is not None and "connection" in type(error).__name__.lower():
+        detail = f"{detail} ({error.__cause__})"
+    detail = redact(detail, *secrets)
+    response = getattr(error, "response", None)
+    return ProviderError(
+        code,
+        f"{summary}: {detail}" if detail else summary,
+        retry_after=retry_after_seconds(getattr(response, "headers", None)),
+    )
 
 
 def redact(text: str, *secrets: str | None) -> str:
