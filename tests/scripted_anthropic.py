@@ -29,17 +29,12 @@ the first content delta; `drop_after` counts SSE events (`message_start` and the
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import json
-import re
-import threading
-from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from scripted_base import ScriptedServer, arguments_text, split_arguments, split_text
 from scripted_provider import Responder, ScriptedTurn
 
 Event = tuple[str, dict[str, Any]]
@@ -64,28 +59,18 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": message}}
 
 
-class ScriptedAnthropicServer:
+class ScriptedAnthropicServer(ScriptedServer[ScriptedTurn]):
     """Fake `POST /v1/messages`; see the module docstring."""
 
+    _thread_name = "scripted-anthropic"
+
     def __init__(self, *, responder: Responder | None = None, host: str = "127.0.0.1") -> None:
-        self.responder = responder
-        self.host = host
-        self.port: int | None = None
-        self.requests: list[dict[str, Any]] = []
+        super().__init__(responder=responder, host=host)
         self.api_keys: list[str | None] = []  # `x-api-key` of each request
         self.authorizations: list[str | None] = []  # `Authorization` of each request
         self.request_headers: list[dict[str, str]] = []
-        self.client_disconnects = 0  # stalled streams the client walked away from
-        self._turns: deque[ScriptedTurn] = deque()
-        self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
         self._tool_ids = 0
         self._message_ids = 0
-        self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._async_arrived: asyncio.Condition | None = None
-        self._stopping: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
 
     # --- public API -----------------------------------------------------------------
 
@@ -105,97 +90,19 @@ class ScriptedAnthropicServer:
         bearer = authorization[7:] if authorization.lower().startswith("bearer ") else None
         return self.api_keys[-1] or bearer
 
-    def script(self, turns: ScriptedTurn | Iterable[ScriptedTurn]) -> None:
-        """Append turns; each request consumes the next one (unless `responder` is set)."""
-        with self._lock:
-            self._turns.extend([turns] if isinstance(turns, ScriptedTurn) else turns)
-
-    async def wait_for_requests(self, n: int, timeout: float = 5.0) -> None:
-        """Wait until at least `n` requests have arrived; TimeoutError otherwise."""
-        if self._loop is not asyncio.get_running_loop() or self._async_arrived is None:
-            await asyncio.to_thread(self.wait_for_requests_sync, n, timeout)
-            return
-        condition = self._async_arrived
-        try:
-            async with asyncio.timeout(timeout):
-                async with condition:
-                    await condition.wait_for(lambda: len(self.requests) >= n)
-        except TimeoutError:
-            raise TimeoutError(f"{len(self.requests)} of {n} requests arrived") from None
-
-    def wait_for_requests_sync(self, n: int, timeout: float = 5.0) -> None:
-        """Blocking `wait_for_requests`, for sync tests (server on another loop)."""
-        with self._arrived:
-            if not self._arrived.wait_for(lambda: len(self.requests) >= n, timeout):
-                raise TimeoutError(f"{len(self.requests)} of {n} requests arrived")
-
-    async def start(self) -> ScriptedAnthropicServer:
-        self._loop = asyncio.get_running_loop()
-        self._async_arrived = asyncio.Condition()
-        self._stopping = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/v1/messages", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()  # releases stalled streams
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> ScriptedAnthropicServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> ScriptedAnthropicServer:
-        """Run the server on its own event loop in a daemon thread."""
-        loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=loop.run_forever, name="scripted-anthropic", daemon=True
-        )
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=10)
-        return self
-
-    def stop_in_thread(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        self._thread = None
-
-    def __enter__(self) -> ScriptedAnthropicServer:
-        return self.start_in_thread()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop_in_thread()
-
     # --- request handling --------------------------------------------------------------
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        with self._arrived:
-            self.requests.append(body)
-            self.api_keys.append(request.headers.get("x-api-key"))
-            self.authorizations.append(request.headers.get("Authorization"))
-            self.request_headers.append(dict(request.headers))
-            self._arrived.notify_all()
-        assert self._async_arrived is not None
-        async with self._async_arrived:
-            self._async_arrived.notify_all()
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/messages", self._handle)
 
-        turn = await self._next_turn(body)
+    def _record(self, request: web.Request, body: dict[str, Any]) -> None:
+        self.api_keys.append(request.headers.get("x-api-key"))
+        self.authorizations.append(request.headers.get("Authorization"))
+        self.request_headers.append(dict(request.headers))
+
+    async def _respond(
+        self, request: web.Request, body: dict[str, Any], turn: ScriptedTurn | None
+    ) -> web.StreamResponse:
         if turn is None:
             body = error_body("api_error", "scripted server: no turn left")
             return web.json_response(body, status=500, headers={"x-should-retry": "false"})
@@ -206,13 +113,6 @@ class ScriptedAnthropicServer:
         if not body.get("stream"):
             return web.json_response(message, headers=turn.headers)
         return await self._stream(request, turn, self._events(turn, message))
-
-    async def _next_turn(self, body: dict[str, Any]) -> ScriptedTurn | None:
-        if self.responder is not None:
-            turn = self.responder(body)
-            return await turn if inspect.isawaitable(turn) else turn
-        with self._lock:
-            return self._turns.popleft() if self._turns else None
 
     def _error_response(self, turn: ScriptedTurn) -> web.Response:
         status = turn.error_status or 500
@@ -272,13 +172,10 @@ class ScriptedAnthropicServer:
         for index, block in enumerate(message["content"]):
             if block["type"] == "text":
                 head = {"type": "text", "text": ""}
-                pieces = re.findall(r"\s*\S+|\s+", block["text"])
-                deltas = [{"type": "text_delta", "text": piece} for piece in pieces]
+                deltas = [{"type": "text_delta", "text": p} for p in split_text(block["text"])]
             else:
                 head = {**block, "input": {}}
-                text = _arguments_text(next(arguments)[1])
-                size = max(1, -(-len(text) // 3))
-                pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
+                pieces = split_arguments(arguments_text(next(arguments)[1]))
                 deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
             events.append(("content_block_start", {"index": index, "content_block": head}))
             events += [("content_block_delta", {"index": index, "delta": d}) for d in deltas]
@@ -327,19 +224,6 @@ class ScriptedAnthropicServer:
             await response.write(f"event: error\ndata: {json.dumps(data)}\n\n".encode())
         await response.write_eof()
 
-    async def _hold_open(self, request: web.Request) -> None:
-        """Wait until the client disconnects or the server stops."""
-        assert self._stopping is not None
-        while not self._stopping.is_set():
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                self.client_disconnects += 1
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.02)
-        if request.transport is not None:
-            request.transport.abort()
-
 
 def _default_error(turn: ScriptedTurn) -> dict[str, Any]:
     status = turn.error_status or 500
@@ -351,7 +235,3 @@ def _default_error(turn: ScriptedTurn) -> dict[str, Any]:
     if turn.error_code:
         body["error"]["details"] = {"error_code": turn.error_code}
     return body
-
-
-def _arguments_text(arguments: dict[str, Any] | str) -> str:
-    return arguments if isinstance(arguments, str) else json.dumps(arguments)

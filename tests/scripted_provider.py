@@ -19,18 +19,14 @@ header, so tests can drive the real `openai` SDK over real HTTP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import json
-import re
-import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from scripted_base import ScriptedServer, arguments_text, split_arguments, split_text
 
 ToolArguments = dict[str, Any] | str
 Responder = Callable[[dict[str, Any]], "ScriptedTurn | Awaitable[ScriptedTurn]"]
@@ -66,38 +62,19 @@ class ScriptedTurn:
     chunk_delay: float = 0.0  # seconds between streamed chunks
 
 
-def _split_text(text: str) -> list[str]:
-    return re.findall(r"\s*\S+|\s+", text)
-
-
-def _split_arguments(arguments: str, pieces: int = 3) -> list[str]:
-    size = max(1, -(-len(arguments) // pieces))
-    return [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
-
-
-class ScriptedOpenAIServer:
+class ScriptedOpenAIServer(ScriptedServer[ScriptedTurn]):
     """Fake `POST /v1/chat/completions`; see the module docstring."""
 
+    _thread_name = "scripted-openai"
+
     def __init__(self, *, responder: Responder | None = None, host: str = "127.0.0.1") -> None:
-        self.responder = responder
-        self.host = host
-        self.port: int | None = None
-        self.requests: list[dict[str, Any]] = []
+        super().__init__(responder=responder, host=host)
         self.authorizations: list[str | None] = []
-        self.client_disconnects = 0  # stalled streams the client walked away from
         self.paths: list[str] = []  # path and query of each completion request
         self.api_keys: list[str | None] = []  # Azure's `api-key` header of each request
         self.ollama_models: list[str] = []  # what `GET /api/tags` lists
-        self._turns: deque[ScriptedTurn] = deque()
-        self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
         self._call_ids = 0
         self._completion_ids = 0
-        self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._async_arrived: asyncio.Condition | None = None
-        self._stopping: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
 
     # --- public API -----------------------------------------------------------------
 
@@ -112,103 +89,25 @@ class ScriptedOpenAIServer:
         """The `Authorization` header of the latest request."""
         return self.authorizations[-1] if self.authorizations else None
 
-    def script(self, turns: ScriptedTurn | Iterable[ScriptedTurn]) -> None:
-        """Append turns; each request consumes the next one (unless `responder` is set)."""
-        with self._lock:
-            self._turns.extend([turns] if isinstance(turns, ScriptedTurn) else turns)
+    # --- request handling --------------------------------------------------------------
 
-    async def wait_for_requests(self, n: int, timeout: float = 5.0) -> None:
-        """Wait until at least `n` requests have arrived; TimeoutError otherwise."""
-        if self._loop is not asyncio.get_running_loop() or self._async_arrived is None:
-            await asyncio.to_thread(self.wait_for_requests_sync, n, timeout)
-            return
-        condition = self._async_arrived
-        try:
-            async with asyncio.timeout(timeout):
-                async with condition:
-                    await condition.wait_for(lambda: len(self.requests) >= n)
-        except TimeoutError:
-            raise TimeoutError(f"{len(self.requests)} of {n} requests arrived") from None
-
-    def wait_for_requests_sync(self, n: int, timeout: float = 5.0) -> None:
-        """Blocking `wait_for_requests`, for sync tests (server on another loop)."""
-        with self._arrived:
-            if not self._arrived.wait_for(lambda: len(self.requests) >= n, timeout):
-                raise TimeoutError(f"{len(self.requests)} of {n} requests arrived")
-
-    async def start(self) -> ScriptedOpenAIServer:
-        self._loop = asyncio.get_running_loop()
-        self._async_arrived = asyncio.Condition()
-        self._stopping = asyncio.Event()
-        app = web.Application()
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._handle)
         # Azure OpenAI's path for the same protocol, and Ollama's model list
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._handle)
         app.router.add_get("/api/tags", self._tags)
-        self._runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()  # releases stalled streams
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> ScriptedOpenAIServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> ScriptedOpenAIServer:
-        """Run the server on its own event loop in a daemon thread."""
-        loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=loop.run_forever, name="scripted-openai", daemon=True
-        )
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=10)
-        return self
-
-    def stop_in_thread(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        self._thread = None
-
-    def __enter__(self) -> ScriptedOpenAIServer:
-        return self.start_in_thread()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop_in_thread()
-
-    # --- request handling --------------------------------------------------------------
 
     async def _tags(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [{"name": name} for name in self.ollama_models]})
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+    def _record(self, request: web.Request, body: dict[str, Any]) -> None:
         self.paths.append(request.path_qs)
         self.api_keys.append(request.headers.get("api-key"))
-        with self._arrived:
-            self.requests.append(body)
-            self.authorizations.append(request.headers.get("Authorization"))
-            self._arrived.notify_all()
-        assert self._async_arrived is not None
-        async with self._async_arrived:
-            self._async_arrived.notify_all()
+        self.authorizations.append(request.headers.get("Authorization"))
 
-        turn = await self._next_turn(body)
+    async def _respond(
+        self, request: web.Request, body: dict[str, Any], turn: ScriptedTurn | None
+    ) -> web.StreamResponse:
         if turn is None:
             return web.json_response(
                 {"error": {"message": "scripted server: no turn left", "type": "server_error"}},
@@ -222,13 +121,6 @@ class ScriptedOpenAIServer:
             return web.json_response(self._completion(turn, model), headers=turn.headers)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return await self._stream(request, turn, model, include_usage)
-
-    async def _next_turn(self, body: dict[str, Any]) -> ScriptedTurn | None:
-        if self.responder is not None:
-            turn = self.responder(body)
-            return await turn if inspect.isawaitable(turn) else turn
-        with self._lock:
-            return self._turns.popleft() if self._turns else None
 
     def _error_response(self, turn: ScriptedTurn) -> web.Response:
         body = turn.error_body
@@ -275,7 +167,7 @@ class ScriptedOpenAIServer:
                 {
                     "id": call_id,
                     "type": "function",
-                    "function": {"name": name, "arguments": _arguments_text(arguments)},
+                    "function": {"name": name, "arguments": arguments_text(arguments)},
                 }
                 for call_id, (name, arguments) in zip(ids, turn.tool_calls, strict=True)
             ]
@@ -303,7 +195,7 @@ class ScriptedOpenAIServer:
             choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
             return {**base, "choices": [choice]}
 
-        pieces = _split_text(turn.text)
+        pieces = split_text(turn.text)
         chunks = [chunk({"role": "assistant", "content": pieces[0] if pieces else ""})]
         chunks += [chunk({"content": piece}) for piece in pieces[1:]]
         for index, (call_id, (name, arguments)) in enumerate(
@@ -312,7 +204,7 @@ class ScriptedOpenAIServer:
             head = {"index": index, "id": call_id, "type": "function"}
             head["function"] = {"name": name, "arguments": ""}
             chunks.append(chunk({"tool_calls": [head]}))
-            for piece in _split_arguments(_arguments_text(arguments)):
+            for piece in split_arguments(arguments_text(arguments)):
                 delta = {"index": index, "function": {"arguments": piece}}
                 chunks.append(chunk({"tool_calls": [delta]}))
         chunks.append(chunk({}, self._finish_reason(turn)))
@@ -349,20 +241,3 @@ class ScriptedOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
-
-    async def _hold_open(self, request: web.Request) -> None:
-        """Wait until the client disconnects or the server stops."""
-        assert self._stopping is not None
-        while not self._stopping.is_set():
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                self.client_disconnects += 1
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.02)
-        if request.transport is not None:
-            request.transport.abort()
-
-
-def _arguments_text(arguments: ToolArguments) -> str:
-    return arguments if isinstance(arguments, str) else json.dumps(arguments)
