@@ -78,7 +78,8 @@ async def revoke_api_key(store: Store, user_id: str, key_id: str) -> bool:
 
 async def api_key_by_hash(store: Store, key_hash: str) -> dict[str, Any] | None:
     return await store.fetch_one(
-        "SELECT user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ?", (key_hash,)
+        "SELECT id, user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ?",
+        (key_hash,),
     )
 
 
