@@ -169,7 +169,10 @@ class Runtime:
     async def get_session(
         self, session_id: str, *, owner: str | None = None
     ) -> schemas.SessionDetail:
-        return await records.session_detail(self.store, await self._session_row(session_id, owner))
+        detail = await records.session_detail(self.store, session_id, await self.owner(owner))
+        if detail is None:
+            raise NotFound("session not found")
+        return detail
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> None:
         await self._session_row(session_id, owner)

@@ -119,15 +119,29 @@ async def session_row(store: Store, session_id: str, user_id: str | None) -> dic
     )
 
 
-async def session_detail(store: Store, row: dict[str, Any]) -> schemas.SessionDetail:
-    tasks = await store.fetch_all(
-        "SELECT id, description, status FROM tasks WHERE session_id = ? ORDER BY created_at",
-        (row["id"],),
+async def session_detail(
+    store: Store, session_id: str, user_id: str
+) -> schemas.SessionDetail | None:
+    """The session with its tasks, in one query; None if the user has no such session."""
+    rows = await store.fetch_all(
+        "SELECT s.id, s.name, s.status, s.working_directory, s.created_at, s.updated_at, "
+        "t.id AS task_id, t.description, t.status AS task_status FROM sessions s "
+        "LEFT JOIN tasks t ON t.session_id = s.id WHERE s.id = ? AND s.user_id = ? "
+        "ORDER BY t.created_at",
+        (session_id, user_id),
     )
-    fields = {k: row[k] for k in ("id", "name", "status", "working_directory", "created_at")}
-    return schemas.SessionDetail(
-        **fields, updated_at=row["updated_at"], tasks=[schemas.TaskBrief(**t) for t in tasks]
-    )
+    if not rows:
+        return None
+    first = rows[0]
+    tasks = [
+        schemas.TaskBrief(
+            id=row["task_id"], description=row["description"], status=row["task_status"]
+        )
+        for row in rows
+        if row["task_id"] is not None
+    ]
+    fields = ("id", "name", "status", "working_directory", "created_at", "updated_at")
+    return schemas.SessionDetail(**{k: first[k] for k in fields}, tasks=tasks)
 
 
 def touch_session(session_id: str) -> Write:
