@@ -90,10 +90,14 @@ def ratelimit_middleware(
             or request.method == "OPTIONS"
             or not request.path.startswith(("/api/", "/ws/"))
         )
-        if exempt:
+        credentials = has_credentials(request)
+        limit_off = (
+            settings.rate_limit_authenticated if credentials else settings.rate_limit_anonymous
+        ) == 0
+        if exempt or limit_off:
             return await handler(request)
         key, limit = None, settings.rate_limit_anonymous
-        if has_credentials(request):
+        if credentials:
             try:
                 principal = await authenticate(request, query_token=True)
             except Unauthorized:

@@ -18,6 +18,10 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return rows[0] if rows else None
+
+
 # -- users and keys --------------------------------------------------------------
 
 
@@ -33,11 +37,11 @@ async def insert_user(
 
 
 async def user_by_email(store: Store, email: str) -> dict[str, Any] | None:
-    return await store.fetch_one("SELECT * FROM users WHERE email = ?", (email.strip(),))
+    return _first(store.fetch_point("SELECT * FROM users WHERE email = ?", (email.strip(),)))
 
 
 async def user_exists(store: Store, user_id: str) -> bool:
-    return await store.fetch_one("SELECT 1 FROM users WHERE id = ?", (user_id,)) is not None
+    return bool(store.fetch_point("SELECT 1 FROM users WHERE id = ?", (user_id,)))
 
 
 async def insert_api_key(
@@ -77,9 +81,11 @@ async def revoke_api_key(store: Store, user_id: str, key_id: str) -> bool:
 
 
 async def api_key_by_hash(store: Store, key_hash: str) -> dict[str, Any] | None:
-    return await store.fetch_one(
-        "SELECT id, user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ?",
-        (key_hash,),
+    return _first(
+        store.fetch_point(
+            "SELECT id, user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ?",
+            (key_hash,),
+        )
     )
 
 
@@ -113,9 +119,11 @@ async def list_sessions(store: Store, user_id: str) -> list[schemas.SessionSumma
 
 async def session_row(store: Store, session_id: str, user_id: str | None) -> dict[str, Any] | None:
     if user_id is None:
-        return await store.fetch_one("SELECT * FROM sessions WHERE id = ?", (session_id,))
-    return await store.fetch_one(
-        "SELECT * FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id)
+        return _first(store.fetch_point("SELECT * FROM sessions WHERE id = ?", (session_id,)))
+    return _first(
+        store.fetch_point(
+            "SELECT * FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id)
+        )
     )
 
 
@@ -123,7 +131,7 @@ async def session_detail(
     store: Store, session_id: str, user_id: str
 ) -> schemas.SessionDetail | None:
     """The session with its tasks, in one query; None if the user has no such session."""
-    rows = await store.fetch_all(
+    rows = store.fetch_point(  # one session's tasks: a handful of rows through an index
         "SELECT s.id, s.name, s.status, s.working_directory, s.created_at, s.updated_at, "
         "t.id AS task_id, t.description, t.status AS task_status FROM sessions s "
         "LEFT JOIN tasks t ON t.session_id = s.id WHERE s.id = ? AND s.user_id = ? "
@@ -196,11 +204,13 @@ def update_task(task_id: str, **fields: Any) -> Write:
 
 async def task_row(store: Store, task_id: str, user_id: str | None) -> dict[str, Any] | None:
     if user_id is None:
-        return await store.fetch_one("SELECT t.* FROM tasks t WHERE t.id = ?", (task_id,))
-    return await store.fetch_one(
-        "SELECT t.* FROM tasks t JOIN sessions s ON s.id = t.session_id "
-        "WHERE t.id = ? AND s.user_id = ?",
-        (task_id, user_id),
+        return _first(store.fetch_point("SELECT t.* FROM tasks t WHERE t.id = ?", (task_id,)))
+    return _first(
+        store.fetch_point(
+            "SELECT t.* FROM tasks t JOIN sessions s ON s.id = t.session_id "
+            "WHERE t.id = ? AND s.user_id = ?",
+            (task_id, user_id),
+        )
     )
 
 
@@ -266,7 +276,9 @@ async def ended_by(store: Store, task_id: str, seq: int) -> bool:
 
 
 async def last_seq(store: Store, task_id: str) -> int:
-    row = await store.fetch_one("SELECT MAX(seq) AS seq FROM events WHERE task_id = ?", (task_id,))
+    row = _first(
+        store.fetch_point("SELECT MAX(seq) AS seq FROM events WHERE task_id = ?", (task_id,))
+    )
     return (row or {}).get("seq") or 0
 
 
@@ -296,6 +308,8 @@ async def list_artifacts(store: Store, task_id: str) -> list[schemas.Artifact]:
 
 
 async def artifact_row(store: Store, task_id: str, artifact_id: str) -> dict[str, Any] | None:
-    return await store.fetch_one(
-        "SELECT * FROM artifacts WHERE id = ? AND task_id = ?", (artifact_id, task_id)
+    return _first(
+        store.fetch_point(
+            "SELECT * FROM artifacts WHERE id = ? AND task_id = ?", (artifact_id, task_id)
+        )
     )
