@@ -35,8 +35,8 @@ from schemathesis.specs.openapi.checks import (
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 
 from minidevin.api import Runtime
+from minidevin.http.access import PUBLIC_PATHS
 from minidevin.http.app import create_app
-from minidevin.http.middlewares import PUBLIC_PATHS
 from minidevin.http.openapi import OPENAPI_PATH, OPERATIONS, build_document
 from minidevin.runtime.settings import Settings
 

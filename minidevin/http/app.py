@@ -6,9 +6,10 @@ from aiohttp import web
 
 from minidevin.api import Runtime
 from minidevin.http import openapi, routes, websocket
-from minidevin.http.keys import RUNTIME, WEBSOCKETS
-from minidevin.http.middlewares import auth_middleware, cors_middleware, errors_middleware
-from minidevin.http.ratelimit import FixedWindowLimiter, add_rate_headers, ratelimit_middleware
+from minidevin.http.access import access_middleware
+from minidevin.http.keys import READ_CACHE, RUNTIME, WEBSOCKETS
+from minidevin.http.middlewares import cors_middleware, errors_middleware
+from minidevin.http.ratelimit import FixedWindowLimiter, add_rate_headers
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Application:
@@ -18,13 +19,13 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Applicat
         middlewares=[
             cors_middleware(settings.cors_origins),
             errors_middleware,
-            ratelimit_middleware(FixedWindowLimiter()),
-            auth_middleware,
+            access_middleware(FixedWindowLimiter()),
         ],
         client_max_size=settings.max_body_bytes,
     )
     app[RUNTIME] = runtime
     app[WEBSOCKETS] = set()
+    app[READ_CACHE] = {}
     app.add_routes(routes.routes)
     app.add_routes(websocket.routes)
     app.add_routes(openapi.routes)

@@ -10,5 +10,7 @@ from minidevin.runtime.auth import Principal
 RUNTIME = web.AppKey("runtime", Runtime)
 PRINCIPAL = web.RequestKey("principal", Principal)
 WEBSOCKETS = web.AppKey("websockets", set)
+# (kind, id, user) -> (store generation, JSON body) of polled details
+READ_CACHE = web.AppKey("read_cache", dict)
 
-__all__ = ["PRINCIPAL", "RUNTIME", "WEBSOCKETS", "Principal"]
+__all__ = ["PRINCIPAL", "READ_CACHE", "RUNTIME", "WEBSOCKETS", "Principal"]

@@ -1,4 +1,4 @@
-"""Cross-cutting concerns: errors, CORS, authentication."""
+"""Cross-cutting concerns: errors and CORS (access control is in `access`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from minidevin.http.errors import HTTP_CODES, error_response, validation_detail
-from minidevin.http.keys import PRINCIPAL, RUNTIME
-from minidevin.runtime.auth import Principal
-from minidevin.runtime.errors import ApiError, Unauthorized
+from minidevin.runtime.errors import ApiError
 from minidevin.runtime.store import StoreError
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/health", "/api/auth/register", "/api/auth/login", "/api/openapi.json"})
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, X-API-Key"
 EXPOSED_HEADERS = "X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
@@ -83,27 +80,3 @@ def cors_middleware(
         return response
 
     return cors
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """`/api/*` (but register and login) needs `Authorization: Bearer` or `X-API-Key`."""
-    unrouted = request.match_info.http_exception is not None  # answer 404/405 as such
-    protected = request.path.startswith("/api/") and request.path not in PUBLIC_PATHS
-    if protected and not unrouted and PRINCIPAL not in request:  # (the rate limiter may know)
-        request[PRINCIPAL] = await authenticate(request)
-    return await handler(request)
-
-
-async def authenticate(request: web.Request, query_token: bool = False) -> Principal:
-    accounts = request.app[RUNTIME].accounts
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return await accounts.authenticate_token(credentials.strip())
-    api_key = request.headers.get("X-API-Key")
-    if api_key:
-        return await accounts.authenticate_api_key(api_key.strip())
-    if query_token and request.query.get("token"):
-        return await accounts.authenticate_token(request.query["token"])
-    raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>' or 'X-API-Key'")

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
-from minidevin.http.keys import PRINCIPAL, RUNTIME
-from minidevin.runtime.errors import ApiError, Unauthorized
+from minidevin.runtime.errors import ApiError
 
 WINDOW_SECONDS = 60
 EXEMPT_PATHS = frozenset({"/health"})
 RATE_HEADERS = web.RequestKey("rate_limit_headers", dict)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class RateLimited(ApiError):
@@ -67,55 +65,6 @@ def client_address(request: web.Request, trust_forwarded_for: bool) -> str:
         if first:
             return first
     return request.remote or "unknown"
-
-
-def has_credentials(request: web.Request) -> bool:
-    return bool(
-        request.headers.get("Authorization")
-        or request.headers.get("X-API-Key")
-        or (request.path.startswith("/ws/") and request.query.get("token"))
-    )
-
-
-def ratelimit_middleware(
-    limiter: FixedWindowLimiter,
-) -> Callable[..., Awaitable[web.StreamResponse]]:
-    from minidevin.http.middlewares import authenticate
-
-    @web.middleware
-    async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        settings = request.app[RUNTIME].settings
-        exempt = (
-            request.path in EXEMPT_PATHS
-            or request.method == "OPTIONS"
-            or not request.path.startswith(("/api/", "/ws/"))
-        )
-        credentials = has_credentials(request)
-        limit_off = (
-            settings.rate_limit_authenticated if credentials else settings.rate_limit_anonymous
-        ) == 0
-        if exempt or limit_off:
-            return await handler(request)
-        key, limit = None, settings.rate_limit_anonymous
-        if credentials:
-            try:
-                principal = await authenticate(request, query_token=True)
-            except Unauthorized:
-                pass  # counted as anonymous; the auth middleware answers 401
-            else:
-                request[PRINCIPAL] = principal
-                key, limit = f"user:{principal.user_id}", settings.rate_limit_authenticated
-        if key is None:
-            key = f"addr:{client_address(request, settings.trust_forwarded_for)}"
-        if limit == 0:
-            return await handler(request)
-        allowed, headers = limiter.hit(key, limit)
-        request[RATE_HEADERS] = headers
-        if not allowed:
-            raise RateLimited(f"rate limit of {limit} requests a minute exceeded; retry later")
-        return await handler(request)
-
-    return ratelimit
 
 
 async def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from minidevin import __version__
-from minidevin.http.keys import PRINCIPAL, RUNTIME
+from minidevin.http.keys import PRINCIPAL, READ_CACHE, RUNTIME
 from minidevin.runtime import schemas
 from minidevin.runtime.errors import ApiError, ValidationFailed
 from minidevin.runtime.providers.registry import PROVIDERS
@@ -17,6 +18,7 @@ from minidevin.runtime.tools.sandbox import sandbox_status
 
 M = TypeVar("M", bound=BaseModel)
 routes = web.RouteTableDef()
+READ_CACHE_SIZE = 10_000
 
 
 async def body(request: web.Request, model: type[M]) -> M:
@@ -37,6 +39,27 @@ def reply(model: BaseModel | list[Any], status: int = 200) -> web.Response:
 
 def owner(request: web.Request) -> str:
     return request[PRINCIPAL].user_id
+
+
+async def cached_reply(
+    request: web.Request, key: tuple[str, ...], read: Callable[[], Awaitable[BaseModel]]
+) -> web.Response:
+    """`reply(await read())`, the JSON kept until the store's next write commits.
+
+    Task and session details are what clients poll; events alone (tokens) do
+    not change them, so a streaming task does not empty this cache.
+    """
+    store, cache = request.app[RUNTIME].store, request.app[READ_CACHE]
+    hit = cache.get(key)
+    if hit is not None and hit[0] == store.generation:
+        body = hit[1]
+    else:
+        generation = store.generation  # taken first: a write during the read re-reads
+        body = json.dumps(schemas.dump(await read())).encode()
+        if len(cache) >= READ_CACHE_SIZE:
+            cache.clear()
+        cache[key] = (generation, body)
+    return web.Response(body=body, content_type="application/json")
 
 
 # -- health, auth ----------------------------------------------------------------------
@@ -130,8 +153,14 @@ async def create_session(request: web.Request) -> web.Response:
 
 @routes.get("/api/sessions/{session_id}")
 async def get_session(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    return reply(await runtime.get_session(request.match_info["session_id"], owner=owner(request)))
+    runtime, session_id, user = (
+        request.app[RUNTIME],
+        request.match_info["session_id"],
+        owner(request),
+    )
+    return await cached_reply(
+        request, ("session", session_id, user), lambda: runtime.get_session(session_id, owner=user)
+    )
 
 
 @routes.delete("/api/sessions/{session_id}")
@@ -160,8 +189,10 @@ async def create_task(request: web.Request) -> web.Response:
 
 @routes.get("/api/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    return reply(await runtime.get_task(request.match_info["task_id"], owner=owner(request)))
+    runtime, task_id, user = request.app[RUNTIME], request.match_info["task_id"], owner(request)
+    return await cached_reply(
+        request, ("task", task_id, user), lambda: runtime.get_task(task_id, owner=user)
+    )
 
 
 @routes.post("/api/tasks/{task_id}/stop")

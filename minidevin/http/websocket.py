@@ -16,9 +16,8 @@ from aiohttp import WSMsgType, web
 
 from minidevin.api import Runtime
 from minidevin.http.errors import error_body
-from minidevin.http.keys import RUNTIME, WEBSOCKETS
-from minidevin.http.middlewares import authenticate
-from minidevin.runtime.errors import Forbidden, ValidationFailed
+from minidevin.http.keys import PRINCIPAL, RUNTIME, WEBSOCKETS
+from minidevin.runtime.errors import ValidationFailed
 from minidevin.runtime.hub import SlowSubscriber
 
 CLOSE_TASK_ENDED = 1000
@@ -31,11 +30,7 @@ routes = web.RouteTableDef()
 @routes.get("/ws/tasks/{task_id}")
 async def task_stream(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    origin = request.headers.get("Origin")
-    allowed = runtime.settings.cors_origins
-    if origin is not None and "*" not in allowed and origin not in allowed:
-        raise Forbidden("origin not allowed")
-    principal = await authenticate(request, query_token=True)
+    principal = request[PRINCIPAL]  # the access middleware made sure of it
     after = _after(request)
     task_id = request.match_info["task_id"]
     await runtime.get_task(task_id, owner=principal.user_id)

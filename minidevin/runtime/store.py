@@ -56,6 +56,9 @@ class Store:
     def __init__(self, path: Path, *, retry_seconds: float = 10.0) -> None:
         self.path = path
         self.retry_seconds = retry_seconds
+        # bumped after every committed batch with a write other than events: a
+        # read cached at generation N is current while the generation is still N
+        self.generation = 0
         self.on_events_committed: Callable[[list[Event]], None] = lambda events: None
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -207,6 +210,8 @@ class Store:
 
     def _finish(self, batch: list[Write | Event], error: Exception | None) -> None:
         events = [item for item in batch if isinstance(item, Event)]
+        if len(events) < len(batch):
+            self.generation += 1  # before anyone is told: their next read is fresh
         for item in batch:
             if isinstance(item, Write) and item.done is not None and not item.done.done():
                 if error is None:
