@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import os
 import secrets
 import time
@@ -109,7 +108,3 @@ def new_api_key() -> str:
 def hash_api_key(key: str) -> str:
     """SHA-256 is right here: keys are 256 random bits, not guessable passwords."""
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def constant_time_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
