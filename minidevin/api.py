@@ -73,6 +73,7 @@ class Runtime:
         self._sessions: dict[str, pykka.ActorRef] = {}
         self._submitted: dict[str, int] = {}  # tasks handed to each live session actor
         self._local_user: str | None = None
+        self._local_user_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -146,7 +147,9 @@ class Runtime:
         if owner is not None:
             return owner
         if self._local_user is None:
-            self._local_user = await self.accounts.local_user_id()
+            async with self._local_user_lock:  # concurrent first calls create it once
+                if self._local_user is None:
+                    self._local_user = await self.accounts.local_user_id()
         return self._local_user
 
     async def create_session(
@@ -252,11 +255,10 @@ class Runtime:
         task_id = records.new_id()
         created_at = utc_now()
         max_iterations = request.max_iterations or self.settings.max_iterations
-        await self.store.write(
-            *_sql(
-                records.insert_task(task_id, session_id, request, model, max_iterations, created_at)
-            )
+        insert = records.insert_task(
+            task_id, session_id, request, model, max_iterations, created_at
         )
+        await self.store.write(insert.sql, insert.params)
         spec = TaskSpec(
             task_id,
             session_id,
@@ -373,7 +375,3 @@ class Runtime:
         reply: Future[Any] = Future()
         ref.tell(message_type(*args, reply=reply))
         return await asyncio.wait_for(asyncio.wrap_future(reply), ACTOR_REPLY_TIMEOUT)
-
-
-def _sql(write: Any) -> tuple[str, Any]:
-    return write.sql, write.params
