@@ -14,6 +14,7 @@ blocking pykka `get()` on the loop); queries read the store.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -29,7 +30,13 @@ from minidevin.runtime import records, schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
-from minidevin.runtime.errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from minidevin.runtime.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    Unavailable,
+    ValidationFailed,
+)
 from minidevin.runtime.events import FINAL_STATUSES, Event, TaskEventLog, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.providers.base import ProviderError
@@ -86,6 +93,8 @@ class Runtime:
         secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
         self.accounts = Accounts(self.store, TokenIssuer(secret, self.settings.jwt_ttl_seconds))
         await self._fail_interrupted_tasks()
+        # no task is live yet: snapshots a previous process left are garbage
+        await asyncio.to_thread(shutil.rmtree, self.settings.snapshots_dir, True)
         sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop
         if self.settings.sandbox != "off" and not sandbox.works:
             log.warning(
@@ -180,9 +189,12 @@ class Runtime:
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> None:
         await self._session_row(session_id, owner)
         ref = self._sessions.pop(session_id, None)
+        self._submitted.pop(session_id, None)
         if ref is not None:
-            await self._ask(ref, StopAll, "Session deleted")
-            ref.stop(block=False)
+            try:
+                await self._ask(ref, StopAll, "Session deleted")
+            finally:
+                ref.stop(block=False)
         await self.store.flush()
         artifact_ids = await records.delete_session(self.store, session_id)
         remove_artifact_files(self.settings.artifacts_dir, artifact_ids)
@@ -250,6 +262,10 @@ class Runtime:
             raise ValidationFailed(f"model: {exc}") from None
         except ProviderError as exc:
             raise BadRequest(exc.message, code=exc.code) from None
+        if model.startswith("replay:") and self.settings.workspace_roots:
+            recording = Path(model.removeprefix("replay:"))
+            if not any(recording.is_relative_to(r) for r in self.settings.workspace_roots):
+                raise Forbidden("model: a replay file must be inside the workspace roots")
         if not Path(session["working_directory"]).is_dir():
             raise BadRequest("the session's working_directory no longer exists")
         task_id = records.new_id()
@@ -373,5 +389,10 @@ class Runtime:
     async def _ask(self, ref: pykka.ActorRef, message_type: Any, *args: Any) -> Any:
         """Tell an actor a message carrying a reply future, and await it without blocking."""
         reply: Future[Any] = Future()
-        ref.tell(message_type(*args, reply=reply))
-        return await asyncio.wait_for(asyncio.wrap_future(reply), ACTOR_REPLY_TIMEOUT)
+        try:
+            ref.tell(message_type(*args, reply=reply))
+            return await asyncio.wait_for(asyncio.wrap_future(reply), ACTOR_REPLY_TIMEOUT)
+        except (TimeoutError, pykka.ActorDeadError):
+            raise Unavailable(
+                f"the session did not answer within {ACTOR_REPLY_TIMEOUT:.0f} s; try again"
+            ) from None

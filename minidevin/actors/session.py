@@ -87,6 +87,8 @@ class SessionActor(pykka.ThreadingActor):
 
     def _report_idleness(self) -> None:
         """Tell the runtime when nothing is left to run (it may stop us to save a thread)."""
+        if not self.waiting:  # nothing to wait for: leave the line for a global slot
+            self.deps.slots.leave_line(self.actor_ref)
         idle = self.running is None and not self.waiting
         if idle and not self.idle:
             self.deps.on_session_idle(self.session_id, self.submitted)

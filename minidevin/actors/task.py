@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections import deque
 from concurrent.futures import Future
 from typing import Any
@@ -75,26 +76,32 @@ class TaskActor(pykka.ThreadingActor):
         self.context_budget = input_budget(deps.providers.resolve(spec.model).context_window)
         self.context_shrunk = False
         self.stop_replies: list[Future[str | None]] = []
+        self.snapshots = Snapshots(
+            spec.working_directory, deps.settings.snapshots_dir / f"{spec.task_id}.git"
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
     def on_start(self) -> None:
-        snapshots = Snapshots(
-            self.spec.working_directory,
-            self.deps.settings.snapshots_dir / f"{self.spec.task_id}.git",
-        )
-        spec = self.spec
-        context = tool_context(
-            spec.working_directory, self.deps.settings, self.cancel, spec.run_mode, spec.task_id
-        )
-        self.tool_runner = ToolActor.start(self.actor_ref, context, snapshots)
-        self.tool_runner.tell(TakeSnapshot())
+        try:
+            spec = self.spec
+            context = tool_context(
+                spec.working_directory, self.deps.settings, self.cancel, spec.run_mode, spec.task_id
+            )
+            self.tool_runner = ToolActor.start(self.actor_ref, context, self.snapshots)
+            self.tool_runner.tell(TakeSnapshot())
+        except Exception:  # pykka would not call on_failure for this: fail the task here
+            self.on_failure(*sys.exc_info())
 
     def on_stop(self) -> None:
         self.cancel.cancel()
         for child in (self.model, self.tool_runner):
             if child is not None:
                 child.stop(block=False)
+        status = self.ending[0] if self.ending is not None else None
+        for reply in self.stop_replies:  # nobody waits forever on a stopped actor
+            if not reply.done():
+                reply.set_result(status)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         log.error("task_actor_crashed", task_id=self.spec.task_id, error=repr(exception_value))
@@ -127,7 +134,9 @@ class TaskActor(pykka.ThreadingActor):
                     self._record_result(call, result)
                     self._continue()
             case StopTask(reason=reason, reply=reply):
-                if reply is not None:  # answered once the final status is written
+                if reply is not None and self.events.closed and self.ending is not None:
+                    reply.set_result(self.ending[0])  # already ended: its final status
+                elif reply is not None:  # answered once the final status is written
                     self.stop_replies.append(reply)
                 self._end("stopped", message=reason)
             case UserInput(content=content, reply=reply):
@@ -315,6 +324,8 @@ class TaskActor(pykka.ThreadingActor):
         if self.ending is None or self.events.closed:
             return
         status, result, error, message = self.ending
+        if not patch:
+            self.snapshots.discard()  # (a diff, when made, discarded it already)
         trajectory = {
             "task_id": self.spec.task_id,
             "description": self.spec.description,

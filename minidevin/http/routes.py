@@ -26,7 +26,7 @@ async def body(request: web.Request, model: type[M]) -> M:
     raw = await request.read()
     try:
         data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ValidationFailed("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")

@@ -12,19 +12,22 @@ import contextlib
 import json
 from typing import Any
 
+import structlog
 from aiohttp import WSMsgType, web
 
 from minidevin.api import Runtime
 from minidevin.http.errors import error_body
 from minidevin.http.keys import PRINCIPAL, RUNTIME, WEBSOCKETS
-from minidevin.runtime.errors import ValidationFailed
+from minidevin.runtime.errors import ApiError, ValidationFailed
 from minidevin.runtime.hub import SlowSubscriber
 
 CLOSE_TASK_ENDED = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_SLOW = 4008
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
 routes = web.RouteTableDef()
+log = structlog.get_logger(__name__)
 
 
 @routes.get("/ws/tasks/{task_id}")
@@ -45,7 +48,10 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
     try:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
-                reply = await _client_message(runtime, task_id, principal.user_id, message.data)
+                try:
+                    reply = await _client_message(runtime, task_id, principal.user_id, message.data)
+                except ApiError as exc:  # e.g. the session no longer answers
+                    reply = _error(exc.detail, exc.code)
                 if reply is not None:
                     await ws.send_json(reply)
             elif message.type == WSMsgType.ERROR:
@@ -86,6 +92,10 @@ async def _send_events(
         await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: reconnect with ?after=<seq>")
     except (ConnectionResetError, RuntimeError):
         pass  # the client went away
+    except Exception:
+        log.exception("websocket_pump_failed", task_id=task_id)
+        closing.set()
+        await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"internal error")
 
 
 async def _client_message(
@@ -93,7 +103,7 @@ async def _client_message(
 ) -> dict[str, Any] | None:
     try:
         message = json.loads(data)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         message = None
     kind = message.get("type") if isinstance(message, dict) else None
     if kind == "stop":

@@ -72,7 +72,10 @@ class Accounts:
     async def create_api_key(
         self, user_id: str, request: schemas.ApiKeyRequest
     ) -> schemas.ApiKeyCreated:
-        expiry = request.expiry_utc()
+        try:
+            expiry = request.expiry_utc()
+        except OverflowError:
+            raise ValidationFailed("expires_at: out of range") from None
         if expiry is not None and expiry <= datetime.now(UTC):
             raise ValidationFailed("expires_at: must be in the future")
         key = new_api_key()

@@ -158,6 +158,8 @@ class Store:
                         await self._commit([item])
                     except Exception as item_exc:
                         self._finish([item], item_exc)
+                    else:
+                        self._finish([item], None)
                 continue
             self._finish(batch, None)
 

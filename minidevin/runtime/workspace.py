@@ -27,6 +27,8 @@ class WorkspaceError(Exception):
 
 def resolve_working_directory(raw: str, roots: tuple[Path, ...]) -> Path:
     """The resolved directory; `WorkspaceError` if missing or outside every root."""
+    if "\0" in raw:
+        raise WorkspaceError("working_directory must not contain NUL bytes")
     path = Path(raw).expanduser()
     if not path.is_absolute():
         raise WorkspaceError("working_directory must be an absolute path")
