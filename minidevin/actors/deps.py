@@ -53,10 +53,6 @@ class TaskSlots:
             if session in self._line:
                 self._line.remove(session)
 
-    @property
-    def used(self) -> int:
-        return self._used
-
 
 def _ignore_idle(session_id: str, submitted: int) -> None:
     pass

@@ -20,7 +20,6 @@ from aiohttp import web
 from minidevin.runtime.errors import ApiError
 
 WINDOW_SECONDS = 60
-EXEMPT_PATHS = frozenset({"/health"})
 RATE_HEADERS = web.RequestKey("rate_limit_headers", dict)
 
 

@@ -62,10 +62,6 @@ class TaskEventLog:
         self._lock = threading.Lock()
         self._closed = False
 
-    @property
-    def last_seq(self) -> int:
-        return self._seq
-
     def emit(self, type_: str, **data: Any) -> Event | None:
         """Append an event; after `close()` (the task ended) this does nothing."""
         with self._lock:

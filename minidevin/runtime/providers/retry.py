@@ -33,10 +33,6 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
 
-    def schedule(self) -> list[float]:
-        """The upper bounds of the delays, for documentation and reports."""
-        return [min(self.max_delay, self.base_delay * 2**i) for i in range(self.max_attempts - 1)]
-
 
 RetryNotice = Callable[[int, float, ProviderError], None]
 
