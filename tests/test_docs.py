@@ -1,4 +1,5 @@
-"""README keeps up with the code: every setting documented, the two commands present."""
+"""README keeps up with the code: every setting documented, the two commands present,
+and CI runs the test command exactly as README gives it."""
 
 from __future__ import annotations
 
@@ -21,3 +22,10 @@ def test_the_two_commands_are_marked_for_ci() -> None:
     ):
         block = README.split(marker, 1)[1].split("```", 2)[1]
         assert command in block, marker
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    block = README.split("<!-- test-command -->", 1)[1].split("```", 2)[1]
+    command = block.removeprefix("sh").strip()
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text().splitlines()
+    assert command in ci, ".ci/run must run README's test command as written"
