@@ -138,9 +138,8 @@ class Runtime:
             if killed:
                 log.warning("reaped_orphaned_processes", count=killed)
         for row in rows:
-            events = TaskEventLog(
-                row["id"], self.store.submit, await records.last_seq(self.store, row["id"])
-            )
+            newest = records.last_event(self.store, row["id"])
+            events = TaskEventLog(row["id"], self.store.submit, newest.seq if newest else 0)
             self.store.submit(
                 records.update_task(row["id"], status="failed", completed_at=utc_now())
             )
@@ -341,7 +340,8 @@ class Runtime:
                 last = event.seq
                 if event.is_final:
                     return
-            if await records.ended_by(self.store, task_id, last):
+            newest = records.last_event(self.store, task_id)
+            if newest is not None and newest.is_final and newest.seq <= last:
                 return  # the client already saw the end (`after` at or past it)
             while True:
                 event = await subscription.get()

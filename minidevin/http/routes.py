@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -113,7 +114,7 @@ async def list_models(request: web.Request) -> web.Response:
         raise ValidationFailed(f"provider: must be one of {', '.join(PROVIDERS)}")
     registry = request.app[RUNTIME].providers
     await registry.refresh()
-    return web.json_response({"models": [model.public() for model in registry.models(provider)]})
+    return web.json_response({"models": [asdict(model) for model in registry.models(provider)]})
 
 
 @routes.get("/api/providers")

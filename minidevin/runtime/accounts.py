@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -130,10 +129,5 @@ class Accounts:
         row = await records.user_by_email(self.store, LOCAL_USER_EMAIL)
         if row is not None:
             return row["id"]
-        try:
-            user = await records.insert_user(self.store, LOCAL_USER_EMAIL, "local", None)
-        except (StoreError, sqlite3.IntegrityError):
-            row = await records.user_by_email(self.store, LOCAL_USER_EMAIL)
-            assert row is not None
-            return row["id"]
-        return user.id
+        # (the Runtime serialises first calls, so there is no race to lose here)
+        return (await records.insert_user(self.store, LOCAL_USER_EMAIL, "local", None)).id

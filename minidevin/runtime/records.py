@@ -117,9 +117,7 @@ async def list_sessions(store: Store, user_id: str) -> list[schemas.SessionSumma
     return [schemas.SessionSummary(**row) for row in rows]
 
 
-async def session_row(store: Store, session_id: str, user_id: str | None) -> dict[str, Any] | None:
-    if user_id is None:
-        return _first(store.fetch_point("SELECT * FROM sessions WHERE id = ?", (session_id,)))
+async def session_row(store: Store, session_id: str, user_id: str) -> dict[str, Any] | None:
     return _first(
         store.fetch_point(
             "SELECT * FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id)
@@ -202,9 +200,7 @@ def update_task(task_id: str, **fields: Any) -> Write:
     return Write(f"UPDATE tasks SET {columns} WHERE id = ?", (*fields.values(), task_id))
 
 
-async def task_row(store: Store, task_id: str, user_id: str | None) -> dict[str, Any] | None:
-    if user_id is None:
-        return _first(store.fetch_point("SELECT t.* FROM tasks t WHERE t.id = ?", (task_id,)))
+async def task_row(store: Store, task_id: str, user_id: str) -> dict[str, Any] | None:
     return _first(
         store.fetch_point(
             "SELECT t.* FROM tasks t JOIN sessions s ON s.id = t.session_id "
@@ -265,21 +261,18 @@ async def events_after(store: Store, task_id: str, after: int) -> list[Event]:
     ]
 
 
-async def ended_by(store: Store, task_id: str, seq: int) -> bool:
-    """Whether the task's final `status` event is at or before `seq`."""
-    row = await store.fetch_one(
-        "SELECT 1 FROM events WHERE task_id = ? AND seq <= ? AND type = 'status' "
-        "AND json_extract(data, '$.status') IN ('completed', 'failed', 'stopped') LIMIT 1",
-        (task_id, seq),
-    )
-    return row is not None
-
-
-async def last_seq(store: Store, task_id: str) -> int:
+def last_event(store: Store, task_id: str) -> Event | None:
+    """The task's newest event (one index step); a final status is always the last."""
     row = _first(
-        store.fetch_point("SELECT MAX(seq) AS seq FROM events WHERE task_id = ?", (task_id,))
+        store.fetch_point(
+            "SELECT seq, type, data, timestamp FROM events WHERE task_id = ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (task_id,),
+        )
     )
-    return (row or {}).get("seq") or 0
+    if row is None:
+        return None
+    return Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
 
 
 def insert_artifact(

@@ -46,17 +46,6 @@ class ModelInfo:
     supports_vision: bool = True
     supports_function_calling: bool = True
 
-    def public(self) -> dict[str, object]:
-        """The fields of `GET /api/models`."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "provider": self.provider,
-            "context_window": self.context_window,
-            "supports_vision": self.supports_vision,
-            "supports_function_calling": self.supports_function_calling,
-        }
-
 
 CATALOG: tuple[ModelInfo, ...] = (
     ModelInfo("gpt-4o", "GPT-4o", "openai", 128_000),
@@ -224,10 +213,7 @@ class ProviderRegistry:
 
     def create(self, model_id: str) -> Model:
         """A ready `Model`; `ProviderError` if its provider is not configured."""
-        info = self.resolve(model_id)
-        missing = self.missing_settings(info.provider)
-        if missing:
-            raise ProviderError("PROVIDER_NOT_CONFIGURED", f"set {', '.join(missing)}")
+        info = self.check_configured(model_id)
         if info.provider == "replay":
             return ReplayModel.from_file(replay_path(info.id), info.id)
         if info.provider == "custom":
