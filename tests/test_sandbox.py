@@ -227,7 +227,7 @@ def test_a_workdir_inside_the_data_directory_shows_only_itself(tmp_path: Path) -
 def test_server_secrets_and_processes_are_out_of_sight(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MINIDEVIN_JWT_SECRET", "env-jwt-secret")
+    monkeypatch.setenv("MINIDEVIN_JWT_SECRET", "env-jwt-secret-" + "e" * 32)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key")
     monkeypatch.setenv("MINIDEVIN_SANDBOX_PROBE_VISIBLE", "kept?")
     result = term(sandboxed(work), "env; echo PIDS $(ls /proc | grep -c '^[0-9]')")

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "MINIDEVIN_"
+MIN_JWT_SECRET_BYTES = 32
 DEFAULT_CORS_ORIGINS = ("http://localhost:5173", "http://localhost:3000")
 
 
@@ -78,6 +79,61 @@ class Settings(BaseModel):
         description="bubblewrap for terminal commands: auto (use it where it works), "
         "required (refuse tasks without it), off.",
     )
+    sandbox_uid: int = Field(
+        65534,
+        ge=1,
+        le=2**31 - 2,
+        description="Uid (and gid) that commands run as when the working directory is "
+        "owned by root; a root-owned working directory is handed to it at session creation.",
+    )
+    sandbox_read_paths: tuple[Path, ...] = Field(
+        (), description="Extra host paths commands may read (besides /usr, /etc, ...)."
+    )
+    sandbox_memory_mb: int = Field(
+        2048, ge=16, description="Memory limit of one task's commands together (MiB)."
+    )
+    sandbox_pids: int = Field(256, ge=8, description="Process limit of one task's commands.")
+    sandbox_cpus: float = Field(1.0, gt=0, description="CPU limit of one task's commands (cores).")
+    sandbox_tmp_mb: int = Field(
+        512, ge=1, description="Size of a command's private /tmp (MiB), counted as its memory."
+    )
+    allow_unsandboxed_multiuser: bool = Field(
+        False,
+        description="Without a working sandbox, keep registration open after the first user.",
+    )
+    replay_dir: Path | None = Field(
+        None, description="Where `replay:` models named over the API may be read; unset: refused."
+    )
+    max_tasks_per_user: int = Field(
+        4, ge=1, le=10_000, description="Tasks of one user running at once; the rest queue."
+    )
+    max_pending_inputs: int = Field(
+        16, ge=1, description="User inputs a task holds before it reads them; more are refused."
+    )
+    max_websockets_per_user: int = Field(
+        32, ge=1, description="WebSockets one user may hold open at once."
+    )
+    rate_limit_login: int = Field(
+        10,
+        ge=0,
+        description="Login and register attempts a minute per client address and per account; "
+        "0: off.",
+    )
+    password_hash_concurrency: int = Field(
+        1, ge=1, description="Password hashes (bcrypt) computed at once; more wait their turn."
+    )
+    password_hash_queue: int = Field(
+        16, ge=1, description="Logins that may wait for a hash; beyond, 429 at once."
+    )
+    request_head_timeout: float = Field(
+        5.0, gt=0, description="Seconds a connection has to send a whole request head."
+    )
+    max_connections_per_address: int = Field(
+        64, ge=1, description="Open connections one client address may hold."
+    )
+    max_diff_mb: int = Field(
+        20, ge=1, description="Largest `diff.patch` (MiB); beyond, cut with the files left out."
+    )
     rate_limit_authenticated: int = Field(
         100, ge=0, description="Requests a minute per user or API key; 0 turns it off."
     )
@@ -103,15 +159,27 @@ class Settings(BaseModel):
         "auto", pattern="^(auto|json|console)$", description="JSON unless stderr is a terminal."
     )
 
+    @field_validator("jwt_secret", mode="after")
+    @classmethod
+    def _long_jwt_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes")
+        return value
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("workspace_roots", mode="after")
+    @field_validator("workspace_roots", "sandbox_read_paths", mode="after")
     @classmethod
     def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
         return tuple(root.expanduser().resolve() for root in value)
+
+    @field_validator("replay_dir", mode="after")
+    @classmethod
+    def _absolute_replay_dir(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

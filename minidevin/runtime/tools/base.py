@@ -43,6 +43,18 @@ class ToolContext:
     sandbox: bool = False
     network: bool = True
     hidden_paths: tuple[Path, ...] = ()
+    # the working directory's (st_dev, st_ino) as checked when the session was created:
+    # re-checked before every call, so a directory swapped for a link is refused
+    workspace_identity: tuple[int, int] | None = None
+    # who commands (and the editor's file writes) run as; None: the server's own uid
+    uid: int | None = None
+    gid: int | None = None
+    task_id: str = ""
+    memory_mb: int = 2048
+    pids: int = 256
+    cpus: float = 1.0
+    tmp_mb: int = 512
+    read_paths: tuple[Path, ...] = ()
 
 
 class Tool(Protocol):
