@@ -74,6 +74,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tasks ADD COLUMN max_cost_usd REAL;
     """,
+    # 3: logout (revoked token ids), password change (token version), key chains
+    """
+    ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE api_keys ADD COLUMN parent_key_id TEXT;
+    CREATE INDEX api_keys_parent ON api_keys(parent_key_id);
+    CREATE TABLE revoked_tokens (
+        jti TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
