@@ -1,13 +1,28 @@
-"""The `editor` tool: view, create and edit files, with undo (like Anthropic's text editor)."""
+"""The `editor` tool: view, create and edit files, with undo (like Anthropic's text editor).
+
+Every file is opened beneath the working directory's descriptor, never by a path
+checked first (see `paths`): symbolic links are not followed, even inside the
+workspace ("the editor does not follow symbolic links; use the terminal").
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import threading
-from pathlib import Path
 from typing import Any
 
 from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
-from minidevin.runtime.tools.paths import display_path, resolve_in_workspace
+from minidevin.runtime.tools.paths import (
+    LINK_REFUSED,
+    acting_as,
+    can_switch_identity,
+    make_parents,
+    open_beneath,
+    open_workspace,
+    split_path,
+)
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_HISTORY_PER_FILE = 50
@@ -62,31 +77,50 @@ class EditorTool:
     }
 
     def __init__(self) -> None:
-        self._history: dict[Path, list[bytes | None]] = {}
+        self._history: dict[tuple[str, ...], list[bytes | None]] = {}
         self._lock = threading.Lock()
 
     def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult:
-        """Execute one editor command; raises `ToolError` for invalid requests."""
+        """Execute one editor command; raises `ToolError` for invalid requests.
+
+        The working directory is opened once (and checked to be the session's), then
+        every file is opened beneath it, as the uid commands run as (see `paths`).
+        """
         command = arguments.get("command")
         if command not in _COMMANDS:
             raise ToolError(f"`command` must be one of {', '.join(_COMMANDS)}; got {command!r}")
-        path = resolve_in_workspace(context.working_directory, _string(arguments, "path"))
-        shown = display_path(context.working_directory, path)
+        parts = split_path(context.working_directory, _string(arguments, "path"))
+        shown = "/".join(parts) or "."
         handler = getattr(self, f"_{command}")
+        switch = context.uid is not None and context.uid != 0 and os.geteuid() == 0
+        owner = None  # who gets what the editor creates, when the thread cannot act as them
+        if switch and not can_switch_identity():
+            assert context.uid is not None
+            owner = (context.uid, context.uid if context.gid is None else context.gid)
+        root = open_workspace(context.working_directory, context.workspace_identity)
         try:
-            with self._lock:
-                output = handler(arguments, path, shown, context.output_limit)
+            with self._lock, acting_as(context.uid if switch else None, context.gid):
+                output = handler(
+                    arguments, _Target(root, parts, shown, owner), context.output_limit
+                )
         except OSError as exc:
-            raise ToolError(f"`{command}` failed on {shown}: {exc.strerror or exc}") from exc
+            raise ToolError(_failure(command, shown, exc)) from exc
+        finally:
+            os.close(root)
         return ToolResult(output=output, success=True)
 
-    def _view(self, arguments: dict[str, Any], path: Path, shown: str, limit: int) -> str:
+    def _view(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
         view_range = arguments.get("view_range")
-        if path.is_dir():
-            if view_range is not None:
-                raise ToolError("`view_range` is not allowed when `path` is a directory")
-            return _list_directory(path, shown)
-        lines = _lines(_read(path, shown))
+        shown = target.shown
+        fd = target.open_existing(os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                if view_range is not None:
+                    raise ToolError("`view_range` is not allowed when `path` is a directory")
+                return _list_directory(fd, shown)
+            lines = _lines(_decode(_read_fd(fd, shown)))
+        finally:
+            os.close(fd)
         if not lines:
             return f"{shown} is empty."
         start, end = 1, len(lines)
@@ -101,21 +135,22 @@ class EditorTool:
             )
         return header + body
 
-    def _create(self, arguments: dict[str, Any], path: Path, shown: str, limit: int) -> str:
+    def _create(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
         text = _string(arguments, "file_text", allow_empty=True)
-        if path.is_dir():
-            raise ToolError(f"{shown} is a directory; `create` needs a file path")
-        previous = _read_bytes(path, shown) if path.exists() else None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, text)
-        self._remember(path, previous)
+        kind = target.kind()
+        if not target.parts or (kind is not None and stat.S_ISDIR(kind)):
+            raise ToolError(f"{target.shown} is a directory; `create` needs a file path")
+        previous = target.read() if kind is not None else None
+        target.write(_encode(text), parents=True)
+        self._remember(target.parts, previous)
         verb = "created" if previous is None else "overwritten"
-        return f"File {verb} successfully at: {shown} ({len(_lines(text))} lines)"
+        return f"File {verb} successfully at: {target.shown} ({len(_lines(text))} lines)"
 
-    def _str_replace(self, arguments: dict[str, Any], path: Path, shown: str, limit: int) -> str:
+    def _str_replace(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
         old = _string(arguments, "old_str")
         new = _string(arguments, "new_str", allow_empty=True, default="")
-        original = _read(path, shown)
+        shown = target.shown
+        original = _decode(target.read())
         positions = _occurrences(original, old)
         if not positions:
             raise ToolError(
@@ -131,17 +166,17 @@ class EditorTool:
             )
         at = positions[0]
         updated = original[:at] + new + original[at + len(old) :]
-        _write(path, updated)
-        self._remember(path, _encode(original))
+        target.write(_encode(updated))
+        self._remember(target.parts, _encode(original))
         first = original.count("\n", 0, at) + 1
         return _edited(shown, updated, first, first + new.count("\n"))
 
-    def _insert(self, arguments: dict[str, Any], path: Path, shown: str, limit: int) -> str:
+    def _insert(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
         new = _string(arguments, "new_str", allow_empty=True)
         line = arguments.get("insert_line")
         if isinstance(line, bool) or not isinstance(line, int):
             raise ToolError("`insert_line` is required and must be an integer")
-        original = _read(path, shown)
+        original = _decode(target.read())
         lines = original.split("\n")
         count = len(_lines(original))
         if not 0 <= line <= count:
@@ -153,26 +188,109 @@ class EditorTool:
         else:
             suffix = "" if new.endswith("\n") else newline
             updated = original[:offset] + new + suffix + original[offset:]
-        _write(path, updated)
-        self._remember(path, _encode(original))
-        return _edited(shown, updated, line + 1, line + 1 + new.count("\n"))
+        target.write(_encode(updated))
+        self._remember(target.parts, _encode(original))
+        return _edited(target.shown, updated, line + 1, line + 1 + new.count("\n"))
 
-    def _undo_edit(self, arguments: dict[str, Any], path: Path, shown: str, limit: int) -> str:
-        history = self._history.get(path)
+    def _undo_edit(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
+        history = self._history.get(target.parts)
         if not history:
-            raise ToolError(f"No edit to undo for {shown}")
+            raise ToolError(f"No edit to undo for {target.shown}")
         previous = history.pop()
         if previous is None:
-            path.unlink(missing_ok=True)
-            return f"Undid the creation of {shown}: the file was removed."
-        path.write_bytes(previous)
+            target.unlink()
+            return f"Undid the creation of {target.shown}: the file was removed."
+        target.write(previous)
         count = len(_lines(_decode(previous)))
-        return f"Last edit to {shown} undone; it has {count} lines again."
+        return f"Last edit to {target.shown} undone; it has {count} lines again."
 
-    def _remember(self, path: Path, previous: bytes | None) -> None:
-        history = self._history.setdefault(path, [])
+    def _remember(self, parts: tuple[str, ...], previous: bytes | None) -> None:
+        history = self._history.setdefault(parts, [])
         history.append(previous)
         del history[:-MAX_HISTORY_PER_FILE]
+
+
+class _Target:
+    """One path beneath the open working directory; each operation opens it afresh."""
+
+    def __init__(
+        self, root: int, parts: tuple[str, ...], shown: str, owner: tuple[int, int] | None
+    ) -> None:
+        self.root = root
+        self.parts = parts
+        self.shown = shown
+        self.owner = owner
+
+    def open_existing(self, flags: int) -> int:
+        try:
+            return open_beneath(self.root, self.parts, flags)
+        except FileNotFoundError:
+            raise ToolError(f"{self.shown} does not exist") from None
+
+    def kind(self) -> int | None:
+        """The file's type and mode bits (`st_mode`); None if it does not exist."""
+        try:
+            fd = open_beneath(self.root, self.parts, os.O_PATH)
+        except FileNotFoundError:
+            return None
+        try:
+            return os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+
+    def read(self) -> bytes:
+        fd = self.open_existing(os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            return _read_fd(fd, self.shown)
+        finally:
+            os.close(fd)
+
+    def write(self, data: bytes, parents: bool = False) -> None:
+        """Write `data` in place (the file keeps its inode and mode), creating it if missing."""
+        *folders, name = self.parts
+        if parents:
+            directory = make_parents(self.root, tuple(folders), self.owner)
+        else:
+            directory = open_beneath(self.root, tuple(folders), os.O_PATH | os.O_DIRECTORY)
+        try:
+            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY
+            try:
+                fd = open_beneath(directory, (name,), flags | os.O_CREAT | os.O_EXCL)
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
+            except FileExistsError:
+                fd = open_beneath(directory, (name,), flags | os.O_TRUNC)
+        finally:
+            os.close(directory)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ToolError(f"{self.shown} is not a regular file")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def unlink(self) -> None:
+        *folders, name = self.parts
+        try:
+            directory = open_beneath(self.root, tuple(folders), os.O_PATH | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
+        try:
+            os.unlink(name, dir_fd=directory)
+        except FileNotFoundError:
+            pass  # (already gone: nothing to undo)
+        finally:
+            os.close(directory)
+
+
+def _failure(command: str, shown: str, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"`{command}` refused on {shown}: its path holds a symbolic link; {LINK_REFUSED}"
+    if exc.errno == errno.EXDEV:
+        return f"`{command}` refused on {shown}: it is outside the working directory"
+    return f"`{command}` failed on {shown}: {exc.strerror or exc}"
 
 
 def _string(
@@ -185,25 +303,28 @@ def _string(
     return value
 
 
-def _read_bytes(path: Path, shown: str) -> bytes:
-    if not path.exists():
-        raise ToolError(f"{shown} does not exist")
-    if not path.is_file():
+def _read_fd(fd: int, shown: str) -> bytes:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         raise ToolError(f"{shown} is not a regular file")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
+    if info.st_size > MAX_FILE_BYTES:
         raise ToolError(
-            f"{shown} is too large ({size} bytes, limit {MAX_FILE_BYTES}); use the terminal "
-            "(grep, sed -n, head) to inspect it"
+            f"{shown} is too large ({info.st_size} bytes, limit {MAX_FILE_BYTES}); use the "
+            "terminal (grep, sed -n, head) to inspect it"
         )
-    data = path.read_bytes()
+    chunks, size = [], 0
+    while size <= MAX_FILE_BYTES:  # (a file growing while read stops at the limit)
+        chunk = os.read(fd, max(info.st_size - size, 0) + 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    data = b"".join(chunks)
+    if len(data) > MAX_FILE_BYTES:
+        raise ToolError(f"{shown} is too large (limit {MAX_FILE_BYTES} bytes)")
     if b"\x00" in data:
         raise ToolError(f"{shown} looks like a binary file (it contains NUL bytes)")
     return data
-
-
-def _read(path: Path, shown: str) -> str:
-    return _decode(_read_bytes(path, shown))
 
 
 # Text is kept with undecodable bytes as surrogates, so writing it back is byte-exact.
@@ -213,10 +334,6 @@ def _decode(data: bytes) -> str:
 
 def _encode(text: str) -> bytes:
     return text.encode("utf-8", errors="surrogateescape")
-
-
-def _write(path: Path, text: str) -> None:
-    path.write_bytes(_encode(text))
 
 
 def _printable(text: str) -> str:
@@ -284,24 +401,36 @@ def _edited(shown: str, text: str, first: int, last: int) -> str:
     )
 
 
-def _list_directory(root: Path, shown: str) -> str:
+def _list_directory(directory: int, shown: str) -> str:
+    """Two levels below the open `directory`, entered without following any link."""
     entries: list[str] = []
 
-    def walk(directory: Path, prefix: str, depth: int) -> None:
+    def walk(fd: int, prefix: str, depth: int) -> None:
         try:
-            children = sorted(directory.iterdir(), key=lambda p: p.name)
+            with os.scandir(fd) as listing:
+                children = sorted(listing, key=lambda entry: entry.name)
         except OSError:
             return
         for child in children:
             if child.name.startswith(".") or len(entries) >= MAX_LISTING_ENTRIES:
                 continue
-            is_dir = child.is_dir()
+            try:
+                is_dir = child.is_dir(follow_symlinks=False)  # a link is listed, not entered
+            except OSError:
+                is_dir = False
             entries.append(f"{prefix}{child.name}{'/' if is_dir else ''}")
-            # Do not follow symlinked directories: they may point outside the workspace.
-            if is_dir and depth < 2 and not child.is_symlink():
-                walk(child, f"{prefix}{child.name}/", depth + 1)
+            if not is_dir or depth >= 2:
+                continue
+            try:
+                inner = open_beneath(fd, (child.name,), os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                walk(inner, f"{prefix}{child.name}/", depth + 1)
+            finally:
+                os.close(inner)
 
-    walk(root, "", 1)
+    walk(directory, "", 1)
     header = f"Files and directories up to 2 levels deep in {shown}, excluding hidden items:\n"
     body = "\n".join(entries) if entries else "(empty directory)"
     if len(entries) >= MAX_LISTING_ENTRIES:
