@@ -85,6 +85,18 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at REAL NOT NULL
     );
     """,
+    # 4: working directories belong to the first user who opens a session on one; a
+    # claim outlives the sessions (deleting them does not free the directory)
+    """
+    CREATE TABLE workspace_claims (
+        path TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        st_dev TEXT NOT NULL,
+        st_ino TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX workspace_claims_user ON workspace_claims(user_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
