@@ -41,6 +41,8 @@ def settings(tmp_path: Path) -> Settings:
         jwt_secret="test-secret-" + "x" * 32,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,
+        rate_limit_login=0,
+        allow_unsandboxed_multiuser=True,  # (tests register many users, sandbox or not)
     )
 
 

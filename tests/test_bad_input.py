@@ -12,13 +12,15 @@ from minidevin.runtime.settings import Settings
 
 
 async def serve(aiohttp_client: Any, tmp_path: Path, **overrides: Any) -> Any:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        jwt_secret="b" * 40,
-        rate_limit_authenticated=0,
-        rate_limit_anonymous=0,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "jwt_secret": "b" * 40,
+        "rate_limit_authenticated": 0,
+        "rate_limit_anonymous": 0,
+        "rate_limit_login": 0,
+        "allow_unsandboxed_multiuser": True,
+    }
+    settings = Settings(**{**values, **overrides})
     return await aiohttp_client(create_app(Runtime(settings)))
 
 
@@ -43,21 +45,22 @@ async def test_hostile_bodies_are_422(aiohttp_client: Any, tmp_path: Path) -> No
     assert answer.status == 422 and (await answer.json())["code"] == "VALIDATION_ERROR"
 
 
-async def test_a_replay_file_outside_the_workspace_roots_is_refused(
+async def test_a_replay_file_outside_the_replay_dir_is_refused(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
     root = tmp_path / "root"
-    root.mkdir()
+    (root / "project").mkdir(parents=True)
     client = await serve(aiohttp_client, tmp_path, workspace_roots=(root,))
     auth = await login(client)
+    directory = str(root / "project")
     session = await (
         await client.post(
-            "/api/sessions", json={"name": "s", "working_directory": str(root)}, headers=auth
+            "/api/sessions", json={"name": "s", "working_directory": directory}, headers=auth
         )
     ).json()
     body = {"description": "x", "model": "replay:/etc/passwd"}
     answer = await client.post(f"/api/sessions/{session['id']}/tasks", json=body, headers=auth)
-    assert answer.status == 403 and (await answer.json())["code"] == "FORBIDDEN"
+    assert answer.status == 400 and (await answer.json())["code"] == "REPLAY_REFUSED"
 
 
 async def test_racing_registrations_both_get_an_answer(aiohttp_client: Any, tmp_path: Path) -> None:

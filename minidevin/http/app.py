@@ -24,6 +24,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Applicat
         client_max_size=settings.max_body_bytes,
     )
     app[RUNTIME] = runtime
+    runtime.providers.restrict_replay(settings.replay_dir)  # replay: over the API
     app[WEBSOCKETS] = set()
     app[READ_CACHE] = {}
     app.add_routes(routes.routes)

@@ -103,17 +103,39 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "post", "/api/auth/register", "register", "Register a new user", "auth", 201,
-        schemas.User, body=schemas.RegisterRequest, errors=(409, *BODY, 429, 500, 503),
+        schemas.User, body=schemas.RegisterRequest, errors=(403, 409, *BODY, 429, 500, 503),
         security=PUBLIC,
+        description="Emails are normalized (NFKC, case folded, trimmed); control characters, "
+        "a NUL or all-whitespace password, and the reserved domain `minidevin.invalid` are "
+        "refused (422). Without a command sandbox the server serves one user: registration "
+        "closes after the first (403 `REGISTRATION_CLOSED`). Limited per client address and "
+        "per email (`MINIDEVIN_RATE_LIMIT_LOGIN` a minute), whatever credentials are sent.",
     ),
     Operation(
         "post", "/api/auth/login", "login", "Authenticate and receive a JWT", "auth", 200,
         schemas.AccessToken, body=schemas.LoginRequest, errors=(*AUTH, *BODY), security=PUBLIC,
+        description="Limited per client address and per email (`MINIDEVIN_RATE_LIMIT_LOGIN` a "
+        "minute), whatever credentials are sent; 429 with `Retry-After` also when too many "
+        "password checks wait already.",
+    ),
+    Operation(
+        "post", "/api/auth/logout", "logout", "Revoke the access token of this request", "auth",
+        204, errors=(400, *AUTH),
+        description="The JWT sent is refused from now on. With an API key: 400 (revoke keys "
+        "with `DELETE /api/auth/api-keys/{key_id}`).",
+    ),
+    Operation(
+        "post", "/api/auth/password", "change_password", "Change your password", "auth", 200,
+        schemas.AccessToken, body=schemas.PasswordChangeRequest, errors=(403, *AUTH, *BODY),
+        description="Every access token issued before is refused from now on (and, with "
+        "`revoke_api_keys`, every API key); the answer is a fresh token. A wrong "
+        "`current_password` is 403 `WRONG_PASSWORD`. Limited like login.",
     ),
     Operation(
         "post", "/api/auth/api-keys", "create_api_key", "Create an API key", "auth", 201,
         schemas.ApiKeyCreated, body=schemas.ApiKeyRequest, errors=(*AUTH, *BODY),
-        description="The key itself (`key`) is shown only in this response.",
+        description="The key itself (`key`) is shown only in this response. A key created "
+        "with an API key expires no later than that key, and revoking that key revokes it.",
     ),
     Operation(
         "get", "/api/auth/api-keys", "list_api_keys", "List your API keys", "auth", 200,

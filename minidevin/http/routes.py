@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -12,8 +13,11 @@ from pydantic import BaseModel
 
 from minidevin import __version__
 from minidevin.http.keys import PRINCIPAL, READ_CACHE, RUNTIME
+from minidevin.http.ratelimit import RATE_HEADERS, RateLimited
 from minidevin.runtime import schemas
-from minidevin.runtime.errors import ApiError, ValidationFailed
+from minidevin.runtime.auth import HashBusy
+from minidevin.runtime.errors import ApiError, BadRequest, ValidationFailed
+from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import PROVIDERS
 from minidevin.runtime.tools.sandbox import sandbox_status
 
@@ -27,7 +31,11 @@ async def body(request: web.Request, model: type[M]) -> M:
     raw = await request.read()
     try:
         data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except RecursionError:
+        raise ValidationFailed("request body is not valid JSON") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer of over 4,300 digits
+        if "integer string conversion" in str(exc):
+            raise ValidationFailed("request body has a number too large to read") from None
         raise ValidationFailed("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")
@@ -68,28 +76,58 @@ async def cached_reply(
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    sandbox = sandbox_status().as_health(request.app[RUNTIME].settings.sandbox)
-    return reply(schemas.Health(status="healthy", version=__version__, sandbox=sandbox))
+    runtime = request.app[RUNTIME]
+    sandbox = sandbox_status().as_health(runtime.settings.sandbox)
+    registration = runtime.accounts.registration_status()
+    return reply(
+        schemas.Health(
+            status="healthy", version=__version__, sandbox=sandbox, registration=registration
+        )
+    )
+
+
+async def _hashing(request: web.Request, work: Awaitable[M]) -> M:
+    """`work` (which hashes a password); 429 with Retry-After when hashing is saturated."""
+    try:
+        return await work
+    except HashBusy as exc:
+        request[RATE_HEADERS] = {**request.get(RATE_HEADERS, {}), "Retry-After": "1"}
+        raise RateLimited(str(exc)) from None
 
 
 @routes.post("/api/auth/register")
 async def register(request: web.Request) -> web.Response:
-    user = await request.app[RUNTIME].accounts.register(
-        await body(request, schemas.RegisterRequest)
-    )
+    data = await body(request, schemas.RegisterRequest)
+    user = await _hashing(request, request.app[RUNTIME].accounts.register(data))
     return reply(user, 201)
 
 
 @routes.post("/api/auth/login")
 async def login(request: web.Request) -> web.Response:
-    token = await request.app[RUNTIME].accounts.login(await body(request, schemas.LoginRequest))
-    return reply(token)
+    data = await body(request, schemas.LoginRequest)
+    return reply(await _hashing(request, request.app[RUNTIME].accounts.login(data)))
+
+
+@routes.post("/api/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    await request.app[RUNTIME].accounts.logout(request[PRINCIPAL])
+    return web.Response(status=204)
+
+
+@routes.post("/api/auth/password")
+async def change_password(request: web.Request) -> web.Response:
+    data = await body(request, schemas.PasswordChangeRequest)
+    accounts = request.app[RUNTIME].accounts
+    return reply(await _hashing(request, accounts.change_password(request[PRINCIPAL], data)))
 
 
 @routes.post("/api/auth/api-keys")
 async def create_api_key(request: web.Request) -> web.Response:
     request_body = await body(request, schemas.ApiKeyRequest)
-    key = await request.app[RUNTIME].accounts.create_api_key(owner(request), request_body)
+    principal = request[PRINCIPAL]
+    key = await request.app[RUNTIME].accounts.create_api_key(
+        principal.user_id, request_body, principal
+    )
     return reply(key, 201)
 
 
@@ -184,6 +222,11 @@ async def list_tasks(request: web.Request) -> web.Response:
 async def create_task(request: web.Request) -> web.Response:
     data = await body(request, schemas.TaskRequest)
     runtime = request.app[RUNTIME]
+    if data.model and data.model.startswith("replay:"):
+        try:  # the whole recording, read as a task would (off the loop): refusals alike
+            await asyncio.to_thread(runtime.providers.create, data.model)
+        except ProviderError as exc:
+            raise BadRequest(exc.message, code=exc.code) from None
     task = await runtime.create_task(request.match_info["session_id"], data, owner=owner(request))
     return reply(task, 201)
 

@@ -1,15 +1,24 @@
-"""Users, logins and API keys on top of the store."""
+"""Users, logins, logouts, password changes and API keys on top of the store.
+
+What authentication learns is cached (a user's token version, a key's row),
+so a request costs no database write; logout, a password change and a key's
+revocation update the cache at once, so a revoked credential is refused by
+the very next request.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from minidevin.runtime import records, schemas
 from minidevin.runtime.auth import (
     API_KEY_PREFIX,
     AuthError,
+    HashPool,
     Principal,
     TokenIssuer,
     hash_api_key,
@@ -17,12 +26,30 @@ from minidevin.runtime.auth import (
     new_api_key,
     verify_password,
 )
-from minidevin.runtime.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from minidevin.runtime.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    ValidationFailed,
+)
+from minidevin.runtime.events import utc_now
+from minidevin.runtime.settings import Settings
 from minidevin.runtime.store import Store, StoreError
 
-LOCAL_USER_EMAIL = "local@minidevin.invalid"
+LOCAL_USER_EMAIL = f"local@{schemas.RESERVED_EMAIL_DOMAIN}"
 KEY_CACHE_SECONDS = 30.0  # a key row is read again after this (changes made elsewhere)
 KEY_CACHE_SIZE = 10_000
+SINGLE_USER = (
+    "registration is closed: commands run without a sandbox here, so this server serves one "
+    "user (set MINIDEVIN_ALLOW_UNSANDBOXED_MULTIUSER=true to allow more)"
+)
+# every key a key created, and theirs: revoking a key revokes what it created
+_KEY_CHAIN = (
+    "WITH RECURSIVE chain(id) AS (SELECT ? UNION "
+    "SELECT k.id FROM api_keys k JOIN chain c ON k.parent_key_id = c.id) "
+)
 
 
 @dataclass(frozen=True)
@@ -37,20 +64,69 @@ def _parse_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def commands_unsandboxed(settings: Settings) -> bool:
+    """True when terminal commands run without bubblewrap on this server."""
+    if settings.sandbox == "off":
+        return True
+    if settings.sandbox == "required":
+        return False  # tasks are refused without it: nothing runs unsandboxed
+    from minidevin.runtime.tools.sandbox import sandbox_status
+
+    return not sandbox_status().works
+
+
 class Accounts:
-    def __init__(self, store: Store, tokens: TokenIssuer) -> None:
+    def __init__(self, store: Store, tokens: TokenIssuer, settings: Settings | None = None) -> None:
         self.store = store
         self.tokens = tokens
-        # what authentication learned, so a request costs no database read:
-        self._known_users: set[str] = set()
+        self.settings = settings or Settings()
+        self.hashes = HashPool(
+            self.settings.password_hash_concurrency, self.settings.password_hash_queue
+        )
+        self._versions: dict[str, int] = {}  # user id -> token version (users are never deleted)
         self._keys: dict[str, _KnownKey] = {}  # by key hash; revocation evicts at once
+        self._register_lock = asyncio.Lock()
+
+    def close(self) -> None:
+        self.hashes.close()
+
+    # -- registration and login --------------------------------------------------------
+
+    def registration_open_to_more(self) -> bool:
+        """False when the server must stay single-user (no sandbox, not allowed)."""
+        return self.settings.allow_unsandboxed_multiuser or not commands_unsandboxed(self.settings)
+
+    def has_users(self) -> bool:
+        return bool(
+            self.store.fetch_point(
+                "SELECT 1 FROM users WHERE email != ? LIMIT 1", (LOCAL_USER_EMAIL,)
+            )
+        )
+
+    def registration_status(self) -> str:
+        return "open" if self.registration_open_to_more() or not self.has_users() else "closed"
 
     async def register(self, request: schemas.RegisterRequest) -> schemas.User:
-        if await records.user_by_email(self.store, request.email) is not None:
+        email = schemas.normalize_email(request.email)
+        if email.rpartition("@")[2] == schemas.RESERVED_EMAIL_DOMAIN:
+            raise ValidationFailed(f"email: the domain {schemas.RESERVED_EMAIL_DOMAIN} is reserved")
+        if self.registration_open_to_more():
+            return await self._register(email, request)
+        async with self._register_lock:  # check and insert as one, or two could slip in
+            if self.has_users():
+                raise Forbidden(SINGLE_USER, code="REGISTRATION_CLOSED")
+            return await self._register(email, request)
+
+    async def _register(self, email: str, request: schemas.RegisterRequest) -> schemas.User:
+        if await records.user_by_email(self.store, email) is not None:
             raise Conflict("a user with this email already exists", code="EMAIL_TAKEN")
-        password_hash = await hash_password(request.password)
+        password_hash = await hash_password(request.password, self.hashes)
         try:
-            return await records.insert_user(self.store, request.email, request.name, password_hash)
+            return await records.insert_user(self.store, email, request.name, password_hash)
         except StoreError as exc:  # a concurrent registration won the race
             if "UNIQUE" in str(exc):
                 raise Conflict(
@@ -60,27 +136,102 @@ class Accounts:
 
     async def login(self, request: schemas.LoginRequest) -> schemas.AccessToken:
         """Same answer and about the same time whether or not the email exists."""
-        user = await records.user_by_email(self.store, request.email.lower())
-        ok = await verify_password(request.password, user["password_hash"] if user else None)
+        user = await records.user_by_email(self.store, schemas.normalize_email(request.email))
+        password_hash = user["password_hash"] if user else None
+        ok = await verify_password(request.password, password_hash, self.hashes)
         if not ok or user is None:
             raise Unauthorized("invalid email or password")
+        return self._token_for(user["id"], user["token_version"])
+
+    def _token_for(self, user_id: str, version: int) -> schemas.AccessToken:
+        self._versions[user_id] = version
         return schemas.AccessToken(
-            access_token=self.tokens.issue(user["id"]), expires_in=self.tokens.ttl_seconds
+            access_token=self.tokens.issue(user_id, version), expires_in=self.tokens.ttl_seconds
         )
 
+    async def logout(self, principal: Principal) -> None:
+        """Revoke the token the request came with; it is refused from now on."""
+        if principal.method != "jwt" or principal.credential is None:
+            raise BadRequest(
+                "logout revokes an access token; revoke an API key with "
+                "DELETE /api/auth/api-keys/{key_id}"
+            )
+        now = time.time()
+        await self.store.write(
+            "DELETE FROM revoked_tokens WHERE expires_at < ?", (now,)
+        )  # (forget the ones that expired anyway)
+        await self.store.write(
+            "INSERT OR IGNORE INTO revoked_tokens (jti, user_id, expires_at) VALUES (?, ?, ?)",
+            (principal.credential, principal.user_id, principal.expires or now),
+        )
+
+    async def change_password(
+        self, principal: Principal, request: schemas.PasswordChangeRequest
+    ) -> schemas.AccessToken:
+        """New password; every token issued before is refused, and with
+        `revoke_api_keys` every key too. Answers a fresh token."""
+        rows = self.store.fetch_point(
+            "SELECT password_hash FROM users WHERE id = ?", (principal.user_id,)
+        )
+        password_hash = rows[0]["password_hash"] if rows else None
+        if not await verify_password(request.current_password, password_hash, self.hashes):
+            raise Forbidden("current_password is wrong", code="WRONG_PASSWORD")
+        new_hash = await hash_password(request.new_password, self.hashes)
+        await self.store.write(
+            "UPDATE users SET password_hash = ?, token_version = token_version + 1 WHERE id = ?",
+            (new_hash, principal.user_id),
+        )
+        version = await self._token_version(principal.user_id, fresh=True)
+        if request.revoke_api_keys:
+            await self.store.write(
+                "UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+                (utc_now(), principal.user_id),
+            )
+            self._evict_keys(lambda known: known.user_id == principal.user_id)
+        return self._token_for(principal.user_id, version or 0)
+
+    # -- API keys ---------------------------------------------------------------------------
+
     async def create_api_key(
-        self, user_id: str, request: schemas.ApiKeyRequest
+        self,
+        user_id: str,
+        request: schemas.ApiKeyRequest,
+        creator: Principal | None = None,
     ) -> schemas.ApiKeyCreated:
+        """A new key. A key made with a key never outlives it: its expiry is at most
+        the creator's, and revoking the creator revokes it."""
         try:
             expiry = request.expiry_utc()
         except OverflowError:
             raise ValidationFailed("expires_at: out of range") from None
         if expiry is not None and expiry <= datetime.now(UTC):
             raise ValidationFailed("expires_at: must be in the future")
+        parent = None
+        if creator is not None and creator.method == "api_key":
+            parent = creator.credential
+            if creator.expires is not None:
+                bound = datetime.fromtimestamp(creator.expires, UTC)
+                expiry = bound if expiry is None else min(expiry, bound)
         key = new_api_key()
-        expires_at = expiry.isoformat().replace("+00:00", "Z") if expiry else None
-        stored = await records.insert_api_key(
-            self.store, user_id, request.name, hash_api_key(key), key[:8], expires_at
+        stored = schemas.ApiKey(
+            id=records.new_id(),
+            name=request.name,
+            created_at=utc_now(),
+            expires_at=_iso(expiry) if expiry else None,
+        )
+        await self.store.write(
+            "INSERT INTO api_keys (id, user_id, name, key_hash, prefix, created_at, expires_at, "
+            "parent_key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                stored.id,
+                user_id,
+                stored.name,
+                hash_api_key(key),
+                key[:8],
+                stored.created_at,
+                stored.expires_at,
+                parent,
+            ),
         )
         return schemas.ApiKeyCreated(**stored.model_dump(), key=key)
 
@@ -88,23 +239,49 @@ class Accounts:
         return await records.list_api_keys(self.store, user_id)
 
     async def revoke_api_key(self, user_id: str, key_id: str) -> None:
-        """Revoke at once: the next request with the key is refused."""
+        """Revoke at once (and every key it created): the next request with it is refused."""
         if not await records.revoke_api_key(self.store, user_id, key_id):
             raise NotFound("API key not found")
+        chain = await self.store.fetch_all(_KEY_CHAIN + "SELECT id FROM chain", (key_id,))
+        ids = {row["id"] for row in chain}
+        await self.store.write(
+            _KEY_CHAIN + "UPDATE api_keys SET revoked_at = ? "
+            "WHERE id IN (SELECT id FROM chain) AND revoked_at IS NULL",
+            (key_id, utc_now()),
+        )
+        self._evict_keys(lambda known: known.key_id in ids)
+
+    def _evict_keys(self, predicate: Any) -> None:
         for key_hash, known in list(self._keys.items()):
-            if known.key_id == key_id:
+            if predicate(known):
                 del self._keys[key_hash]
+
+    # -- authentication ---------------------------------------------------------------------
+
+    async def _token_version(self, user_id: str, *, fresh: bool = False) -> int | None:
+        """The user's token version (None: no such user), cached."""
+        if fresh or user_id not in self._versions:
+            rows = self.store.fetch_point(
+                "SELECT token_version FROM users WHERE id = ?", (user_id,)
+            )
+            if not rows:
+                return None
+            self._versions[user_id] = rows[0]["token_version"]
+        return self._versions[user_id]
 
     async def authenticate_token(self, token: str) -> Principal:
         try:
-            user_id = self.tokens.verify(token)
+            claims = self.tokens.claims(token)
         except AuthError as exc:
             raise Unauthorized(str(exc)) from None
-        if user_id not in self._known_users:  # users are never deleted: remember them
-            if not await records.user_exists(self.store, user_id):
-                raise Unauthorized("invalid token")
-            self._known_users.add(user_id)
-        return Principal(user_id, "jwt")
+        version = await self._token_version(claims.user_id)
+        if version is None:
+            raise Unauthorized("invalid token")
+        if claims.version != version:
+            raise Unauthorized("token revoked (the password changed): log in again")
+        if self.store.fetch_point("SELECT 1 FROM revoked_tokens WHERE jti = ?", (claims.jti,)):
+            raise Unauthorized("token revoked (logged out): log in again")
+        return Principal(claims.user_id, "jwt", claims.jti, claims.expires)
 
     async def authenticate_api_key(self, key: str) -> Principal:
         if not key.startswith(API_KEY_PREFIX) or len(key) > 200:
@@ -122,7 +299,8 @@ class Accounts:
             self._keys[key_hash] = cached
         if cached.expires_at is not None and cached.expires_at <= datetime.now(UTC):
             raise Unauthorized("API key expired")
-        return Principal(cached.user_id, "api_key")
+        expires = cached.expires_at.timestamp() if cached.expires_at else None
+        return Principal(cached.user_id, "api_key", cached.key_id, expires)
 
     async def local_user_id(self) -> str:
         """The owner of sessions created through the embedding API without a user."""

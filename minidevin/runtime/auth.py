@@ -7,8 +7,12 @@ import hashlib
 import os
 import secrets
 import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import bcrypt
 import jwt
@@ -18,41 +22,100 @@ API_KEY_PREFIX = "md_"
 # A real hash of a random password: login verifies against it when the email is
 # unknown, so both answers take the same time.
 _DUMMY_HASH = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt()).decode()
+T = TypeVar("T")
 
 
 class AuthError(Exception):
     """Credentials missing, wrong, expired or revoked."""
 
 
+class HashBusy(Exception):
+    """More password hashes are waiting than the queue holds: retry in a moment."""
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts for, and how they proved it."""
+    """Who a request acts for, and how they proved it.
+
+    `credential` is the token's `jti` or the API key's id; `expires` the
+    credential's expiry (epoch seconds; None: never).
+    """
 
     user_id: str
     method: str  # "jwt" or "api_key"
+    credential: str | None = None
+    expires: float | None = None
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: str
+    jti: str
+    version: int
+    expires: float
+
+
+class HashPool:
+    """bcrypt on its own threads: at most `workers` at once, at most `queue` waiting.
+
+    A dedicated executor, so a login flood never starves the default one (the
+    store, the sandbox probe...); beyond the queue, `HashBusy` at once.
+    """
+
+    def __init__(self, workers: int = 1, queue: int = 16) -> None:
+        self.capacity = workers + queue
+        self.in_flight = 0
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="bcrypt")
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        if self.in_flight >= self.capacity:
+            raise HashBusy("too many password checks at once; retry in a second")
+        self.in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        finally:
+            self.in_flight -= 1
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+_DEFAULT_POOL: HashPool | None = None
+
+
+def _default_pool() -> HashPool:
+    global _DEFAULT_POOL
+    if _DEFAULT_POOL is None:
+        _DEFAULT_POOL = HashPool()
+    return _DEFAULT_POOL
 
 
 def password_bytes(password: str) -> bytes:
     encoded = password.encode()
     if len(encoded) > MAX_PASSWORD_BYTES:
         raise ValueError(f"password is longer than {MAX_PASSWORD_BYTES} bytes")
+    if b"\0" in encoded:
+        raise ValueError("password contains a NUL character")
     return encoded
 
 
-async def hash_password(password: str) -> str:
+async def hash_password(password: str, pool: HashPool | None = None) -> str:
     """bcrypt in a worker thread (about 0.3 s): the event loop keeps serving."""
     data = password_bytes(password)
-    hashed = await asyncio.to_thread(bcrypt.hashpw, data, bcrypt.gensalt())
+    hashed = await (pool or _default_pool()).run(bcrypt.hashpw, data, bcrypt.gensalt())
     return hashed.decode()
 
 
-async def verify_password(password: str, password_hash: str | None) -> bool:
+async def verify_password(
+    password: str, password_hash: str | None, pool: HashPool | None = None
+) -> bool:
     """Constant work whether or not the user exists (pass `None` for no user)."""
     try:
         data = password_bytes(password)
     except ValueError:
         data = b""
-    ok = await asyncio.to_thread(bcrypt.checkpw, data, (password_hash or _DUMMY_HASH).encode())
+    stored = (password_hash or _DUMMY_HASH).encode()
+    ok = await (pool or _default_pool()).run(bcrypt.checkpw, data, stored)
     return ok and password_hash is not None and bool(data)
 
 
@@ -62,6 +125,7 @@ def load_jwt_secret(data_dir: Path, configured: str | None) -> str:
         return configured
     path = data_dir / "jwt_secret"
     if path.exists():
+        path.chmod(0o600)  # (older versions may have left it readable)
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -77,28 +141,45 @@ class TokenIssuer:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
 
-    def issue(self, user_id: str) -> str:
+    def issue(self, user_id: str, version: int = 0) -> str:
+        """A token with a unique `jti` (logout revokes it) and the user's token `ver`.
+
+        A password change bumps the user's version: every older token is refused.
+        """
         now = int(time.time())
-        claims = {"sub": user_id, "iat": now, "exp": now + self.ttl_seconds, "typ": "access"}
+        claims = {
+            "sub": user_id,
+            "iat": now,
+            "exp": now + self.ttl_seconds,
+            "typ": "access",
+            "jti": uuid.uuid4().hex,
+            "ver": version,
+        }
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> str:
         """The token's user id; `AuthError` if it is malformed, tampered or expired."""
+        return self.claims(token).user_id
+
+    def claims(self, token: str) -> TokenClaims:
+        """What a valid token says; `AuthError` if it is malformed, tampered or expired."""
         try:
             claims = jwt.decode(
                 token,
                 self._secret,
                 algorithms=["HS256"],
-                options={"require": ["exp", "iat", "sub"]},
+                options={"require": ["exp", "iat", "sub", "jti"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError, UnicodeError):
             raise AuthError("invalid token") from None
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject:
+        subject, jti, version = claims.get("sub"), claims.get("jti"), claims.get("ver", 0)
+        if not isinstance(subject, str) or not subject or not isinstance(jti, str) or not jti:
             raise AuthError("invalid token")
-        return subject
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise AuthError("invalid token")
+        return TokenClaims(subject, jti, version, float(claims["exp"]))
 
 
 def new_api_key() -> str:

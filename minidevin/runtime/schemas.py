@@ -7,10 +7,11 @@ what an embedding program gets back.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from minidevin.runtime.auth import MAX_PASSWORD_BYTES
 
@@ -19,16 +20,42 @@ StepStatus = Literal["pending", "in_progress", "completed", "failed", "skipped"]
 RunMode = Literal["offline", "online"]
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+# the embedded local user's domain (`local@minidevin.invalid`): never registered over HTTP
+RESERVED_EMAIL_DOMAIN = "minidevin.invalid"
+
+
+def normalize_email(value: str) -> str:
+    """One spelling per address: NFKC, case folded, without surrounding spaces.
+
+    `José` typed precomposed (NFC) or decomposed (NFD) is one account.
+    """
+    folded = unicodedata.normalize("NFKC", value.strip()).casefold()
+    return unicodedata.normalize("NFKC", folded)
+
+
+def has_control_characters(value: str) -> bool:
+    return any(unicodedata.category(char) in ("Cc", "Cf", "Cs") for char in value)
 
 
 def _email(value: str) -> str:
+    if has_control_characters(value):
+        raise ValueError("must not contain control characters")
+    value = normalize_email(value)
     if len(value) > 254 or not _EMAIL.match(value):
         raise ValueError("not a valid email address")
-    return value.lower()
+    return value
+
+
+def _login_email(value: str) -> str:
+    return normalize_email(value)
 
 
 def _password(value: str) -> str:
-    if len(value.encode()) > MAX_PASSWORD_BYTES:
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+    if not value.strip():
+        raise ValueError("must not be only whitespace")
+    if len(value.encode(errors="replace")) > MAX_PASSWORD_BYTES:
         raise ValueError(f"must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)")
     return value
 
@@ -39,15 +66,19 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Email = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_email)]
+Email = Annotated[str, AfterValidator(_email)]  # checked raw, then normalized
 Password = Annotated[str, Field(min_length=8), AfterValidator(_password)]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
 
 
 class Body(BaseModel):
-    """Request bodies: unknown fields are ignored, known ones are strict."""
+    """Request bodies: unknown fields are ignored, known ones are strict.
 
-    model_config = ConfigDict(extra="ignore", str_max_length=100_000)
+    Strict: `"5"` is not an integer, `1` is not a string nor `true`; a float
+    field still takes an integer, and a timestamp field an ISO 8601 string.
+    """
+
+    model_config = ConfigDict(extra="ignore", str_max_length=100_000, strict=True)
 
 
 class Out(BaseModel):
@@ -64,13 +95,19 @@ class RegisterRequest(Body):
 
 
 class LoginRequest(Body):
-    email: Annotated[str, Field(min_length=1, max_length=254)]
+    email: Annotated[str, Field(min_length=1, max_length=254), AfterValidator(_login_email)]
     password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class PasswordChangeRequest(Body):
+    current_password: Annotated[str, Field(min_length=1, max_length=1024)]
+    new_password: Password
+    revoke_api_keys: bool = False
 
 
 class ApiKeyRequest(Body):
     name: Name
-    expires_at: datetime | None = None
+    expires_at: Annotated[datetime | None, Field(strict=False)] = None
 
     def expiry_utc(self) -> datetime | None:
         if self.expires_at is None:
@@ -229,6 +266,7 @@ class Health(Out):
     status: str
     version: str
     sandbox: dict[str, Any] | None = None
+    registration: Literal["open", "closed"] | None = None
 
 
 class ErrorBody(Out):

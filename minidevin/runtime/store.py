@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -26,6 +28,9 @@ from minidevin.runtime.events import Event
 from minidevin.runtime.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger(__name__)
+# aiosqlite logs each call with its statement parameters (password hashes, key
+# hashes...) at debug level: never let those through, whatever the log level
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 MAX_BATCH = 2000
 # SQLite errors worth waiting out: another process holds the lock, the disk is full
 TRANSIENT_ERRORS = ("locked", "busy", "full")
@@ -52,6 +57,29 @@ def decode_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def secure_data_dir(data_dir: Path) -> None:
+    """The data directory 0700 and what is in it 0600 (fixing older, laxer ones).
+
+    Only the server's user may read the database, the secret and the artifacts.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for root, _directories, files in os.walk(data_dir):  # (links are not followed)
+        os.chmod(root, 0o700)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` (0600) if absent, so SQLite's -wal and -shm files get 0600 too."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        extra = Path(f"{path}{suffix}")
+        if extra.exists() and not extra.is_symlink():
+            extra.chmod(0o600)
+
+
 class Store:
     def __init__(self, path: Path, *, retry_seconds: float = 10.0) -> None:
         self.path = path
@@ -71,7 +99,8 @@ class Store:
     # -- lifecycle ---------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_file(self.path)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._writer = await self._connect()

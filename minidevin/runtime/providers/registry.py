@@ -2,6 +2,11 @@
 
 A model id is a catalog id (`gpt-4o`, `claude-3-5-sonnet-20241022`) or
 `provider/model` (`openai/gpt-4o-mini`, `azure/<deployment>`, `ollama/llama3.2`).
+
+`replay:PATH` reads any local file by default (a registry built by
+`minidevin run` or an embedding program serves the person running it); the
+HTTP app calls `restrict_replay(settings.replay_dir)`, after which recordings
+come only from that directory (none when it is unset), checked at every read.
 Credentials come from each SDK's standard environment variables. The SDKs'
 own retries are off: `retry.stream_with_retries` retries whole turns.
 """
@@ -13,12 +18,23 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
+import structlog
 
 from minidevin.runtime.providers.base import Model, ProviderError
 from minidevin.runtime.providers.replay import PREFIX as REPLAY_PREFIX
-from minidevin.runtime.providers.replay import ReplayModel, replay_path
+from minidevin.runtime.providers.replay import (
+    REFUSED,
+    ReplayModel,
+    open_beneath,
+    read_beneath,
+    replay_path,
+)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 PROVIDERS: dict[str, str] = {
     "openai": "OpenAI",
@@ -92,6 +108,14 @@ class ProviderRegistry:
         self._ollama_models: tuple[str, ...] | None = None  # None: not answering
         self._ollama_checked = float("-inf")
         self._custom: dict[str, tuple[ModelInfo, Callable[[], Model]]] = {}
+        self.replay_restricted = False
+        self.replay_dir: Path | None = None
+
+    def restrict_replay(self, replay_dir: Path | None) -> None:
+        """From now on `replay:` reads only regular files of <= 10 MB beneath
+        `replay_dir` (none when None), and every refusal is the same message."""
+        self.replay_restricted = True
+        self.replay_dir = replay_dir
 
     def register(
         self, model_id: str, factory: Callable[[], Model], *, context_window: int = 128_000
@@ -159,7 +183,11 @@ class ProviderRegistry:
             path = replay_path(model_id)
             if not path:
                 raise UnknownModel("replay: needs a path, as in replay:path/to/trajectory.json")
-            absolute = str(Path(path).expanduser().resolve())
+            if self.replay_restricted:  # lexical only: the file is checked when opened
+                base = self.replay_dir or Path("/")
+                absolute = os.path.normpath(os.path.join(base, path))
+            else:
+                absolute = str(Path(path).expanduser().resolve())
             return ModelInfo(
                 f"{REPLAY_PREFIX}{absolute}", f"Replay of {Path(absolute).name}", "replay", 10**9
             )
@@ -198,6 +226,8 @@ class ProviderRegistry:
     def check_configured(self, model_id: str) -> ModelInfo:
         """The model's info; `ProviderError(PROVIDER_NOT_CONFIGURED)` naming what is missing."""
         info = self.resolve(model_id)
+        if info.provider == "replay" and self.replay_restricted:
+            os.close(self._open_replay(replay_path(info.id), open_beneath))
         if info.provider == "ollama" and not self.configured("ollama"):
             raise ProviderError(
                 "PROVIDER_NOT_CONFIGURED",
@@ -211,9 +241,26 @@ class ProviderRegistry:
             )
         return info
 
+    def _open_replay(self, path: str, opener: Callable[[Path, str], T]) -> T:
+        """`opener(replay_dir, path)`; one `REPLAY_REFUSED` for whatever goes wrong."""
+        if self.replay_dir is None:
+            raise ProviderError("REPLAY_REFUSED", REFUSED)
+        try:
+            return opener(self.replay_dir, path)
+        except (OSError, ValueError) as exc:
+            log.info("replay_refused", path=path, reason=str(exc))
+            raise ProviderError("REPLAY_REFUSED", REFUSED) from None
+
     def create(self, model_id: str) -> Model:
         """A ready `Model`; `ProviderError` if its provider is not configured."""
         info = self.check_configured(model_id)
+        if info.provider == "replay" and self.replay_restricted:
+            data = self._open_replay(replay_path(info.id), read_beneath)
+            try:
+                return ReplayModel.from_bytes(data, info.id)
+            except ProviderError as exc:
+                log.info("replay_refused", model=info.id, reason=exc.message)
+                raise ProviderError("REPLAY_REFUSED", REFUSED) from None
         if info.provider == "replay":
             return ReplayModel.from_file(replay_path(info.id), info.id)
         if info.provider == "custom":

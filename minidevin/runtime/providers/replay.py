@@ -9,12 +9,19 @@ consulted, so a replay repeats the recorded actions whatever their results.
 
 Errors: `REPLAY_INVALID` (the file is missing, unreadable or malformed) and
 `REPLAY_EXHAUSTED` (the model was asked for more turns than were recorded).
+
+Over the API (`ProviderRegistry.restrict_replay`), recordings come only from
+one directory: `read_beneath` opens them without following any link, takes
+regular files of at most `MAX_REPLAY_BYTES` only, and every refusal is one
+`REPLAY_REFUSED` message, so a client learns nothing about the host's files.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,11 @@ from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.providers.base import ModelTurn, ProviderError, TokenSink, ToolCall, Usage
 
 PREFIX = "replay:"
+MAX_REPLAY_BYTES = 10 * 1024 * 1024
+REFUSED = (
+    "replay: this recording is not available; over the API replay: reads only regular "
+    "trajectory files of at most 10 MB inside the server's MINIDEVIN_REPLAY_DIR"
+)
 
 
 def replay_path(model_id: str) -> str:
@@ -43,6 +55,15 @@ class ReplayModel:
         self.turns = tuple(turns)
         self._next = 0
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, model_id: str) -> ReplayModel:
+        """A recording's bytes; `ProviderError("REPLAY_INVALID")` if they cannot be used."""
+        try:
+            parsed = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise _invalid(model_id, f"not valid JSON ({exc})") from None
+        return cls(model_id, turns_from_recording(parsed, model_id))
 
     @classmethod
     def from_file(cls, path: str | Path, model_id: str | None = None) -> ReplayModel:
@@ -85,6 +106,43 @@ class ReplayModel:
             on_token(piece)
         cancel.raise_if_set()
         return turn
+
+
+def open_beneath(directory: Path, path: str) -> int:
+    """A read-only fd of the regular file `path` (absolute or relative) inside `directory`.
+
+    Every component is opened relative to the previous one with `O_NOFOLLOW`,
+    so no link (swapped in at any time) leads out; FIFOs and devices are never
+    read (`O_NONBLOCK`, then `fstat`). `OSError` or `ValueError` for any refusal.
+    """
+    target = Path(os.path.normpath(os.path.join(directory, path)))
+    parts = target.relative_to(directory).parts  # ValueError: outside
+    if not parts:
+        raise ValueError("not a file")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        file_fd = os.open(parts[-1], flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd)
+    finally:
+        os.close(fd)
+    info = os.fstat(file_fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_REPLAY_BYTES:
+        os.close(file_fd)
+        raise ValueError("not a regular file of at most 10 MB")
+    return file_fd
+
+
+def read_beneath(directory: Path, path: str) -> bytes:
+    """The bytes of `open_beneath(directory, path)`, at most `MAX_REPLAY_BYTES`."""
+    with os.fdopen(open_beneath(directory, path), "rb") as handle:
+        data = handle.read(MAX_REPLAY_BYTES + 1)
+    if len(data) > MAX_REPLAY_BYTES:  # (it grew since fstat)
+        raise ValueError("larger than 10 MB")
+    return data
 
 
 def turns_from_recording(data: Any, path: str | Path = "recording") -> list[ModelTurn]:
