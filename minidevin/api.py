@@ -105,7 +105,15 @@ class Runtime:
                 if self.settings.sandbox == "required"
                 else "commands run unsandboxed",
             )
-        log.info("runtime_started", data_dir=str(self.settings.data_dir))
+        boundary = await asyncio.to_thread(sandbox.as_health, self.settings.sandbox)
+        if not boundary["uid_isolation"]:
+            log.warning("uid_isolation_unavailable", reason=boundary["uid_isolation_reason"])
+        log.info(
+            "runtime_started",
+            data_dir=str(self.settings.data_dir),
+            uid_isolation=boundary["uid_isolation"],
+            limits=boundary["limits"],
+        )
         return self
 
     async def close(self) -> None:
@@ -133,10 +141,11 @@ class Runtime:
         their environment) is killed first.
         """
         rows = await records.tasks_with_status(self.store, LIVE_STATUSES)
-        if rows:
-            killed = await asyncio.to_thread(kill_task_processes, {row["id"] for row in rows})
-            if killed:
-                log.warning("reaped_orphaned_processes", count=killed)
+        # always: a killed server's commands may outlive even tasks it had ended
+        ids = {row["id"] for row in rows}
+        killed = await asyncio.to_thread(kill_task_processes, ids, self.settings.data_dir)
+        if killed:
+            log.warning("reaped_orphaned_processes", count=killed)
         for row in rows:
             newest = records.last_event(self.store, row["id"])
             events = TaskEventLog(row["id"], self.store.submit, newest.seq if newest else 0)

@@ -39,7 +39,7 @@ from minidevin.runtime.tools import (
     run_tool,
 )
 from minidevin.runtime.tools.environment import command_environment
-from minidevin.runtime.tools.sandbox import sandbox_status
+from minidevin.runtime.tools.sandbox import run_identity, sandbox_status
 from minidevin.runtime.workspace import Snapshots
 
 log = structlog.get_logger(__name__)
@@ -168,12 +168,15 @@ def tool_context(
     cancel: CancelToken,
     run_mode: str = "offline",
     task_id: str = "",
+    workspace_identity: tuple[int, int] | None = None,
 ) -> ToolContext:
     """The tools' context for a task: sandboxed when the setting allows and bwrap works.
 
-    Only an `online` task's commands get the network; the server's data directory is
-    hidden from them.
+    Commands run as the working directory's owner, or `sandbox_uid` when root owns it
+    (never as root), with the task's limits, an allowlisted environment, and the
+    network only for an `online` task; the server's data directory is hidden.
     """
+    uid, gid = run_identity(working_directory, settings.sandbox_uid)
     return ToolContext(
         working_directory=working_directory,
         cancel=cancel,
@@ -183,5 +186,15 @@ def tool_context(
         sandbox=settings.sandbox != "off" and sandbox_status().works,
         network=run_mode == "online",
         hidden_paths=(settings.data_dir, *settings.workspace_roots),  # other workspaces too
-        env=command_environment(task_id),
+        env=command_environment(task_id, uid),
+        workspace_identity=workspace_identity,
+        uid=uid,
+        gid=gid,
+        task_id=task_id,
+        memory_mb=settings.sandbox_memory_mb,
+        pids=settings.sandbox_pids,
+        cpus=settings.sandbox_cpus,
+        tmp_mb=settings.sandbox_tmp_mb,
+        read_paths=tuple(settings.sandbox_read_paths),
+        data_dir=settings.data_dir,
     )

@@ -55,6 +55,8 @@ class ToolContext:
     cpus: float = 1.0
     tmp_mb: int = 512
     read_paths: tuple[Path, ...] = ()
+    # the server's data directory: names the cgroups of its commands (see cgroups.py)
+    data_dir: Path | None = None
 
 
 class Tool(Protocol):

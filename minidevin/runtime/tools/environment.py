@@ -1,32 +1,54 @@
-"""The environment a task's commands see: the server's, minus its secrets.
+"""The environment a task's commands see, and the reaper of what a dead server left.
 
-A command the model runs could print its environment into the conversation,
-the events and the trajectory, so variables that look like credentials
-(`*KEY*`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`, `*AUTH*`) and
-minidevin's own settings are removed. `MINIDEVIN_TASK_ID` marks every process
-of a task, so a restarted server can find (and kill) what a crashed one left.
+Commands get an allowlist, never the server's own variables (provider keys,
+the JWT secret, anything else the operator exported): `PATH`, `LANG`, `LC_*`,
+`TERM`, `TZ`, `SHELL` from the server; `HOME`, `USER` and `LOGNAME` of the uid
+the commands run as; and `MINIDEVIN_TASK_ID`, which marks every process of a
+task so a restarted server can find (and kill) what a crashed one left where
+cgroups are not available. Sandboxed or not, the allowlist is the same (inside
+bubblewrap `HOME` is the private `/tmp`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+from minidevin.runtime.tools import cgroups
+
+ALLOWED = ("PATH", "LANG", "TERM", "TZ", "SHELL")
+ALLOWED_PREFIXES = ("LC_",)
 TASK_MARKER = "MINIDEVIN_TASK_ID"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def command_environment(task_id: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def command_environment(
+    task_id: str, uid: int | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The allowlisted environment of a task's commands, running as `uid` (None: the server's)."""
     source = os.environ if base is None else base
     env = {
         name: value
         for name, value in source.items()
-        if not name.startswith("MINIDEVIN_")
-        and not any(marker in name.upper() for marker in SECRET_MARKERS)
+        if name in ALLOWED or name.startswith(ALLOWED_PREFIXES)
     }
+    env.setdefault("PATH", DEFAULT_PATH)
+    if uid is None or uid == os.geteuid():
+        for name in ("HOME", "USER", "LOGNAME"):
+            if name in source:
+                env[name] = source[name]
+    else:
+        try:
+            entry = pwd.getpwuid(uid)
+            name, home = entry.pw_name, entry.pw_dir
+        except KeyError:
+            name, home = str(uid), "/"
+        env.update(USER=name, LOGNAME=name)
+        env["HOME"] = home if os.path.isdir(home) else "/tmp"
     env[TASK_MARKER] = task_id
     return env
 
@@ -47,12 +69,18 @@ def processes_of_tasks(task_ids: set[str]) -> list[int]:
     return found
 
 
-def kill_task_processes(task_ids: set[str]) -> int:
-    """SIGKILL every process (and its process group) left by `task_ids`; how many."""
-    pids = processes_of_tasks(task_ids)
+def kill_task_processes(task_ids: set[str], data_dir: Path | None = None) -> int:
+    """SIGKILL what a dead server left; how many processes.
+
+    Everything in `data_dir`'s leftover command cgroups (whatever it did to hide:
+    double fork, `setsid`, an empty environment), then every process (and its
+    process group) marked with one of `task_ids`.
+    """
+    killed = cgroups.reap(data_dir) if data_dir is not None else 0
+    pids = processes_of_tasks(task_ids) if task_ids else []
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    return len(pids)
+    return killed + len(pids)

@@ -7,20 +7,24 @@ import contextlib
 import math
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
-from minidevin.runtime.cancel import Cancelled
-from minidevin.runtime.tools import sandbox
-from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
+import structlog
 
+from minidevin.runtime.cancel import Cancelled
+from minidevin.runtime.tools import cgroups, sandbox
+from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
+from minidevin.runtime.tools.network import UserNetwork, network_status
+
+log = structlog.get_logger(__name__)
 _CHUNK = 65536
-SETPRIV = shutil.which("setpriv")
+_LIMIT_POLL = 0.25  # how often a running command's cgroup is checked for a hit limit
 _POLL_INTERVAL = 0.05  # only used when pidfd_open is unavailable
 _DRAIN_GRACE = 1.0  # after bash exits, how long to wait for EOF on the output pipe
 
@@ -129,17 +133,33 @@ class TerminalTool:
         "additionalProperties": False,
     }
 
-    def build_argv(self, command: str, context: ToolContext) -> list[str]:
-        """The argv that runs `command`: bash, inside bubblewrap when `context.sandbox`."""
+    def build_argv(
+        self,
+        command: str,
+        context: ToolContext,
+        *,
+        workdir_fd: int | None = None,
+        network_args: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The argv that runs `command`: bash, as `context.uid`, in bwrap when `context.sandbox`.
+
+        Raises `PermissionError` when it would run as root.
+        """
         argv = ["bash", "-c", command]
         if not context.sandbox:
-            # bash dies with the server even on `kill -9` (a restart reaps the rest)
-            return [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if SETPRIV else argv
+            # bash dies with the server even on `kill -9` (the cgroup and a restart reap the rest)
+            return [*sandbox.drop_privileges(context.uid, context.gid, pdeathsig=True), *argv]
         return sandbox.wrap(
             argv,
             context.working_directory,
             network=context.network,
             hide=context.hidden_paths,
+            workdir_fd=workdir_fd,
+            tmp_mb=context.tmp_mb,
+            read_paths=context.read_paths,
+            network_args=network_args,
+            uid=context.uid,
+            gid=context.gid,
         )
 
     def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult:
@@ -149,46 +169,98 @@ class TerminalTool:
             raise ToolError("`command` is required and must be a non-empty string")
         timeout = self._timeout(arguments.get("timeout"), context)
         context.cancel.raise_if_set()
+        with contextlib.ExitStack() as stack:
+            workdir_fd = _open_workdir(context)
+            stack.callback(os.close, workdir_fd)
+            group, cgroup, note = self._start(command, context, workdir_fd, stack)
+            unregister = context.cancel.on_cancel(
+                lambda: (group.kill(), cgroup.kill() if cgroup else None)
+            )
+            output = _OutputBuffer(context.output_limit)
+            try:
+                timed_out, limit = self._pump(group, output, timeout, cgroup)
+            finally:
+                unregister()
+                exit_code = group.kill_and_reap()
+                assert group.process.stdout is not None
+                group.process.stdout.close()
+            if cgroup is not None:
+                limit = limit or cgroup.exceeded()
+        if context.cancel.is_set():
+            raise Cancelled()
 
+        text = output.text()
+        lines = [note] if note else []
+        if limit:
+            lines.append(f"[{limit}]")
+        elif timed_out:
+            lines.append(f"[command timed out after {timeout:g} seconds and was killed]")
+        elif exit_code != 0:
+            lines.append(f"[exit code: {exit_code}]")
+        if context.sandbox and exit_code != 0 and "No space left on device" in text:
+            lines.append(f"[note: the private /tmp holds at most {context.tmp_mb} MB]")
+        if lines:
+            if text and not text.endswith("\n"):
+                text += "\n"
+            text += "\n".join(lines)
+        return ToolResult(output=text, success=not timed_out and not limit and exit_code == 0)
+
+    def _start(
+        self, command: str, context: ToolContext, workdir_fd: int, stack: contextlib.ExitStack
+    ) -> tuple[_ProcessGroup, cgroups.CommandCgroup | None, str | None]:
+        """Start the command in its cgroup (and user-mode network); cleanups go on `stack`.
+
+        Returns the process group, the cgroup, and a note for the model, if any.
+        """
         env = dict(context.env) if context.env is not None else dict(os.environ)
         env.update(PAGER="cat", GIT_PAGER="cat", TERM="dumb")
+        limits = cgroups.Limits(context.memory_mb, context.pids, context.cpus)
+        cgroup = _command_cgroup(context, limits)
+        if cgroup is not None:
+            stack.callback(cgroup.remove)
+            prefix = cgroup.enter_argv()
+        else:
+            prefix = cgroups.rlimit_argv(limits)
+        network, network_args, note = None, None, None
+        if context.sandbox and context.network:
+            works, why = network_status()
+            if works:
+                network = UserNetwork()
+                stack.callback(network.close)
+                network_args = network.bwrap_args()
+            else:  # never the host's network: none at all
+                network_args = ["--unshare-net"]
+                note = f"[note: this command had no network: {why}]"
+        pass_fds = (workdir_fd, *(network.pass_fds() if network else ()))
         try:
+            argv = self.build_argv(
+                command,
+                context,
+                workdir_fd=workdir_fd,
+                network_args=network_args,
+            )
             process = subprocess.Popen(
-                self.build_argv(command, context),
-                cwd=context.working_directory,
+                [*prefix, *argv],
+                cwd=f"/proc/self/fd/{workdir_fd}",
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds if context.sandbox else (),
             )
-        except OSError as exc:
+        except (OSError, PermissionError) as exc:
             raise ToolError(f"could not start the command: {exc}") from exc
-
         group = _ProcessGroup(process)
-        unregister = context.cancel.on_cancel(group.kill)
-        output = _OutputBuffer(context.output_limit)
-        try:
-            timed_out = self._pump(group, output, timeout)
-        finally:
-            unregister()
-            exit_code = group.kill_and_reap()
-            assert process.stdout is not None
-            process.stdout.close()
-        if context.cancel.is_set():
-            raise Cancelled()
-
-        text = output.text()
-        lines = []
-        if timed_out:
-            lines.append(f"[command timed out after {timeout:g} seconds and was killed]")
-        elif exit_code != 0:
-            lines.append(f"[exit code: {exit_code}]")
-        if lines:
-            if text and not text.endswith("\n"):
-                text += "\n"
-            text += "\n".join(lines)
-        return ToolResult(output=text, success=not timed_out and exit_code == 0)
+        if network is not None:
+            try:
+                network.attach()
+            except Exception as exc:
+                group.kill_and_reap()
+                assert process.stdout is not None
+                process.stdout.close()
+                raise ToolError(f"could not set up the command's network: {exc}") from exc
+        return group, cgroup, note
 
     @staticmethod
     def _timeout(value: Any, context: ToolContext) -> float:
@@ -203,8 +275,16 @@ class TerminalTool:
         return min(timeout, context.max_timeout)
 
     @staticmethod
-    def _pump(group: _ProcessGroup, output: _OutputBuffer, timeout: float) -> bool:
-        """Read output until bash exits or the timeout passes; returns whether it timed out."""
+    def _pump(
+        group: _ProcessGroup,
+        output: _OutputBuffer,
+        timeout: float,
+        cgroup: cgroups.CommandCgroup | None = None,
+    ) -> tuple[bool, str | None]:
+        """Read output until bash exits, the timeout passes or a limit is hit.
+
+        Returns whether it timed out, and which limit was hit (a sentence) if any.
+        """
         process = group.process
         assert process.stdout is not None
         fd = process.stdout.fileno()
@@ -214,6 +294,7 @@ class TerminalTool:
         except (AttributeError, OSError):
             pidfd = None
         timed_out = False
+        limit = None
         with selectors.DefaultSelector() as selector:
             selector.register(fd, selectors.EVENT_READ)
             if pidfd is not None:
@@ -228,6 +309,12 @@ class TerminalTool:
                         group.kill()
                         break
                     wait = remaining if pidfd is not None else min(remaining, _POLL_INTERVAL)
+                    if cgroup is not None:
+                        wait = min(wait, _LIMIT_POLL)
+                        if limit := cgroup.exceeded():
+                            group.kill()
+                            cgroup.kill()
+                            break
                     for key, _ in selector.select(wait):
                         if key.fd == fd and not _read(fd, output):
                             selector.unregister(fd)
@@ -247,7 +334,39 @@ class TerminalTool:
             finally:
                 if pidfd is not None:
                     os.close(pidfd)
-        return timed_out
+        return timed_out, limit
+
+
+def _open_workdir(context: ToolContext) -> int:
+    """An fd of the working directory, checked to be the one the session was created on."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    changed = (
+        "the working directory changed since the session was created "
+        "(it was moved, replaced or swapped for a link): refusing to run commands in it"
+    )
+    try:
+        fd = os.open(context.working_directory, flags)
+    except OSError as exc:
+        if context.workspace_identity is not None:
+            raise ToolError(changed) from exc
+        raise ToolError(f"the working directory cannot be opened: {exc.strerror}") from exc
+    info = os.fstat(fd)
+    if context.workspace_identity not in (None, (info.st_dev, info.st_ino)):
+        os.close(fd)
+        raise ToolError(changed)
+    return fd
+
+
+def _command_cgroup(context: ToolContext, limits: cgroups.Limits) -> cgroups.CommandCgroup | None:
+    """The command's cgroup, or None where cgroups are not usable (then rlimits apply)."""
+    support = cgroups.cgroup_support()
+    if support.version is None:
+        return None
+    try:
+        return cgroups.CommandCgroup(support, context.data_dir, context.task_id, limits)
+    except OSError as exc:
+        log.warning("cgroup_unavailable", error=str(exc), consequence="rlimits only")
+        return None
 
 
 def _read(fd: int, output: _OutputBuffer) -> bool:
