@@ -44,8 +44,9 @@ from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.store import Store
 from minidevin.runtime.tools.environment import kill_task_processes
+from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.sandbox import SandboxUnavailable, sandbox_status
-from minidevin.runtime.workspace import WorkspaceError, resolve_working_directory
+from minidevin.runtime.workspace import WorkspaceError, Workspaces
 
 log = structlog.get_logger(__name__)
 ACTOR_REPLY_TIMEOUT = 10.0
@@ -81,6 +82,7 @@ class Runtime:
         self._submitted: dict[str, int] = {}  # tasks handed to each live session actor
         self._local_user: str | None = None
         self._local_user_lock = asyncio.Lock()
+        self.workspaces = Workspaces(self.store, self.settings)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -172,16 +174,17 @@ class Runtime:
     async def create_session(
         self, name: str, working_directory: str | Path, *, owner: str | None = None
     ) -> schemas.SessionCreated:
+        """A session on `working_directory`, which becomes (or must already be) the user's.
+
+        Every refusal but a malformed value (422) is the same 403, whether the directory
+        is missing, forbidden, or another user's: it tells nothing about the host.
+        """
+        user_id = await self.owner(owner)
         try:
-            directory = resolve_working_directory(
-                str(working_directory), self.settings.workspace_roots
-            )
+            checked = await self.workspaces.claim(user_id, str(working_directory))
         except WorkspaceError as exc:
-            error = Forbidden if exc.code == "FORBIDDEN" else ValidationFailed
-            raise error(f"working_directory: {exc}") from None
-        return await records.insert_session(
-            self.store, await self.owner(owner), name, str(directory)
-        )
+            raise _workspace_refusal(exc) from None
+        return await records.insert_session(self.store, user_id, name, str(checked.path))
 
     async def list_sessions(self, *, owner: str | None = None) -> list[schemas.SessionSummary]:
         return await records.list_sessions(self.store, await self.owner(owner))
@@ -274,8 +277,14 @@ class Runtime:
             recording = Path(model.removeprefix("replay:"))
             if not any(recording.is_relative_to(r) for r in self.settings.workspace_roots):
                 raise Forbidden("model: a replay file must be inside the workspace roots")
-        if not Path(session["working_directory"]).is_dir():
-            raise BadRequest("the session's working_directory no longer exists")
+        try:
+            identity = await self.workspaces.identity(
+                session["user_id"], session["working_directory"]
+            )
+        except WorkspaceError as exc:
+            raise _workspace_refusal(exc) from None
+        except WorkspaceChanged as exc:
+            raise BadRequest(str(exc), code="WORKSPACE_CHANGED") from None
         task_id = records.new_id()
         created_at = utc_now()
         max_iterations = request.max_iterations or self.settings.max_iterations
@@ -292,6 +301,7 @@ class Runtime:
             max_iterations,
             Path(session["working_directory"]),
             request.max_cost_usd,
+            workspace_identity=identity,
         )
         actor = self._session_actor(session_id)
         self._submitted[session_id] += 1
@@ -405,3 +415,10 @@ class Runtime:
             raise Unavailable(
                 f"the session did not answer within {ACTOR_REPLY_TIMEOUT:.0f} s; try again"
             ) from None
+
+
+def _workspace_refusal(exc: WorkspaceError) -> Exception:
+    """403 with the one `working_directory is not available`, or 422 for a malformed value."""
+    if exc.code == "FORBIDDEN":
+        return Forbidden(str(exc))
+    return ValidationFailed(f"working_directory: {exc}")

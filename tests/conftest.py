@@ -37,7 +37,7 @@ async def openai_server() -> AsyncIterator[ScriptedOpenAIServer]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="test-secret-" + "x" * 32,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,

@@ -49,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         responder=lambda body: ScriptedTurn(tool_calls=[("finish", {"summary": "ok"})])
     ).start_in_thread()
     settings_ = Settings(
-        data_dir=root / "data",
+        data_dir=root.with_name(root.name + "-data"),  # (beside the workspace, not in it)
         jwt_secret="fuzz-secret-" + "x" * 32,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,

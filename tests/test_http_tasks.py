@@ -330,12 +330,15 @@ async def test_bad_session_bodies_are_422_naming_the_field(
         ({"name": "", "working_directory": str(tmp_path)}, "name"),
         ({"name": "s"}, "working_directory"),
         ({"name": "s", "working_directory": "relative/dir"}, "working_directory"),
-        ({"name": "s", "working_directory": str(tmp_path / "missing")}, "working_directory"),
     ]
     for payload, field in cases:
         response = await client.post("/api/sessions", json=payload, headers=user.bearer)
         body = await expect_error(response, 422, "VALIDATION_ERROR")
         assert field in body["detail"], (payload, body)
+    missing = {"name": "s", "working_directory": str(tmp_path / "missing")}  # no hint it is
+    response = await client.post("/api/sessions", json=missing, headers=user.bearer)
+    body = await expect_error(response, 403, "FORBIDDEN")
+    assert body["detail"] == "working_directory is not available"
     assert await expect_json(await client.get("/api/sessions", headers=user.bearer)) == []
 
 

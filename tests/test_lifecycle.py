@@ -18,7 +18,9 @@ FINISH = ScriptedTurn(tool_calls=[("finish", {"summary": "done"})])
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(data_dir=tmp_path / "data", jwt_secret="l" * 40, **overrides)
+    return Settings(
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"), jwt_secret="l" * 40, **overrides
+    )
 
 
 def env(server: ScriptedOpenAIServer) -> dict[str, str]:

@@ -54,7 +54,7 @@ async def test_200_tasks_with_200_subscribers(
 ) -> None:
     openai_server.responder = answer
     settings = Settings(
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="l" * 40,
         max_concurrent_tasks=TASKS,
         rate_limit_authenticated=0,

@@ -25,7 +25,7 @@ FINISH = ScriptedTurn(tool_calls=[("finish", {"summary": "done", "success": True
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "data_dir": tmp_path / "data",
+        "data_dir": tmp_path.with_name(tmp_path.name + "-data"),
         "jwt_secret": "s" * 40,
         "provider_retry_base_delay": 0.01,
         "rate_limit_authenticated": 0,

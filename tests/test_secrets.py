@@ -55,7 +55,7 @@ async def test_no_secret_leaks_anywhere(
         ]
     )
     settings = Settings(
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="jwt-SECRET-" + "z" * 32,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,
@@ -103,7 +103,9 @@ async def test_no_secret_leaks_anywhere(
 
     logs = capfd.readouterr()
     stored = b"".join(
-        path.read_bytes() for path in (tmp_path / "data").rglob("*") if path.is_file()
+        path.read_bytes()
+        for path in tmp_path.with_name(tmp_path.name + "-data").rglob("*")
+        if path.is_file()
     )
     secrets = {
         "password": PASSWORD,

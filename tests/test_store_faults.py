@@ -15,7 +15,7 @@ async def test_a_locked_database_fails_writes_clearly_and_keeps_reads(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
     settings = Settings(
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="f" * 40,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,
@@ -51,7 +51,7 @@ async def test_a_full_database_fails_writes_clearly_and_keeps_reads(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
     settings = Settings(
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="f" * 40,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,

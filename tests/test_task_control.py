@@ -208,7 +208,11 @@ async def test_sessions_run_in_parallel_up_to_the_global_cap(
     openai_server.script(
         [ScriptedTurn(tool_calls=[("terminal", {"command": wait_gate})]), finish("a"), finish("b")]
     )
-    settings = Settings(data_dir=tmp_path / "data", jwt_secret="c" * 40, max_concurrent_tasks=1)
+    settings = Settings(
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
+        jwt_secret="c" * 40,
+        max_concurrent_tasks=1,
+    )
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_server.base_url}
     async with Runtime(settings, provider_env=env) as runtime:
         first = await runtime.create_session("a", tmp_path)

@@ -39,8 +39,9 @@ from minidevin.runtime.tools import (
     run_tool,
 )
 from minidevin.runtime.tools.environment import command_environment
+from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.sandbox import run_identity, sandbox_status
-from minidevin.runtime.workspace import Snapshots
+from minidevin.runtime.workspace import Snapshots, verify_working_directory
 
 log = structlog.get_logger(__name__)
 
@@ -137,8 +138,12 @@ class ToolActor(pykka.ThreadingActor):
                 self.parent.tell(DiffMade(self._diff(before)))
 
     def _run(self, name: str, arguments: str) -> ToolResult:
-        try:
-            return run_tool(self.tools[name], arguments, self.context)
+        context = self.context
+        try:  # still the session's directory (the editor checks again on its descriptor)
+            verify_working_directory(context.working_directory, context.workspace_identity)
+            return run_tool(self.tools[name], arguments, context)
+        except WorkspaceChanged as exc:
+            return ToolResult(str(exc), success=False)
         except Cancelled:
             return ToolResult("cancelled: the task was stopped", success=False)
 

@@ -28,6 +28,8 @@ class TaskSpec:
     max_iterations: int
     working_directory: Path
     max_cost_usd: float | None = None
+    # the working directory's (st_dev, st_ino) as claimed: checked at start and every tool call
+    workspace_identity: tuple[int, int] | None = None
 
 
 # -- asyncio side -> SessionActor ---------------------------------------------------

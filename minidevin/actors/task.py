@@ -43,7 +43,8 @@ from minidevin.runtime.context import fit_messages, input_budget
 from minidevin.runtime.events import TaskEventLog, utc_now
 from minidevin.runtime.providers.base import ToolCall, Usage
 from minidevin.runtime.tools import ToolError, ToolResult
-from minidevin.runtime.workspace import Snapshots
+from minidevin.runtime.tools.paths import WorkspaceChanged
+from minidevin.runtime.workspace import Snapshots, verify_working_directory
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +78,9 @@ class TaskActor(pykka.ThreadingActor):
         self.context_shrunk = False
         self.stop_replies: list[Future[str | None]] = []
         self.snapshots = Snapshots(
-            spec.working_directory, deps.settings.snapshots_dir / f"{spec.task_id}.git"
+            spec.working_directory,
+            deps.settings.snapshots_dir / f"{spec.task_id}.git",
+            spec.workspace_identity,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -85,8 +88,19 @@ class TaskActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         try:
             spec = self.spec
+            try:  # the directory the session was opened on, still (not a link swapped in)
+                verify_working_directory(spec.working_directory, spec.workspace_identity)
+            except WorkspaceChanged as exc:
+                self.ending = ("failed", None, ("WORKSPACE_CHANGED", str(exc)), "Task failed")
+                self._finalize("")
+                return
             context = tool_context(
-                spec.working_directory, self.deps.settings, self.cancel, spec.run_mode, spec.task_id
+                spec.working_directory,
+                self.deps.settings,
+                self.cancel,
+                spec.run_mode,
+                spec.task_id,
+                workspace_identity=spec.workspace_identity,
             )
             self.tool_runner = ToolActor.start(self.actor_ref, context, self.snapshots)
             self.tool_runner.tell(TakeSnapshot())

@@ -7,6 +7,7 @@ missing, so no route can leak whether it exists.
 from __future__ import annotations
 
 import uuid
+from pathlib import PurePosixPath
 from typing import Any
 
 from minidevin.runtime import schemas
@@ -162,6 +163,39 @@ async def delete_session(store: Store, session_id: str) -> list[str]:
     )
     await store.write("DELETE FROM sessions WHERE id = ?", (session_id,))
     return [row["id"] for row in artifacts]
+
+
+# -- working directories -------------------------------------------------------------------
+
+
+async def workspace_claims_around(store: Store, path: str) -> list[dict[str, Any]]:
+    """Claims on `path`, on a directory containing it, or on one inside it."""
+    ancestors = [path, *(str(parent) for parent in PurePosixPath(path).parents)]
+    marks = ", ".join("?" for _ in ancestors)
+    # beneath `path`: every string from "path/" up to (not including) "path0" ("0" follows "/")
+    return await store.fetch_all(
+        f"SELECT path, user_id FROM workspace_claims WHERE path IN ({marks}) "
+        "OR (path > ? AND path < ?)",
+        (*ancestors, path.rstrip("/") + "/", path.rstrip("/") + "0"),
+    )
+
+
+async def workspace_claim(store: Store, path: str) -> dict[str, Any] | None:
+    return await store.fetch_one(
+        "SELECT path, user_id, st_dev, st_ino FROM workspace_claims WHERE path = ?", (path,)
+    )
+
+
+async def put_workspace_claim(
+    store: Store, path: str, user_id: str, identity: tuple[int, int]
+) -> None:
+    """Claim `path` for `user_id`, or refresh the identity of their own claim on it."""
+    await store.write(
+        "INSERT INTO workspace_claims (path, user_id, st_dev, st_ino, created_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET st_dev = excluded.st_dev, "
+        "st_ino = excluded.st_ino WHERE workspace_claims.user_id = excluded.user_id",
+        (path, user_id, str(identity[0]), str(identity[1]), utc_now()),
+    )
 
 
 # -- tasks -----------------------------------------------------------------------------

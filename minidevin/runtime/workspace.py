@@ -1,4 +1,18 @@
-"""Working-directory checks and the before/after snapshots behind `diff.patch`.
+"""Working directories (whose, and which ones) and the snapshots behind `diff.patch`.
+
+A working directory is checked when a session is opened on it, and belongs from
+then on to that session's user (a claim, kept when the session is deleted):
+
+- never `/`, a system directory, the data directory (nor inside or around it), the
+  interpreter's or the server's own installation, nor, with workspace roots, a root
+  itself or anything outside them;
+- never on, inside, or around a directory another user has claimed;
+- every refusal is the same answer, so it tells nothing about the host's files.
+
+The claim records the directory's `(st_dev, st_ino)`; every task start and every
+tool call re-opens the path without following links and compares (see
+`tools.paths.open_workspace`). A root-owned directory opened by a root server is
+handed to `sandbox_uid` (commands run as that uid, never as root).
 
 Snapshots live in a private git directory under the data directory (one per
 task), so the user's own repository is never touched: `git add -A` into a
@@ -9,45 +23,235 @@ tree's `.gitignore` files are honoured.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import stat
 import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
+import minidevin
+from minidevin.runtime import records
+from minidevin.runtime.settings import Settings
+from minidevin.runtime.store import Store
+from minidevin.runtime.tools.paths import WorkspaceChanged, check_workspace, open_workspace
+
+log = structlog.get_logger(__name__)
 GIT_TIMEOUT = 120
+NOT_AVAILABLE = "working_directory is not available"
+_UNDER = frozenset({"proc", "sys", "dev", "boot", "etc", "usr", "bin", "sbin", "run"})
+_EXACTLY = frozenset({"home", "root", "tmp", "var", "srv", "opt", "mnt", "media"})
+_MAX_DEPTH = 256
 
 
 class WorkspaceError(Exception):
-    """A working directory that does not exist or is not allowed."""
+    """A working directory that is not allowed; `code` FORBIDDEN or VALIDATION_ERROR."""
 
     def __init__(self, message: str, code: str = "VALIDATION_ERROR") -> None:
         super().__init__(message)
         self.code = code
 
 
-def resolve_working_directory(raw: str, roots: tuple[Path, ...]) -> Path:
-    """The resolved directory; `WorkspaceError` if missing or outside every root."""
+@dataclass(frozen=True)
+class CheckedDirectory:
+    """A working directory that passed the checks: its real path and identity."""
+
+    path: Path
+    identity: tuple[int, int]
+    owner_uid: int
+
+
+def _refused(reason: str, raw: str) -> WorkspaceError:
+    """The one answer for every refusal; the reason goes to the server's log only."""
+    log.info("working_directory_refused", reason=reason, working_directory=raw)
+    return WorkspaceError(NOT_AVAILABLE, code="FORBIDDEN")
+
+
+def _related(path: Path, other: Path) -> bool:
+    return path == other or path.is_relative_to(other) or other.is_relative_to(path)
+
+
+def _server_paths() -> tuple[Path, ...]:
+    """The interpreter's installation and this package: a command must not rewrite them."""
+    places = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(minidevin.__file__)}
+    return tuple(Path(os.path.realpath(place)) for place in places if place)
+
+
+def forbidden_reason(path: Path, data_dir: Path, roots: tuple[Path, ...]) -> str | None:
+    """Why the (resolved, absolute) `path` may never be a working directory, or None."""
+    parts = path.parts
+    if len(parts) < 2:
+        return "the filesystem root"
+    top = parts[1]
+    if top in _UNDER or top.startswith("lib") or (len(parts) == 2 and top in _EXACTLY):
+        return "a system directory"
+    if _related(path, data_dir):
+        return "the data directory, inside it or containing it"
+    if any(_related(path, place) for place in _server_paths()):
+        return "the server's own installation"
+    if roots and not any(path != root and path.is_relative_to(root) for root in roots):
+        return "not inside a workspace root"
+    return None
+
+
+def check_working_directory(raw: str, data_dir: Path, roots: tuple[Path, ...]) -> CheckedDirectory:
+    """Resolve and check `raw` (blocking: call it off the event loop).
+
+    `WorkspaceError` with VALIDATION_ERROR for a malformed value (NUL, relative), and
+    with FORBIDDEN and the one message `NOT_AVAILABLE` for everything else.
+    """
     if "\0" in raw:
         raise WorkspaceError("working_directory must not contain NUL bytes")
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
+    expanded = os.path.expanduser(raw)
+    if not os.path.isabs(expanded):
         raise WorkspaceError("working_directory must be an absolute path")
-    resolved = path.resolve()
-    if roots and not any(resolved.is_relative_to(root) for root in roots):
-        raise WorkspaceError(
-            "working_directory is outside the allowed workspace roots", code="FORBIDDEN"
-        )
-    if not resolved.is_dir():
-        raise WorkspaceError(f"working_directory {raw!r} is not an existing directory")
-    return resolved
+    try:
+        resolved = Path(os.path.realpath(expanded, strict=True))
+    except (OSError, ValueError):
+        raise _refused("missing", raw) from None
+    reason = forbidden_reason(resolved, data_dir, roots)
+    if reason is not None:
+        raise _refused(reason, raw)
+    try:
+        fd = open_workspace(resolved, None)
+    except WorkspaceChanged:
+        raise _refused("not a directory, or changed while checked", raw) from None
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return CheckedDirectory(resolved, (info.st_dev, info.st_ino), info.st_uid)
+
+
+class Workspaces:
+    """The runtime's working-directory claims; claims are made one at a time (a lock)."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._lock = asyncio.Lock()
+
+    async def claim(self, user_id: str, raw: str) -> CheckedDirectory:
+        """Check `raw` and claim it for `user_id`; a root-owned tree goes to `sandbox_uid`.
+
+        `WorkspaceError` (FORBIDDEN with `NOT_AVAILABLE`, or VALIDATION_ERROR) otherwise.
+        """
+        settings = self.settings
+        async with self._lock:  # check-then-insert holds: no other claim in between
+            checked = await asyncio.to_thread(
+                check_working_directory, raw, settings.data_dir, settings.workspace_roots
+            )
+            path = str(checked.path)
+            for claim in await records.workspace_claims_around(self.store, path):
+                if claim["user_id"] != user_id:
+                    raise _refused("another user's working directory is on, in or around it", raw)
+            await records.put_workspace_claim(self.store, path, user_id, checked.identity)
+        try:
+            await asyncio.to_thread(hand_over, checked, settings.sandbox_uid)
+        except WorkspaceChanged:  # swapped between the check and the hand-over
+            raise _refused("changed while handed over", raw) from None
+        return checked
+
+    async def identity(self, user_id: str, path: str) -> tuple[int, int]:
+        """The identity `user_id` claimed for `path`, checked against the directory now.
+
+        `WorkspaceChanged` if the directory is no longer that one. A session older than
+        claims is checked (and claimed) as a new one would be (`WorkspaceError`).
+        """
+        claim = await records.workspace_claim(self.store, path)
+        if claim is not None and claim["user_id"] == user_id:
+            identity = int(claim["st_dev"]), int(claim["st_ino"])
+        else:
+            identity = (await self.claim(user_id, path)).identity
+        await asyncio.to_thread(verify_working_directory, Path(path), identity)
+        return identity
+
+
+def verify_working_directory(path: Path, identity: tuple[int, int] | None) -> None:
+    """`WorkspaceChanged` unless `path` is, without any link, still the claimed directory."""
+    check_workspace(path, identity)
+
+
+def hand_over(checked: CheckedDirectory, uid: int) -> int:
+    """Give a root-owned working directory's tree to `uid` (a root server only).
+
+    Never follows a link, never leaves the directory's filesystem, leaves files with
+    more than one hard link alone. Returns how many entries changed owner.
+    """
+    if os.geteuid() != 0 or checked.owner_uid != 0:
+        return 0
+    top = open_workspace(checked.path, checked.identity)  # the checked one, or WorkspaceChanged
+    try:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=top)
+    finally:
+        os.close(top)
+    try:
+        counts = {"changed": 0, "skipped": 0}
+        _give_tree(fd, uid, checked.identity[0], 0, counts)
+    finally:
+        os.close(fd)
+    log.info("working_directory_handed_over", path=str(checked.path), uid=uid, **counts)
+    return counts["changed"]
+
+
+def _give_tree(fd: int, uid: int, device: int, depth: int, counts: dict[str, int]) -> None:
+    os.fchown(fd, uid, uid)
+    counts["changed"] += 1
+    if depth >= _MAX_DEPTH:
+        counts["skipped"] += 1
+        return
+    with os.scandir(fd) as listing:
+        names = [entry.name for entry in listing]
+    for name in names:
+        try:
+            _give_entry(fd, name, uid, device, depth, counts)
+        except OSError as exc:  # vanished or unreadable: left as it is
+            counts["skipped"] += 1
+            log.debug("hand_over_skipped", name=name, error=str(exc))
+
+
+def _give_entry(
+    fd: int, name: str, uid: int, device: int, depth: int, counts: dict[str, int]
+) -> None:
+    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    mode = info.st_mode
+    if stat.S_ISLNK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        os.chown(name, uid, uid, dir_fd=fd, follow_symlinks=False)
+        counts["changed"] += 1
+        return
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)) or info.st_dev != device:
+        counts["skipped"] += 1  # a device node, or another filesystem mounted here
+        return
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    child = os.open(name, flags | (os.O_DIRECTORY if stat.S_ISDIR(mode) else 0), dir_fd=fd)
+    try:
+        opened = os.fstat(child)
+        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            counts["skipped"] += 1  # replaced while we looked
+        elif stat.S_ISDIR(mode):
+            _give_tree(child, uid, device, depth + 1, counts)
+        elif opened.st_nlink > 1:
+            counts["skipped"] += 1  # a hard link may be a file elsewhere: not given away
+        else:
+            os.fchown(child, uid, uid)
+            counts["changed"] += 1
+    finally:
+        os.close(child)
 
 
 class Snapshots:
     """Snapshots of one working directory into one private git directory."""
 
-    def __init__(self, working_directory: Path, git_dir: Path) -> None:
+    def __init__(
+        self, working_directory: Path, git_dir: Path, identity: tuple[int, int] | None = None
+    ) -> None:
         self.working_directory = working_directory
         self.git_dir = git_dir
+        self.identity = identity  # when known: a snapshot of a swapped directory is refused
 
     def _git(self, *args: str) -> str:
         env = {
@@ -71,7 +275,9 @@ class Snapshots:
         return done.stdout.decode(errors="replace")
 
     def take(self) -> str:
-        """Record the working tree; returns the tree id."""
+        """Record the working tree; returns the tree id (`WorkspaceChanged` if it changed)."""
+        if self.identity is not None:
+            verify_working_directory(self.working_directory, self.identity)
         if not (self.git_dir / "HEAD").exists():
             self.git_dir.mkdir(parents=True, exist_ok=True)
             subprocess.run(
