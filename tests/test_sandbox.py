@@ -9,9 +9,11 @@ nothing on the host.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -43,8 +45,27 @@ needs_bwrap = pytest.mark.skipif(
 # -- helpers ---------------------------------------------------------------------------
 
 
+NOBODY = 65534
+AS_ROOT = os.geteuid() == 0
+
+
+def own(directory: Path) -> Path:
+    """Hand a test directory to the uid commands run as (the server does it for sessions)."""
+    if AS_ROOT:
+        os.chown(directory, NOBODY, NOBODY)
+    return directory
+
+
 def sandboxed(work: Path, *, network: bool = False, hidden: tuple[Path, ...] = ()) -> ToolContext:
-    return ToolContext(working_directory=work, sandbox=True, network=network, hidden_paths=hidden)
+    uid = NOBODY if AS_ROOT else None
+    return ToolContext(
+        working_directory=own(work),
+        sandbox=True,
+        network=network,
+        hidden_paths=hidden,
+        uid=uid,
+        gid=uid,
+    )
 
 
 def term(context: ToolContext, command: str, **extra: Any) -> ToolResult:
@@ -85,7 +106,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-def probe_script(sibling: Path, mark: str, port: int) -> str:
+def probe_script(sibling: Path, mark: str, port: int, data: Path) -> str:
     """One shell script that tries everything the sandbox forbids, printing verdicts."""
     home = Path.home()
     lines = [
@@ -94,7 +115,7 @@ def probe_script(sibling: Path, mark: str, port: int) -> str:
         f"(echo x > /etc/minidevin-{mark}) 2>/dev/null && echo ETC_WROTE",
         f"(echo x > {home}/minidevin-{mark}) 2>/dev/null && echo HOME_WROTE",
         f"echo private > /tmp/minidevin-{mark} && echo TMP_WROTE",
-        "cat data/jwt_secret 2>/dev/null && echo SECRET_READ",
+        f"cat {data}/jwt_secret 2>/dev/null && echo SECRET_READ",
         f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo NET_CONNECTED",
         f"sleep {mark} &",
         "echo DONE",
@@ -169,7 +190,7 @@ def test_tmp_is_private_to_each_command(work: Path) -> None:
     try:
         inside = term(
             sandboxed(work),
-            f"echo private > /tmp/inside-{mark} && echo x > /var/tmp/inside-{mark} && "
+            f"echo private > /tmp/inside-{mark} && "
             f"cat /tmp/inside-{mark} && test ! -e {host_file} && echo HOST_TMP_INVISIBLE && "
             'echo "HOME=$HOME" && touch "$HOME/.rc" && echo HOME_WRITABLE',
         )
@@ -177,7 +198,6 @@ def test_tmp_is_private_to_each_command(work: Path) -> None:
         expected = ["private", "HOST_TMP_INVISIBLE", "HOME=/tmp", "HOME_WRITABLE"]
         assert inside.output.split() == expected
         assert not Path(f"/tmp/inside-{mark}").exists()
-        assert not Path(f"/var/tmp/inside-{mark}").exists()
         later = term(sandboxed(work), f"test ! -e /tmp/inside-{mark} && echo FRESH")
         assert later.output.strip() == "FRESH"
     finally:
@@ -195,13 +215,14 @@ def make_data_dir(directory: Path) -> Path:
 @needs_bwrap
 def test_the_data_directory_inside_the_workdir_is_hidden(tmp_path: Path) -> None:
     data = make_data_dir(tmp_path / "data")
+    (data / "jwt_secret").chmod(0o644)  # readable by mode: only the cover protects it
     context = sandboxed(tmp_path, hidden=(data,))
     listing = term(context, "ls -A data")
     assert listing.success and listing.output == ""
     read = term(context, "cat data/jwt_secret")
     assert not read.success and "the-jwt-secret" not in read.output
-    assert term(context, "echo gone > data/new && cat data/new").output == "gone\n"
-    assert not (data / "new").exists()  # the cover is a tmpfs: writes stay inside
+    term(context, "echo gone > data/new")
+    assert not (data / "new").exists()  # the cover is a tmpfs: nothing reaches the host
     assert (data / "jwt_secret").read_text() == "the-jwt-secret"
     # without the hide the same command would read it: the cover is what protects it
     assert "the-jwt-secret" in term(sandboxed(tmp_path), "cat data/jwt_secret").output
@@ -213,6 +234,7 @@ def test_a_workdir_inside_the_data_directory_shows_only_itself(tmp_path: Path) -
     workspace = data / "workspaces" / "w1"
     workspace.mkdir(parents=True)
     (workspace / "code.py").write_text("print(1)\n")
+    (data / "jwt_secret").chmod(0o644)
     context = sandboxed(workspace, hidden=(data,))
     result = term(context, "cat code.py && echo new > new.txt")
     assert result.success and result.output == "print(1)\n"
@@ -260,14 +282,13 @@ def test_offline_commands_cannot_reach_a_loopback_server(
 
 
 @needs_bwrap
-def test_online_commands_reach_a_loopback_server(work: Path, listener: socket.socket) -> None:
+def test_online_commands_cannot_reach_the_hosts_loopback(
+    work: Path, listener: socket.socket
+) -> None:
     port = listener.getsockname()[1]
     result = term(sandboxed(work, network=True), connect_command(port, "online-hello"))
-    assert result.success and "CONNECTED" in result.output, result.output
-    listener.settimeout(10)
-    connection, _ = listener.accept()
-    with connection:
-        assert connection.recv(100) == b"online-hello\n"
+    assert not result.success and "CONNECTED" not in result.output, result.output
+    assert not connection_arrived(listener)
 
 
 # -- the process tree ------------------------------------------------------------------------
@@ -314,10 +335,13 @@ def test_cancel_kills_the_whole_tree_inside_the_sandbox(work: Path) -> None:
 
 
 SERVER_STAND_IN = """
-import sys
+import os, sys
 from pathlib import Path
 from minidevin.runtime.tools import TerminalTool, ToolContext
-context = ToolContext(working_directory=Path(sys.argv[1]), sandbox=True, network=False)
+uid = 65534 if os.geteuid() == 0 else None
+context = ToolContext(
+    working_directory=Path(sys.argv[1]), sandbox=True, network=False, uid=uid, gid=uid
+)
 TerminalTool().run({"command": sys.argv[2]}, context)
 """
 
@@ -358,37 +382,54 @@ def test_tool_context_follows_the_setting_and_the_run_mode(tmp_path: Path) -> No
     assert offline.sandbox is STATUS.works and online.sandbox is STATUS.works
     assert (offline.network, online.network) == (False, True)
     assert offline.hidden_paths == (auto.data_dir,)
+    owner = tmp_path.stat().st_uid
+    assert offline.uid == (owner or auto.sandbox_uid) and offline.uid != 0
+    assert (offline.memory_mb, offline.pids, offline.tmp_mb) == (2048, 256, 512)
     assert tool_context(tmp_path, auto, token).network is False  # offline unless said
     off = tool_context(tmp_path, Settings(data_dir=tmp_path / "data", sandbox="off"), token)
     assert off.sandbox is False
 
 
-def test_sandbox_off_runs_commands_unsandboxed(work: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    """A directory the command's uid can reach by path (pytest's own tree is 0700 root)."""
+    directory = own(Path(tempfile.mkdtemp(prefix="minidevin-test-")))
+    yield directory
+    shutil.rmtree(directory)
+
+
+def test_sandbox_off_runs_commands_unsandboxed(work: Path, tmp_path: Path, reachable: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", sandbox="off")
     context = tool_context(work, settings, cancel_module.CancelToken(), "offline")
     assert TerminalTool().build_argv("true", context)[-3:] == ["bash", "-c", "true"]
     assert "bwrap" not in " ".join(TerminalTool().build_argv("true", context))
-    outside = tmp_path / "outside.txt"
-    result = term(context, f"echo free > {outside} && readlink /proc/$$/ns/pid")
-    assert result.success and outside.read_text() == "free\n"
+    outside = reachable
+    result = term(context, f"echo free > {outside}/f && readlink /proc/$$/ns/pid")
+    assert result.success and (outside / "f").read_text() == "free\n", result.output
     assert result.output.strip() == HOST_PID_NAMESPACE
     inside = term(sandboxed(work), "readlink /proc/$$/ns/pid") if STATUS.works else None
     assert inside is None or inside.output.strip() != HOST_PID_NAMESPACE
 
 
-def test_wrap_orders_the_mounts(tmp_path: Path) -> None:
+def test_wrap_builds_a_private_view(tmp_path: Path) -> None:
     data = make_data_dir(tmp_path / "data")
     inner = data / "ws"
     inner.mkdir()
     argv = sandbox_module.wrap(["bash", "-c", "x"], inner, network=False, hide=(data,))
-    assert argv[1:4] == ["--ro-bind", "/", "/"] and argv[-4:] == ["--", "bash", "-c", "x"]
+    assert argv[1:4] != ["--ro-bind", "/", "/"] and argv[-4:] == ["--", "bash", "-c", "x"]
     position = {tuple(argv[i : i + 2]): i for i in range(len(argv) - 1)}
-    assert position[("--tmpfs", "/tmp")] < position[("--tmpfs", str(data))]
-    assert position[("--tmpfs", str(data))] < position[("--bind", str(inner))]
-    assert "--unshare-net" in argv and "--cap-drop" in argv
+    assert position[("--ro-bind", "/usr")] < position[("--tmpfs", "/tmp")]
+    assert position[("--tmpfs", "/tmp")] < position[("--bind", str(inner))]
+    assert ("--tmpfs", str(data)) not in position  # only the workdir is bound: no cover needed
+    assert ("--ro-bind", "/dev/null") in position and "/etc/shadow" in argv
+    assert "--unshare-net" in argv and "--cap-drop" in argv  # uid None: no switch, no caps
     online = sandbox_module.wrap(["true"], tmp_path, network=True, hide=(data,))
     assert "--unshare-net" not in online
     assert online.index("--bind") < online.index(str(data))  # inside the workdir: after it
+    if AS_ROOT:  # a uid to switch to: setpriv inside, after bwrap (which keeps its caps)
+        switched = sandbox_module.wrap(["true"], tmp_path, network=False, uid=NOBODY, gid=NOBODY)
+        assert "--cap-drop" not in switched and "--reuid=65534" in switched
+        assert switched.index("--") < switched.index("--reuid=65534")
 
 
 # -- end to end through a Runtime -----------------------------------------------------------
@@ -404,6 +445,13 @@ async def tool_outputs(runtime: Runtime, task_id: str) -> list[str]:
 
 def finish() -> ScriptedTurn:
     return ScriptedTurn(tool_calls=[("finish", {"summary": "done", "success": True})])
+
+
+def workspace(tmp_path: Path) -> Path:
+    """A working directory beside the data directory (never around it)."""
+    directory = tmp_path / "ws"
+    directory.mkdir(exist_ok=True)
+    return directory
 
 
 def runtime_for(tmp_path: Path, server: ScriptedOpenAIServer, **settings: Any) -> Runtime:
@@ -431,11 +479,11 @@ async def test_a_task_runs_its_commands_in_the_sandbox(
     run_mode: str,
 ) -> None:
     mark = marker()
-    script = probe_script(sibling, mark, listener.getsockname()[1])
+    script = probe_script(sibling, mark, listener.getsockname()[1], tmp_path / "data")
     openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": script})]), finish()])
     async with runtime_for(tmp_path, openai_server) as runtime:  # jwt_secret generated
         assert (tmp_path / "data" / "jwt_secret").is_file()
-        session = await runtime.create_session("s", tmp_path)
+        session = await runtime.create_session("s", workspace(tmp_path))
         task = await runtime.create_task(session.id, "probe the sandbox", run_mode=run_mode)
         output = (await tool_outputs(runtime, task.id))[0]
     verdicts = set(output.split())
@@ -443,11 +491,11 @@ async def test_a_task_runs_its_commands_in_the_sandbox(
     assert not verdicts & {"SIBLING_WROTE", "ETC_WROTE", "HOME_WROTE", "SECRET_READ"}, output
     secret = (tmp_path / "data" / "jwt_secret").read_text().strip()
     assert secret not in output
-    assert (tmp_path / "inside.txt").read_text() == "inside\n"
+    assert (tmp_path / "ws" / "inside.txt").read_text() == "inside\n"
     assert not (sibling / "escape.txt").exists()
     assert not Path(f"/tmp/minidevin-{mark}").exists()
-    assert ("NET_CONNECTED" in verdicts) is (run_mode == "online"), output
-    assert connection_arrived(listener) is (run_mode == "online")
+    assert "NET_CONNECTED" not in verdicts, output  # online or not: never the host's loopback
+    assert not connection_arrived(listener)
     assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
 
 
@@ -459,7 +507,7 @@ async def test_stopping_a_task_kills_its_sandboxed_process_tree(
     command = f"bash -c 'sleep {mark} & wait'; echo never"
     openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": command})])])
     async with runtime_for(tmp_path, openai_server) as runtime:
-        session = await runtime.create_session("s", tmp_path)
+        session = await runtime.create_session("s", workspace(tmp_path))
         task = await runtime.create_task(session.id, "run something long")
         await until(lambda: sleep_runs(mark), what="the sandboxed grandchild")
         assert any("bwrap" in cmdline for _, cmdline in marked(mark))
@@ -468,12 +516,13 @@ async def test_stopping_a_task_kills_its_sandboxed_process_tree(
 
 
 async def test_sandbox_off_lets_a_task_write_outside(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer, sibling: Path
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, reachable: Path
 ) -> None:
+    sibling = reachable
     command = f"echo free > {sibling}/escape.txt"
     openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": command})]), finish()])
     async with runtime_for(tmp_path, openai_server, sandbox="off") as runtime:
-        session = await runtime.create_session("s", tmp_path)
+        session = await runtime.create_session("s", workspace(tmp_path))
         task = await runtime.create_task(session.id, "write outside")
         await tool_outputs(runtime, task.id)
     assert (sibling / "escape.txt").read_text() == "free\n"
@@ -509,7 +558,7 @@ async def test_required_refuses_tasks_when_the_sandbox_does_not_work(
     log = RecordingLog()
     monkeypatch.setattr(minidevin.api, "log", log)
     async with runtime_for(tmp_path, openai_server, sandbox="required") as runtime:
-        session = await runtime.create_session("s", tmp_path)
+        session = await runtime.create_session("s", workspace(tmp_path))
         with pytest.raises(SandboxUnavailable) as refused:
             await runtime.create_task(session.id, "anything")
         assert refused.value.status == 503 and refused.value.code == "SANDBOX_UNAVAILABLE"
@@ -530,7 +579,7 @@ async def test_auto_warns_and_runs_unsandboxed_when_the_sandbox_does_not_work(
     command = "readlink /proc/$$/ns/pid"
     openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": command})]), finish()])
     async with runtime_for(tmp_path, openai_server, sandbox="auto") as runtime:
-        session = await runtime.create_session("s", tmp_path)
+        session = await runtime.create_session("s", workspace(tmp_path))
         task = await runtime.create_task(session.id, "works anyway")
         output = (await tool_outputs(runtime, task.id))[0]
     assert output.strip() == HOST_PID_NAMESPACE  # no sandbox: the host's pid namespace
@@ -541,7 +590,12 @@ async def test_auto_warns_and_runs_unsandboxed_when_the_sandbox_does_not_work(
 async def test_health_reports_the_sandbox(aiohttp_client: Any, tmp_path: Path) -> None:
     client = await aiohttp_client(create_app(Runtime(Settings(data_dir=tmp_path / "data"))))
     body = await (await client.get("/health")).json()
-    assert body["sandbox"] == {"available": STATUS.works, "mode": "auto", "reason": STATUS.reason}
+    sandbox = body["sandbox"]
+    assert sandbox["available"] is STATUS.works and sandbox["mode"] == "auto"
+    assert sandbox["reason"] == STATUS.reason
+    assert sandbox["uid_isolation"] is AS_ROOT
+    assert sandbox["limits"] in ("cgroup v1", "cgroup v2", "rlimit")
+    assert sandbox["network"] in ("user-mode (slirp4netns)", "none")
 
 
 async def test_health_reports_an_unusable_sandbox(
@@ -551,11 +605,9 @@ async def test_health_reports_an_unusable_sandbox(
     client = await aiohttp_client(create_app(Runtime(settings)))
     response = await client.get("/health")
     assert response.status == 200
-    assert (await response.json())["sandbox"] == {
-        "available": False,
-        "mode": "required",
-        "reason": broken_sandbox.reason,
-    }
+    sandbox = (await response.json())["sandbox"]
+    assert (sandbox["available"], sandbox["mode"]) == (False, "required")
+    assert sandbox["reason"] == broken_sandbox.reason
 
 
 def test_the_probe_runs_once_and_explains_a_missing_bwrap(

@@ -49,7 +49,8 @@ def command_environment(
             name, home = str(uid), "/"
         env.update(USER=name, LOGNAME=name)
         env["HOME"] = home if os.path.isdir(home) else "/tmp"
-    env[TASK_MARKER] = task_id
+    if task_id:
+        env[TASK_MARKER] = task_id
     return env
 
 

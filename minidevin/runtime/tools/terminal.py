@@ -20,6 +20,7 @@ import structlog
 from minidevin.runtime.cancel import Cancelled
 from minidevin.runtime.tools import cgroups, sandbox
 from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
+from minidevin.runtime.tools.environment import command_environment
 from minidevin.runtime.tools.network import UserNetwork, network_status
 
 log = structlog.get_logger(__name__)
@@ -212,7 +213,7 @@ class TerminalTool:
 
         Returns the process group, the cgroup, and a note for the model, if any.
         """
-        env = dict(context.env) if context.env is not None else dict(os.environ)
+        env = dict(context.env or command_environment(context.task_id, context.uid))
         env.update(PAGER="cat", GIT_PAGER="cat", TERM="dumb")
         limits = cgroups.Limits(context.memory_mb, context.pids, context.cpus)
         cgroup = _command_cgroup(context, limits)
@@ -258,8 +259,10 @@ class TerminalTool:
             except Exception as exc:
                 group.kill_and_reap()
                 assert process.stdout is not None
+                said = process.stdout.read(2000).decode(errors="replace").strip()
                 process.stdout.close()
-                raise ToolError(f"could not set up the command's network: {exc}") from exc
+                detail = f" ({said})" if said else ""
+                raise ToolError(f"could not set up the command's network: {exc}{detail}") from exc
         return group, cgroup, note
 
     @staticmethod
