@@ -103,7 +103,7 @@ async def _client_message(
 ) -> dict[str, Any] | None:
     try:
         message = json.loads(data)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # (bad JSON, an integer of over 4,300 digits)
         message = None
     kind = message.get("type") if isinstance(message, dict) else None
     if kind == "stop":
