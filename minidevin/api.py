@@ -42,7 +42,7 @@ from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.store import Store
+from minidevin.runtime.store import Store, secure_data_dir
 from minidevin.runtime.tools.environment import kill_task_processes
 from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.sandbox import SandboxUnavailable, sandbox_status
@@ -89,11 +89,12 @@ class Runtime:
 
     async def start(self) -> Runtime:
         self._loop = asyncio.get_running_loop()
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(secure_data_dir, self.settings.data_dir)  # 0700, files 0600
         self.store.on_events_committed = self.hub.publish
         await self.store.open()
         secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
-        self.accounts = Accounts(self.store, TokenIssuer(secret, self.settings.jwt_ttl_seconds))
+        tokens = TokenIssuer(secret, self.settings.jwt_ttl_seconds)
+        self.accounts = Accounts(self.store, tokens, self.settings)
         await self._fail_interrupted_tasks()
         # no task is live yet: snapshots a previous process left are garbage
         await asyncio.to_thread(shutil.rmtree, self.settings.snapshots_dir, True)
@@ -128,6 +129,8 @@ class Runtime:
             ref.stop(block=False)
         self._sessions.clear()
         await self.store.close()
+        if hasattr(self, "accounts"):
+            self.accounts.close()  # (the password hashing threads)
         log.info("runtime_closed")
 
     async def __aenter__(self) -> Runtime:
@@ -273,10 +276,6 @@ class Runtime:
             raise ValidationFailed(f"model: {exc}") from None
         except ProviderError as exc:
             raise BadRequest(exc.message, code=exc.code) from None
-        if model.startswith("replay:") and self.settings.workspace_roots:
-            recording = Path(model.removeprefix("replay:"))
-            if not any(recording.is_relative_to(r) for r in self.settings.workspace_roots):
-                raise Forbidden("model: a replay file must be inside the workspace roots")
         try:
             identity = await self.workspaces.identity(
                 session["user_id"], session["working_directory"]
