@@ -161,8 +161,13 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/api/sessions", "create_session", "Create a session", "sessions", 201,
         schemas.SessionCreated, body=schemas.SessionRequest, errors=(*AUTH, 403, *BODY),
-        description="`working_directory` must be an existing absolute directory "
-        "(inside the configured workspace roots, if any: 403 otherwise).",
+        description="`working_directory` must be an absolute path (422 otherwise) to an "
+        "existing directory that is not `/`, a system directory, the server's data directory "
+        "or installation (nor inside or around them), strictly inside a workspace root when "
+        "roots are configured, and not on, inside or around another user's working directory "
+        "(the first user to open a session on a directory keeps it, also after deleting the "
+        "session). Every refusal is the same 403 `working_directory is not available`, "
+        "whether the directory is missing or forbidden.",
     ),
     Operation(
         "get", "/api/sessions/{session_id}", "get_session", "Get a session", "sessions", 200,
@@ -179,7 +184,10 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "post", "/api/sessions/{session_id}/tasks", "create_task",
         "Create and start (or queue) a task", "tasks", 201, schemas.TaskCreated,
-        body=schemas.TaskRequest, errors=(*AUTH, 400, 404, *BODY),
+        body=schemas.TaskRequest, errors=(*AUTH, 400, 403, 404, *BODY),
+        description="400 `WORKSPACE_CHANGED` when the session's working directory is no "
+        "longer the directory it was opened on (removed, replaced, or a symbolic link put "
+        "in its path); a task queued meanwhile fails with that `error` when it starts.",
     ),
     Operation(
         "get", "/api/tasks/{task_id}", "get_task", "Get a task", "tasks", 200,
