@@ -73,7 +73,9 @@ class Runtime:
             prices=self.settings.model_prices,
             context_windows=self.settings.context_windows,
         )
-        self.slots = TaskSlots(self.settings.max_concurrent_tasks)
+        self.slots = TaskSlots(
+            self.settings.max_concurrent_tasks, self.settings.max_tasks_per_user
+        )
         self.deps = Deps(
             self.settings, self.store, self.providers, self.slots, self._session_idle_threadsafe
         )
@@ -300,7 +302,7 @@ class Runtime:
             max_iterations,
             Path(session["working_directory"]),
             request.max_cost_usd,
-            workspace_identity=identity,
+            user_id=session["user_id"],
         )
         actor = self._session_actor(session_id)
         self._submitted[session_id] += 1
@@ -337,7 +339,11 @@ class Runtime:
         return schemas.TaskStopped(id=task_id, status=status)
 
     async def send_input(self, task_id: str, content: str, *, owner: str | None = None) -> bool:
-        """Answer the task's question, or queue a message for its next model turn."""
+        """Answer the task's question, or queue a message for its next model turn.
+
+        False if the task is not live; `InputsFull` (429) if it holds
+        `max_pending_inputs` unread inputs already.
+        """
         row = await self._task_row(task_id, owner)
         if row["status"] in FINAL_STATUSES:
             return False

@@ -27,6 +27,7 @@ from minidevin.actors.messages import (
     ToolDone,
 )
 from minidevin.runtime.cancel import Cancelled, CancelToken
+from minidevin.runtime.diffs import write_diff
 from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.providers.base import Model, ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry
@@ -134,8 +135,8 @@ class ToolActor(pykka.ThreadingActor):
                 self.parent.tell(ToolDone(call_id, self._run(name, arguments)))
             case TakeSnapshot():
                 self.parent.tell(SnapshotTaken(self._snapshot()))
-            case MakeDiff(before=before):
-                self.parent.tell(DiffMade(self._diff(before)))
+            case MakeDiff() as request:
+                self.parent.tell(DiffMade(self._diff(request)))
 
     def _run(self, name: str, arguments: str) -> ToolResult:
         context = self.context
@@ -154,12 +155,20 @@ class ToolActor(pykka.ThreadingActor):
             log.warning("snapshot_failed", error=str(exc))
             return None
 
-    def _diff(self, before: str) -> str:
+    def _diff(self, request: MakeDiff) -> Path | None:
+        """The patch file (capped at `request.max_bytes`, never held in memory), or None."""
+        git_dir = self.snapshots.git_dir
+        out = request.path or git_dir.with_name(git_dir.name + ".patch")
         try:
-            return self.snapshots.diff(before, self.snapshots.take())
+            after = self.snapshots.take()
+            result = write_diff(git_dir, request.before, after, out, request.max_bytes)
+            if result.left_out:
+                log.info("diff_capped", size=result.size, files_left_out=len(result.left_out))
+            return result.path
         except Exception as exc:
             log.warning("diff_failed", error=str(exc))
-            return ""
+            out.unlink(missing_ok=True)
+            return None
         finally:
             self.snapshots.discard()
 

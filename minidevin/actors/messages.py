@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minidevin.runtime.errors import ApiError
 from minidevin.runtime.providers.base import ModelTurn
 from minidevin.runtime.tools import ToolResult
 
@@ -28,6 +29,7 @@ class TaskSpec:
     max_iterations: int
     working_directory: Path
     max_cost_usd: float | None = None
+    user_id: str = ""  # the owner: whose per-user task cap the task counts against
     # the working directory's (st_dev, st_ino) as claimed: checked at start and every tool call
     workspace_identity: tuple[int, int] | None = None
 
@@ -55,6 +57,13 @@ class UserInput:
     reply: Future[bool] | None = field(default=None, compare=False)
 
 
+class InputsFull(ApiError):
+    """A task already holds `MINIDEVIN_MAX_PENDING_INPUTS` unread inputs (a `UserInput` reply)."""
+
+    status = 429
+    code = "TOO_MANY_INPUTS"
+
+
 @dataclass(frozen=True)
 class StopAll:
     """Stop every task of the session; reply once none is running any more."""
@@ -68,7 +77,21 @@ class StopAll:
 
 @dataclass(frozen=True)
 class SlotGranted:
-    """A global task slot is now this session's."""
+    """A task slot is now this session's (to a task: it may go on running)."""
+
+
+@dataclass(frozen=True)
+class TaskParked:
+    """The running task waits for a person (`ask_user`): its session gives up the slot."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
+class TaskWantsSlot:
+    """The parked task got its answer: it goes on once its session has a slot again."""
+
+    task_id: str
 
 
 @dataclass(frozen=True)
@@ -120,11 +143,13 @@ class SnapshotTaken:
 @dataclass(frozen=True)
 class MakeDiff:
     before: str
+    path: Path | None = None  # where to write the patch (default: next to the snapshots)
+    max_bytes: int = 20 << 20  # beyond: cut, with the files left out listed
 
 
 @dataclass(frozen=True)
 class DiffMade:
-    patch: str
+    patch: Path | None  # the patch file, or None without a diff
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """SessionActor: one live session, its FIFO of waiting tasks and its running task.
 
 Tasks of a session share a working directory, so one runs at a time; the rest
-wait in arrival order (status `queued`). A task also needs one of the global
-slots (`MINIDEVIN_MAX_CONCURRENT_TASKS`), so sessions run in parallel up to
-that cap.
+wait in arrival order (status `queued`). A task also needs one of the task
+slots (`MINIDEVIN_MAX_CONCURRENT_TASKS` in all, `MINIDEVIN_MAX_TASKS_PER_USER`
+per user), so sessions run in parallel up to those caps. A task waiting for a
+person (`waiting_input`) gives its slot back; once answered it asks for one
+again, and shows `queued` if it has to wait for it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from minidevin.actors.messages import (
     StopTask,
     SubmitTask,
     TaskEnded,
+    TaskParked,
     TaskSpec,
+    TaskWantsSlot,
     UserInput,
 )
 from minidevin.actors.task import TaskActor
@@ -46,7 +50,11 @@ class SessionActor(pykka.ThreadingActor):
         self.deps = deps
         self.waiting: deque[_Entry] = deque()
         self.running: tuple[_Entry, pykka.ActorRef] | None = None
+        self.user = ""  # the owner of the session's tasks (one user per session)
         self.has_slot = False
+        self.in_line = False  # asked for a slot and not yet granted
+        self.parked = False  # the running task waits for a person, without a slot
+        self.resuming = False  # the running task got its answer and waits for a slot
         self.stop_all_replies: list[Future[None]] = []
         self.submitted = 0
         self.idle = False  # so the first idle moment is reported
@@ -55,6 +63,7 @@ class SessionActor(pykka.ThreadingActor):
         match message:
             case SubmitTask(spec=spec, reply=reply):
                 self.submitted += 1
+                self.user = spec.user_id
                 entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.submit))
                 entry.events.emit("status", status="queued", message="Task queued")
                 self.waiting.append(entry)
@@ -62,11 +71,27 @@ class SessionActor(pykka.ThreadingActor):
                 running = self.running is not None and self.running[0] is entry
                 reply.set_result("running" if running else "queued")
             case SlotGranted():
+                self.in_line = False
                 self.has_slot = True
-                self._start_next()
+                if self.running is None:
+                    self._start_next()
+                elif self.resuming:
+                    self._resume()
+                else:  # the running task is parked: it does not need it now
+                    self._release_slot()
+            case TaskParked(task_id=task_id) if self._is_running(task_id):
+                self.parked, self.resuming = True, False
+                self._release_slot()
+            case TaskWantsSlot(task_id=task_id) if self._is_running(task_id) and self.parked:
+                self.parked, self.resuming = False, True
+                if self._want_slot():
+                    self._resume()
+                else:
+                    self._show_queued(self.running[0])  # type: ignore[index]
             case TaskEnded(task_id=task_id):
-                if self.running is not None and self.running[0].spec.task_id == task_id:
+                if self._is_running(task_id):
                     self.running = None
+                    self.parked = self.resuming = False
                 self._start_next()
             case StopTask(task_id=task_id, reason=reason, reply=reply):
                 self._stop_task(task_id, reason, reply)
@@ -87,19 +112,25 @@ class SessionActor(pykka.ThreadingActor):
 
     def _report_idleness(self) -> None:
         """Tell the runtime when nothing is left to run (it may stop us to save a thread)."""
-        if not self.waiting:  # nothing to wait for: leave the line for a global slot
-            self.deps.slots.leave_line(self.actor_ref)
+        if self.in_line and not self.waiting and not self.resuming:
+            # nothing to wait for: leave the line (unless a grant is already on its way)
+            self.in_line = not self.deps.slots.leave_line(self.actor_ref)
         idle = self.running is None and not self.waiting
         if idle and not self.idle:
             self.deps.on_session_idle(self.session_id, self.submitted)
         self.idle = idle
 
-    def _tell_running(self, message: StopTask | UserInput) -> None:
+    def _is_running(self, task_id: str) -> bool:
+        return self.running is not None and self.running[0].spec.task_id == task_id
+
+    def _tell_running(self, message: StopTask | UserInput | SlotGranted) -> None:
         """Tell the running task; if it has just stopped, its `TaskEnded` is on the way."""
         assert self.running is not None
         try:
             self.running[1].tell(message)
         except pykka.ActorDeadError:
+            if isinstance(message, SlotGranted):
+                return  # its `TaskEnded` gives the slot back
             if message.reply is not None and not message.reply.done():
                 message.reply.set_result(None if isinstance(message, StopTask) else False)
 
@@ -110,10 +141,8 @@ class SessionActor(pykka.ThreadingActor):
         if not self.waiting:
             self._release_slot()
             return
-        if not self.has_slot:
-            self.has_slot = self.deps.slots.try_acquire(self.actor_ref)
-            if not self.has_slot:
-                return
+        if not self._want_slot():
+            return
         entry = self.waiting.popleft()
         now = utc_now()
         self.deps.store.submit(
@@ -124,10 +153,28 @@ class SessionActor(pykka.ThreadingActor):
         task = TaskActor.start(entry.spec, entry.events, self.deps, self.actor_ref)
         self.running = (entry, task)
 
+    def _want_slot(self) -> bool:
+        """True if a slot is ours; otherwise we are in line and a `SlotGranted` will come."""
+        if not self.has_slot and not self.in_line:
+            self.has_slot = self.deps.slots.try_acquire(self.actor_ref, self.user)
+            self.in_line = not self.has_slot
+        return self.has_slot
+
+    def _resume(self) -> None:
+        """The answered task has its slot again: let it go on."""
+        self.resuming = False
+        self._tell_running(SlotGranted())
+
+    def _show_queued(self, entry: _Entry) -> None:
+        self.deps.store.submit(records.update_task(entry.spec.task_id, status="queued"))
+        entry.events.emit(
+            "status", status="queued", message="Input received; waiting for a free task slot"
+        )
+
     def _release_slot(self) -> None:
         if self.has_slot:
             self.has_slot = False
-            self.deps.slots.release()
+            self.deps.slots.release(self.actor_ref)
 
     def _stop_task(self, task_id: str, reason: str, reply: Future[str | None] | None) -> None:
         if self.running is not None and self.running[0].spec.task_id == task_id:
@@ -159,8 +206,8 @@ class SessionActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         if self.running is not None:
             self._tell_running(StopTask(self.running[0].spec.task_id, "Session closed"))
-        self.deps.slots.leave_line(self.actor_ref)
-        self._release_slot()
+        self.has_slot = self.in_line = False
+        self.deps.slots.release(self.actor_ref)  # also a slot granted on the way to us
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         log.error("session_actor_crashed", session_id=self.session_id, error=repr(exception_value))

@@ -13,6 +13,7 @@ import json
 import sys
 from collections import deque
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -23,16 +24,20 @@ from minidevin.actors.deps import Deps
 from minidevin.actors.messages import (
     ChildCrashed,
     DiffMade,
+    InputsFull,
     MakeDiff,
     ModelTurnDone,
     ModelTurnFailed,
     RunTool,
+    SlotGranted,
     SnapshotTaken,
     StopTask,
     StreamTurn,
     TakeSnapshot,
     TaskEnded,
+    TaskParked,
     TaskSpec,
+    TaskWantsSlot,
     ToolDone,
     UserInput,
 )
@@ -67,6 +72,7 @@ class TaskActor(pykka.ThreadingActor):
         self.pending_calls: deque[ToolCall] = deque()
         self.running_call: ToolCall | None = None
         self.question_call: ToolCall | None = None
+        self.answered = False  # the question is answered; going on once the slot is back
         self.queued_input: list[str] = []
         self.base_tree: str | None = None
         self.ending: tuple[str, dict[str, Any] | None, tuple[str, str] | None, str] | None = None
@@ -154,11 +160,21 @@ class TaskActor(pykka.ThreadingActor):
                     self.stop_replies.append(reply)
                 self._end("stopped", message=reason)
             case UserInput(content=content, reply=reply):
-                accepted = self._on_input(content)
-                if reply is not None and not reply.done():
-                    reply.set_result(accepted)
+                try:
+                    accepted = self._on_input(content)
+                except InputsFull as exc:
+                    if reply is not None and not reply.done():
+                        reply.set_exception(exc)
+                else:
+                    if reply is not None and not reply.done():
+                        reply.set_result(accepted)
+            case SlotGranted() if self.answered:
+                self.answered = False
+                if self.ending is None:
+                    self._set_status("running", "Input received")
+                    self._continue()
             case DiffMade(patch=patch):
-                self._finalize(patch)
+                self._finalize(patch or "")
             case ChildCrashed(child=child, error=error):
                 self._on_child_crash(child, error)
 
@@ -277,18 +293,31 @@ class TaskActor(pykka.ThreadingActor):
             return False
         self.question_call = call
         self._set_status("waiting_input", question)
+        with contextlib.suppress(pykka.ActorDeadError):  # waiting for a person: no slot held
+            self.session.tell(TaskParked(self.spec.task_id))
         return True
 
     def _on_input(self, content: str) -> bool:
+        """Answer the question (then go on once a slot is ours again) or queue the input.
+
+        `InputsFull` when `max_pending_inputs` inputs already wait to be read.
+        """
         if self.ending is not None:
             return False
         if self.question_call is None:
+            limit = self.deps.settings.max_pending_inputs
+            if len(self.queued_input) >= limit:
+                raise InputsFull(
+                    f"the task already holds {limit} unread inputs "
+                    "(MINIDEVIN_MAX_PENDING_INPUTS); send more once it has read them"
+                )
             self.queued_input.append(content)
             return True
         call, self.question_call = self.question_call, None
         self._record_result(call, ToolResult(content, True))
-        self._set_status("running", "Input received")
-        self._continue()
+        self.answered = True
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.session.tell(TaskWantsSlot(self.spec.task_id))
         return True
 
     def _record_result(self, call: ToolCall, result: ToolResult) -> None:
@@ -330,11 +359,18 @@ class TaskActor(pykka.ThreadingActor):
         self.ending = (status, result, error, message)
         self.cancel.cancel()
         if self.base_tree is not None and self.tool_runner is not None:
-            self.tool_runner.tell(MakeDiff(self.base_tree))
+            artifacts = self.deps.settings.artifacts_dir
+            self.tool_runner.tell(
+                MakeDiff(
+                    self.base_tree,
+                    artifacts / f"{self.spec.task_id}.patch.tmp",
+                    self.deps.settings.max_diff_mb << 20,
+                )
+            )
         else:
             self._finalize("")
 
-    def _finalize(self, patch: str) -> None:
+    def _finalize(self, patch: str | Path) -> None:
         if self.ending is None or self.events.closed:
             return
         status, result, error, message = self.ending

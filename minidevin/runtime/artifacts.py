@@ -27,14 +27,18 @@ def write_task_artifacts(
     artifacts_dir: Path,
     task_id: str,
     plan: dict[str, Any],
-    patch: str,
+    patch: str | Path,
     trajectory: dict[str, Any],
 ) -> list[Write]:
-    """Write a finished task's three artifact files; returns the rows to store."""
+    """Write a finished task's three artifact files; returns the rows to store.
+
+    `patch` is the diff's text, or a file (written and synced already) moved in
+    as the `diff.patch` artifact, so a large diff is never read into memory.
+    """
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     contents = {
         "plan": json.dumps(plan, indent=2).encode(),
-        "diff": patch.encode(),
+        "diff": patch if isinstance(patch, Path) else patch.encode(),
         "trajectory": json.dumps(trajectory, indent=2, default=str).encode(),
     }
     writes = []
@@ -42,15 +46,20 @@ def write_task_artifacts(
         artifact_id = records.new_id()
         data = contents[type_]
         path = artifact_path(artifacts_dir, artifact_id)
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
+        if isinstance(data, Path):
+            size = data.stat().st_size
+            data.replace(path)
+        else:
+            size = len(data)
+            temporary = path.with_suffix(".tmp")
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(path)
         writes.append(
             records.insert_artifact(
-                artifact_id, task_id, name, type_, content_type, len(data), utc_now()
+                artifact_id, task_id, name, type_, content_type, size, utc_now()
             )
         )
     return writes
