@@ -74,8 +74,8 @@ class CgroupSupport:
 
 def group_name(data_dir: Path | None) -> str:
     """`minidevin-<hash>`: the cgroup directory that holds one data directory's commands."""
-    if data_dir is None:
-        return "minidevin-local"
+    if data_dir is None:  # a tool used without a server: this process's own
+        return f"minidevin-local-{os.getpid()}"
     digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()
     return f"minidevin-{digest[:12]}"
 
@@ -164,12 +164,18 @@ class CommandCgroup:
     def _create(self, group: str) -> None:
         for parent, directory in zip(self.support.parents, self.dirs, strict=True):
             base = parent / group
-            if not base.is_dir():
-                with contextlib.suppress(FileExistsError):
-                    base.mkdir()
-                if self.support.version == 2:
-                    _write(base / "cgroup.subtree_control", "+memory +pids +cpu")
-            directory.mkdir()
+            for attempt in range(3):  # the last command of another task may remove `base`
+                if not base.is_dir():
+                    with contextlib.suppress(FileExistsError):
+                        base.mkdir()
+                    if self.support.version == 2:
+                        _write(base / "cgroup.subtree_control", "+memory +pids +cpu")
+                try:
+                    directory.mkdir()
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
         try:
             self._write_limits()
         except OSError:
@@ -231,6 +237,8 @@ class CommandCgroup:
         self.kill()
         for directory in self.dirs:
             _remove(directory)
+            with contextlib.suppress(OSError):  # the data directory's group, once unused
+                directory.parent.rmdir()
 
 
 @dataclass(frozen=True)
