@@ -47,6 +47,10 @@ from minidevin.api import Runtime
 from minidevin.http.app import create_app
 from minidevin.runtime.settings import Settings
 
+# a root-owned repository is handed to the sandbox uid when a session opens on it:
+# git, run here as root, is told the repository is trusted
+GIT = ["git", "-c", "safe.directory=*"]
+
 # The fields of each message type the API document defines (besides type and timestamp,
 # plus our seq and task_id); other types (e.g. `usage`) are extensions.
 EVENT_FIELDS = {
@@ -200,8 +204,8 @@ async def test_the_user_story_through_rest_and_websocket(
     assert b"-    return a - b" in downloads["diff.patch"][1]
     patch = tmp_path / "fix.patch"
     patch.write_bytes(downloads["diff.patch"][1])
-    subprocess.run(["git", "checkout", "--", "."], cwd=buggy_repo, check=True)
-    subprocess.run(["git", "apply", "--check", str(patch)], cwd=buggy_repo, check=True)
+    subprocess.run([*GIT, "checkout", "--", "."], cwd=buggy_repo, check=True)
+    subprocess.run([*GIT, "apply", "--check", str(patch)], cwd=buggy_repo, check=True)
 
 
 # -- restart -----------------------------------------------------------------------------------

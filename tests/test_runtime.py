@@ -11,6 +11,10 @@ from scripted_provider import ScriptedOpenAIServer
 
 from minidevin.api import Runtime
 
+# a root-owned repository is handed to the sandbox uid when a session opens on it:
+# git, run here as root, is told the repository is trusted
+GIT = ["git", "-c", "safe.directory=*"]
+
 
 async def test_fix_a_test_through_the_embedding_api(
     runtime: Runtime, openai_server: ScriptedOpenAIServer, buggy_repo: Path
@@ -45,8 +49,8 @@ async def test_fix_a_test_through_the_embedding_api(
     artifacts = {a.name: a for a in await runtime.list_artifacts(task.id)}
     assert set(artifacts) == {"plan.json", "diff.patch", "trajectory.json"}
     _, diff_path = await runtime.artifact_file(task.id, artifacts["diff.patch"].id)
-    subprocess.run(["git", "checkout", "--", "."], cwd=buggy_repo, check=True)
-    subprocess.run(["git", "apply", "--check", str(diff_path)], cwd=buggy_repo, check=True)
+    subprocess.run([*GIT, "checkout", "--", "."], cwd=buggy_repo, check=True)
+    subprocess.run([*GIT, "apply", "--check", str(diff_path)], cwd=buggy_repo, check=True)
     _, trajectory_path = await runtime.artifact_file(task.id, artifacts["trajectory.json"].id)
     trajectory = json.loads(trajectory_path.read_text())
     assert [m["role"] for m in trajectory["messages"]][:3] == ["system", "user", "assistant"]
