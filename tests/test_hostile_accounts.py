@@ -505,9 +505,9 @@ async def test_a_login_flood_keeps_health_and_authenticated_requests_fast(
     async with server(
         tmp_path,
         openai_server,
-        trust_forwarded_for=True,
+        trust_forwarded_for=True,  # (200 fake client addresses)
         password_hash_concurrency=1,
-        password_hash_queue=8,
+        password_hash_queue=4,  # (a short test: 5 hashes in all)
     ) as client:
         user = await sign_up(client)
         wrong = {"email": user.email, "password": "wrong wrong"}
@@ -538,8 +538,8 @@ async def test_a_login_flood_keeps_health_and_authenticated_requests_fast(
         f"/health p95 {p95(health) * 1000:.1f} ms over {len(health)}, "
         f"authenticated p95 {p95(authenticated) * 1000:.1f} ms over {len(authenticated)}"
     )
-    assert set(statuses) <= {401, 429} and busy >= 150  # at most 1 + 8 hashed at once
-    assert p95(health) < 0.1 and p95(authenticated) < 0.1
+    assert set(statuses) <= {401, 429} and busy >= 195  # at most 1 + 4 take a hash
+    assert p95(health) < 0.05 and p95(authenticated) < 0.05  # (measured: ~1 ms and ~5 ms)
 
 
 async def test_without_a_sandbox_the_server_serves_one_user(
