@@ -303,6 +303,7 @@ class Runtime:
             Path(session["working_directory"]),
             request.max_cost_usd,
             user_id=session["user_id"],
+            workspace_identity=identity,
         )
         actor = self._session_actor(session_id)
         self._submitted[session_id] += 1
