@@ -7,7 +7,6 @@ workspace ("the editor does not follow symbolic links; use the terminal").
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -15,12 +14,13 @@ from typing import Any
 
 from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
 from minidevin.runtime.tools.paths import (
-    LINK_REFUSED,
+    Target,
     acting_as,
     can_switch_identity,
-    make_parents,
+    failure_message,
     open_beneath,
     open_workspace,
+    read_regular,
     split_path,
 )
 
@@ -101,15 +101,17 @@ class EditorTool:
         try:
             with self._lock, acting_as(context.uid if switch else None, context.gid):
                 output = handler(
-                    arguments, _Target(root, parts, shown, owner), context.output_limit
+                    arguments,
+                    Target(root, parts, shown, owner, MAX_FILE_BYTES),
+                    context.output_limit,
                 )
         except OSError as exc:
-            raise ToolError(_failure(command, shown, exc)) from exc
+            raise ToolError(failure_message(command, shown, exc)) from exc
         finally:
             os.close(root)
         return ToolResult(output=output, success=True)
 
-    def _view(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
+    def _view(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
         view_range = arguments.get("view_range")
         shown = target.shown
         fd = target.open_existing(os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
@@ -118,7 +120,7 @@ class EditorTool:
                 if view_range is not None:
                     raise ToolError("`view_range` is not allowed when `path` is a directory")
                 return _list_directory(fd, shown)
-            lines = _lines(_decode(_read_fd(fd, shown)))
+            lines = _lines(_decode(read_regular(fd, shown, MAX_FILE_BYTES)))
         finally:
             os.close(fd)
         if not lines:
@@ -135,7 +137,7 @@ class EditorTool:
             )
         return header + body
 
-    def _create(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
+    def _create(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
         text = _string(arguments, "file_text", allow_empty=True)
         kind = target.kind()
         if not target.parts or (kind is not None and stat.S_ISDIR(kind)):
@@ -146,7 +148,7 @@ class EditorTool:
         verb = "created" if previous is None else "overwritten"
         return f"File {verb} successfully at: {target.shown} ({len(_lines(text))} lines)"
 
-    def _str_replace(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
+    def _str_replace(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
         old = _string(arguments, "old_str")
         new = _string(arguments, "new_str", allow_empty=True, default="")
         shown = target.shown
@@ -171,7 +173,7 @@ class EditorTool:
         first = original.count("\n", 0, at) + 1
         return _edited(shown, updated, first, first + new.count("\n"))
 
-    def _insert(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
+    def _insert(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
         new = _string(arguments, "new_str", allow_empty=True)
         line = arguments.get("insert_line")
         if isinstance(line, bool) or not isinstance(line, int):
@@ -192,7 +194,7 @@ class EditorTool:
         self._remember(target.parts, _encode(original))
         return _edited(target.shown, updated, line + 1, line + 1 + new.count("\n"))
 
-    def _undo_edit(self, arguments: dict[str, Any], target: _Target, limit: int) -> str:
+    def _undo_edit(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
         history = self._history.get(target.parts)
         if not history:
             raise ToolError(f"No edit to undo for {target.shown}")
@@ -210,89 +212,6 @@ class EditorTool:
         del history[:-MAX_HISTORY_PER_FILE]
 
 
-class _Target:
-    """One path beneath the open working directory; each operation opens it afresh."""
-
-    def __init__(
-        self, root: int, parts: tuple[str, ...], shown: str, owner: tuple[int, int] | None
-    ) -> None:
-        self.root = root
-        self.parts = parts
-        self.shown = shown
-        self.owner = owner
-
-    def open_existing(self, flags: int) -> int:
-        try:
-            return open_beneath(self.root, self.parts, flags)
-        except FileNotFoundError:
-            raise ToolError(f"{self.shown} does not exist") from None
-
-    def kind(self) -> int | None:
-        """The file's type and mode bits (`st_mode`); None if it does not exist."""
-        try:
-            fd = open_beneath(self.root, self.parts, os.O_PATH)
-        except FileNotFoundError:
-            return None
-        try:
-            return os.fstat(fd).st_mode
-        finally:
-            os.close(fd)
-
-    def read(self) -> bytes:
-        fd = self.open_existing(os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        try:
-            return _read_fd(fd, self.shown)
-        finally:
-            os.close(fd)
-
-    def write(self, data: bytes, parents: bool = False) -> None:
-        """Write `data` in place (the file keeps its inode and mode), creating it if missing."""
-        *folders, name = self.parts
-        if parents:
-            directory = make_parents(self.root, tuple(folders), self.owner)
-        else:
-            directory = open_beneath(self.root, tuple(folders), os.O_PATH | os.O_DIRECTORY)
-        try:
-            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY
-            try:
-                fd = open_beneath(directory, (name,), flags | os.O_CREAT | os.O_EXCL)
-                if self.owner is not None:
-                    os.fchown(fd, *self.owner)
-            except FileExistsError:
-                fd = open_beneath(directory, (name,), flags | os.O_TRUNC)
-        finally:
-            os.close(directory)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ToolError(f"{self.shown} is not a regular file")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-
-    def unlink(self) -> None:
-        *folders, name = self.parts
-        try:
-            directory = open_beneath(self.root, tuple(folders), os.O_PATH | os.O_DIRECTORY)
-        except FileNotFoundError:
-            return
-        try:
-            os.unlink(name, dir_fd=directory)
-        except FileNotFoundError:
-            pass  # (already gone: nothing to undo)
-        finally:
-            os.close(directory)
-
-
-def _failure(command: str, shown: str, exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return f"`{command}` refused on {shown}: its path holds a symbolic link; {LINK_REFUSED}"
-    if exc.errno == errno.EXDEV:
-        return f"`{command}` refused on {shown}: it is outside the working directory"
-    return f"`{command}` failed on {shown}: {exc.strerror or exc}"
-
-
 def _string(
     arguments: dict[str, Any], key: str, allow_empty: bool = False, default: str | None = None
 ) -> str:
@@ -301,30 +220,6 @@ def _string(
         kind = "a string" if allow_empty else "a non-empty string"
         raise ToolError(f"`{key}` is required and must be {kind}")
     return value
-
-
-def _read_fd(fd: int, shown: str) -> bytes:
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise ToolError(f"{shown} is not a regular file")
-    if info.st_size > MAX_FILE_BYTES:
-        raise ToolError(
-            f"{shown} is too large ({info.st_size} bytes, limit {MAX_FILE_BYTES}); use the "
-            "terminal (grep, sed -n, head) to inspect it"
-        )
-    chunks, size = [], 0
-    while size <= MAX_FILE_BYTES:  # (a file growing while read stops at the limit)
-        chunk = os.read(fd, max(info.st_size - size, 0) + 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    data = b"".join(chunks)
-    if len(data) > MAX_FILE_BYTES:
-        raise ToolError(f"{shown} is too large (limit {MAX_FILE_BYTES} bytes)")
-    if b"\x00" in data:
-        raise ToolError(f"{shown} looks like a binary file (it contains NUL bytes)")
-    return data
 
 
 # Text is kept with undecodable bytes as surrogates, so writing it back is byte-exact.

@@ -229,6 +229,123 @@ def acting_as(uid: int | None, gid: int | None) -> Iterator[None]:
         _setfs(_SYS_SETFSGID, old_gid)
 
 
+# -- one file beneath the working directory, for the editor --------------------
+
+
+class Target:
+    """One path beneath the open working directory; each operation opens it afresh."""
+
+    def __init__(
+        self,
+        root: int,
+        parts: tuple[str, ...],
+        shown: str,
+        owner: tuple[int, int] | None,
+        max_bytes: int,
+    ) -> None:
+        self.root = root
+        self.parts = parts
+        self.shown = shown
+        self.owner = owner  # who gets what is created, when the thread cannot act as them
+        self.max_bytes = max_bytes
+
+    def open_existing(self, flags: int) -> int:
+        try:
+            return open_beneath(self.root, self.parts, flags)
+        except FileNotFoundError:
+            raise ToolError(f"{self.shown} does not exist") from None
+
+    def kind(self) -> int | None:
+        """The file's type and mode bits (`st_mode`); None if it does not exist."""
+        try:
+            fd = open_beneath(self.root, self.parts, os.O_PATH)
+        except FileNotFoundError:
+            return None
+        try:
+            return os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+
+    def read(self) -> bytes:
+        fd = self.open_existing(os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            return read_regular(fd, self.shown, self.max_bytes)
+        finally:
+            os.close(fd)
+
+    def write(self, data: bytes, parents: bool = False) -> None:
+        """Write `data` in place (the file keeps its inode and mode), creating it if missing."""
+        *folders, name = self.parts
+        if parents:
+            directory = make_parents(self.root, tuple(folders), self.owner)
+        else:
+            directory = open_beneath(self.root, tuple(folders), os.O_PATH | os.O_DIRECTORY)
+        try:
+            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY
+            try:
+                fd = open_beneath(directory, (name,), flags | os.O_CREAT | os.O_EXCL)
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
+            except FileExistsError:
+                fd = open_beneath(directory, (name,), flags | os.O_TRUNC)
+        finally:
+            os.close(directory)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ToolError(f"{self.shown} is not a regular file")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def unlink(self) -> None:
+        *folders, name = self.parts
+        try:
+            directory = open_beneath(self.root, tuple(folders), os.O_PATH | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return
+        try:
+            os.unlink(name, dir_fd=directory)
+        except FileNotFoundError:
+            pass  # (already gone: nothing to undo)
+        finally:
+            os.close(directory)
+
+
+def failure_message(command: str, shown: str, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"`{command}` refused on {shown}: its path holds a symbolic link; {LINK_REFUSED}"
+    if exc.errno == errno.EXDEV:
+        return f"`{command}` refused on {shown}: it is outside the working directory"
+    return f"`{command}` failed on {shown}: {exc.strerror or exc}"
+
+
+def read_regular(fd: int, shown: str, max_bytes: int) -> bytes:
+    """The whole regular file open at `fd` (text: no NUL byte), at most `max_bytes`."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise ToolError(f"{shown} is not a regular file")
+    if info.st_size > max_bytes:
+        raise ToolError(
+            f"{shown} is too large ({info.st_size} bytes, limit {max_bytes}); use the "
+            "terminal (grep, sed -n, head) to inspect it"
+        )
+    chunks, size = [], 0
+    while size <= max_bytes:  # (a file growing while read stops at the limit)
+        chunk = os.read(fd, max(info.st_size - size, 0) + 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise ToolError(f"{shown} is too large (limit {max_bytes} bytes)")
+    if b"\x00" in data:
+        raise ToolError(f"{shown} looks like a binary file (it contains NUL bytes)")
+    return data
+
+
 # -- the previous, path-based check (kept for callers that only need a lexical answer) --
 
 
