@@ -156,6 +156,26 @@ def _read_until(fd: int, deadline: float, done: object) -> bytes:
     return data
 
 
+def _wait_for_loopback(pid: int, deadline: float) -> None:
+    """Wait until bwrap has brought the sandbox's `lo` up (before `--block-fd`).
+
+    bwrap sets `lo` up over netlink and checks that the reply's port id is its
+    pid; a netlink socket of ours opened in the namespace at that moment can
+    take that port id and make bwrap fail ("loopback: Failed RTM_NEWADDR"), so
+    nothing of ours touches the namespace before. `lo` is up once its broadcast
+    route exists.
+    """
+    while True:
+        try:
+            if b"127.255.255.255" in Path(f"/proc/{pid}/net/fib_trie").read_bytes():
+                return
+        except OSError as exc:
+            raise NetworkSetupError("the sandbox ended before its network was up") from exc
+        if time.monotonic() > deadline:
+            raise NetworkSetupError("bwrap did not set up the sandbox's loopback in time")
+        time.sleep(0.001)
+
+
 def _json_complete(data: bytes) -> bool:
     try:
         json.loads(data)
@@ -266,9 +286,14 @@ class UserNetwork:
             raise NetworkSetupError(f"the sandbox ended before its network was up: {exc}") from exc
         inode = os.fstat(ns_fd).st_ino
         expected = info.get("net-namespace")
-        if inode == os.stat("/proc/self/ns/net").st_ino or (expected and inode != expected):
+        if inode == os.stat("/proc/thread-self/ns/net").st_ino or (expected and inode != expected):
             os.close(ns_fd)
             raise NetworkSetupError("the sandbox has no network namespace of its own")
+        try:
+            _wait_for_loopback(pid, deadline)
+        except NetworkSetupError:
+            os.close(ns_fd)
+            raise
         return pid, ns_fd
 
     def _start_slirp(self, ns_fd: int, deadline: float, flags: tuple[str, ...]) -> None:
@@ -407,7 +432,7 @@ def _probe_once(flags: tuple[str, ...]) -> str | None:
             return "unshare --net does not work here"
         ns_fd = os.open(f"/proc/{holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if os.fstat(ns_fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            if os.fstat(ns_fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
                 return "unshare --net does not work here"
             network._start_slirp(ns_fd, deadline, flags)
         finally:
