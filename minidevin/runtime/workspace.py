@@ -29,8 +29,11 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -41,6 +44,7 @@ from minidevin.runtime.store import Store
 from minidevin.runtime.tools.paths import WorkspaceChanged, check_workspace, open_workspace
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 GIT_TIMEOUT = 120
 NOT_AVAILABLE = "working_directory is not available"
 _UNDER = frozenset({"proc", "sys", "dev", "boot", "etc", "usr", "bin", "sbin", "run"})
@@ -142,7 +146,7 @@ class Workspaces:
         """
         settings = self.settings
         async with self._lock:  # check-then-insert holds: no other claim in between
-            checked = await asyncio.to_thread(
+            checked = await _in_own_thread(
                 check_working_directory, raw, settings.data_dir, settings.workspace_roots
             )
             path = str(checked.path)
@@ -151,7 +155,7 @@ class Workspaces:
                     raise _refused("another user's working directory is on, in or around it", raw)
             await records.put_workspace_claim(self.store, path, user_id, checked.identity)
         try:
-            await asyncio.to_thread(hand_over, checked, settings.sandbox_uid)
+            await _in_own_thread(hand_over, checked, settings.sandbox_uid)
         except WorkspaceChanged:  # swapped between the check and the hand-over
             raise _refused("changed while handed over", raw) from None
         return checked
@@ -167,8 +171,21 @@ class Workspaces:
             identity = int(claim["st_dev"]), int(claim["st_ino"])
         else:
             identity = (await self.claim(user_id, path)).identity
-        await asyncio.to_thread(verify_working_directory, Path(path), identity)
+        verify_working_directory(Path(path), identity)  # (a few syscalls: on the loop)
         return identity
+
+
+async def _in_own_thread(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` off the event loop, on a thread that ends with it.
+
+    (Not the loop's default executor: its threads outlive the call, and a burst of
+    sessions would leave them behind.)
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix="workspace")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def verify_working_directory(path: Path, identity: tuple[int, int] | None) -> None:
