@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
+from typing import Any
 
 from minidevin import __version__
 
@@ -70,15 +73,27 @@ def serve_command(args: argparse.Namespace) -> int:
         log.info("server_listening", url=f"http://{settings.host}:{settings.port}")
 
     app.on_startup.append(announce)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=5.0,
-        access_log=None,
-    )
+    asyncio.run(_serve(app, settings))
     return 0
+
+
+async def _serve(app: Any, settings: Any) -> None:
+    """Serve `app` until SIGTERM or SIGINT, with the connection limits of `settings`."""
+    from aiohttp import web
+
+    from minidevin.http.connections import guarded_runner
+
+    runner = guarded_runner(app, settings, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

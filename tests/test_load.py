@@ -57,6 +57,8 @@ async def test_200_tasks_with_200_subscribers(
         data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="l" * 40,
         max_concurrent_tasks=TASKS,
+        max_tasks_per_user=TASKS,  # one user runs them all
+        max_websockets_per_user=TASKS,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,
         session_idle_seconds=0.5,

@@ -10,22 +10,26 @@ from minidevin.http.access import access_middleware
 from minidevin.http.keys import READ_CACHE, RUNTIME, WEBSOCKETS
 from minidevin.http.middlewares import cors_middleware, errors_middleware
 from minidevin.http.ratelimit import FixedWindowLimiter, add_rate_headers
+from minidevin.http.websocket import OPEN_PER_USER, RATE_LIMITER
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Application:
     """The app for `runtime`; with `manage_runtime` it starts and closes the runtime too."""
     settings = runtime.settings
+    limiter = FixedWindowLimiter()  # REST requests and WebSocket messages count alike
     app = web.Application(
         middlewares=[
             cors_middleware(settings.cors_origins),
             errors_middleware,
-            access_middleware(FixedWindowLimiter()),
+            access_middleware(limiter),
         ],
         client_max_size=settings.max_body_bytes,
     )
     app[RUNTIME] = runtime
     runtime.providers.restrict_replay(settings.replay_dir)  # replay: over the API
     app[WEBSOCKETS] = set()
+    app[RATE_LIMITER] = limiter
+    app[OPEN_PER_USER] = {}
     app[READ_CACHE] = {}
     app.add_routes(routes.routes)
     app.add_routes(websocket.routes)

@@ -3,6 +3,11 @@
 Close codes: 1000 the task ended; 1001 the server is shutting down; 4008 the
 client fell too far behind (reconnect with `?after=<last seq>`).
 Client messages: `{"type": "stop"}` and `{"type": "input", "content": "..."}`.
+
+Limits: each client message counts against its user's rate limit (the REST
+one); over it, the message is dropped with an `error` (`RATE_LIMITED`) and the
+socket stays open. A user holds at most `MINIDEVIN_MAX_WEBSOCKETS_PER_USER`
+sockets; one more is refused with 429 before the upgrade.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from aiohttp import WSMsgType, web
 from minidevin.api import Runtime
 from minidevin.http.errors import error_body
 from minidevin.http.keys import PRINCIPAL, RUNTIME, WEBSOCKETS
+from minidevin.http.ratelimit import FixedWindowLimiter
 from minidevin.runtime.errors import ApiError, ValidationFailed
 from minidevin.runtime.hub import SlowSubscriber
 
@@ -28,6 +34,13 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
 routes = web.RouteTableDef()
 log = structlog.get_logger(__name__)
+RATE_LIMITER = web.AppKey("websocket_rate_limiter", FixedWindowLimiter)  # the REST limiter
+OPEN_PER_USER = web.AppKey("websockets_per_user", dict[str, int])
+
+
+class TooManyWebSockets(ApiError):
+    status = 429
+    code = "TOO_MANY_WEBSOCKETS"
 
 
 @routes.get("/ws/tasks/{task_id}")
@@ -37,19 +50,38 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
     after = _after(request)
     task_id = request.match_info["task_id"]
     await runtime.get_task(task_id, owner=principal.user_id)
+    user = principal.user_id
+    open_per_user = request.app[OPEN_PER_USER]
+    limit = runtime.settings.max_websockets_per_user
+    if open_per_user.get(user, 0) >= limit:
+        raise TooManyWebSockets(
+            f"{limit} WebSockets are open for this user already "
+            "(MINIDEVIN_MAX_WEBSOCKETS_PER_USER); close one first"
+        )
+    open_per_user[user] = open_per_user.get(user, 0) + 1
+    try:
+        return await _serve(request, runtime, task_id, after, user)
+    finally:
+        if open_per_user[user] <= 1:
+            del open_per_user[user]
+        else:
+            open_per_user[user] -= 1
 
+
+async def _serve(
+    request: web.Request, runtime: Runtime, task_id: str, after: int, user: str
+) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
     await ws.prepare(request)
     request.app[WEBSOCKETS].add(ws)
     closing = asyncio.Event()  # set when the pump begins the closing handshake
-    pump = asyncio.create_task(
-        _send_events(ws, runtime, task_id, after, principal.user_id, closing)
-    )
+    pump = asyncio.create_task(_send_events(ws, runtime, task_id, after, user, closing))
     try:
         async for message in ws:
-            if message.type == WSMsgType.TEXT:
+            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 try:
-                    reply = await _client_message(runtime, task_id, principal.user_id, message.data)
+                    _count(request, runtime, user)
+                    reply = await _client_message(runtime, task_id, user, message.data)
                 except ApiError as exc:  # e.g. the session no longer answers
                     reply = _error(exc.detail, exc.code)
                 if reply is not None:
@@ -65,6 +97,18 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
             await pump
         request.app[WEBSOCKETS].discard(ws)
     return ws
+
+
+def _count(request: web.Request, runtime: Runtime, user: str) -> None:
+    """Count a client message against the user's rate limit (shared with REST)."""
+    limit = runtime.settings.rate_limit_authenticated
+    limiter = request.app.get(RATE_LIMITER)
+    if limit and limiter is not None and not limiter.hit(f"user:{user}", limit)[0]:
+        raise ApiError(
+            f"rate limit of {limit} requests a minute exceeded; message dropped",
+            code="RATE_LIMITED",
+            status=429,
+        )
 
 
 def _after(request: web.Request) -> int:

@@ -1,0 +1,234 @@
+"""Flood limits through a real server: WebSocket messages, pending inputs, open
+WebSockets, half-open connections (slowloris) and a huge diff.
+
+Numbers measured here (RSS growth, `/health` latency) are printed; run with
+`-s` to see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientWebSocketResponse
+from aiohttp.test_utils import TestClient
+from http_helpers import (
+    ERROR_KEYS,
+    create_session,
+    create_task,
+    expect_error,
+    handshake_headers,
+    next_message,
+    read_until,
+    serve,
+    sign_up,
+    ws_path,
+)
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from serve_process import ServeProcess
+
+from minidevin.runtime.settings import Settings
+
+STALL = ScriptedTurn(text="Thinking", stall=True)  # the task stays mid-turn until stopped
+MiB = 1 << 20
+
+
+def config(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "jwt_secret": "flood-secret-" + "x" * 32,
+        "rate_limit_authenticated": 0,
+        "rate_limit_anonymous": 0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def rss() -> int:
+    """This process's resident memory (the in-process server's), in bytes."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize()
+
+
+async def running_task(client: TestClient, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    user = await sign_up(client)
+    workspace = tmp_path / "work"
+    workspace.mkdir(exist_ok=True)
+    session = await create_session(client, user, workspace)
+    task = await create_task(client, user, session["id"])
+    return user, task
+
+
+async def ws_reply(ws: ClientWebSocketResponse, message: dict[str, Any]) -> dict[str, Any]:
+    """Send a client message and read up to the server's `error` answer to it."""
+    await ws.send_json(message)
+    return (await read_until(ws, lambda m: m["type"] == "error"))[-1]
+
+
+async def test_websocket_messages_count_against_the_rate_limit(tmp_path: Path) -> None:
+    async with ScriptedOpenAIServer() as server:
+        server.script([STALL])
+        async with serve(config(tmp_path, rate_limit_authenticated=8), server) as client:
+            user, task = await running_task(client, tmp_path)
+            ws = await client.ws_connect(ws_path(task["id"], user.token))
+            replies = []
+            for _ in range(10):  # more than the budget left this minute
+                replies.append(await ws_reply(ws, {"type": "nonsense"}))
+                if replies[-1]["code"] == "RATE_LIMITED":
+                    break
+            assert replies[0]["code"] == "VALIDATION_ERROR"  # counted, and answered
+            assert replies[-1]["code"] == "RATE_LIMITED", replies
+            assert "rate limit" in replies[-1]["error"]
+            assert not ws.closed  # dropped, not disconnected
+            over = await client.post(f"/api/tasks/{task['id']}/stop", headers=user.key)
+            await expect_error(over, 429, "RATE_LIMITED")  # REST shares the budget
+            await ws.close()
+
+
+async def test_pending_inputs_are_bounded_and_a_flood_costs_no_memory(tmp_path: Path) -> None:
+    async with ScriptedOpenAIServer() as server:
+        server.script([STALL])
+        settings = config(tmp_path, max_pending_inputs=16)
+        async with serve(settings, server) as client:
+            user, task = await running_task(client, tmp_path)
+            await server.wait_for_requests(1)  # the task is mid-turn: inputs queue
+            content = "x" * 100_000
+            for _ in range(16):
+                accepted = await client.post(
+                    f"/api/tasks/{task['id']}/input", json={"content": content}, headers=user.key
+                )
+                assert accepted.status == 202, await accepted.text()
+            full = await client.post(
+                f"/api/tasks/{task['id']}/input", json={"content": content}, headers=user.key
+            )
+            body = await expect_error(full, 429, "TOO_MANY_INPUTS")
+            assert "16 unread inputs" in body["detail"]
+
+            ws = await client.ws_connect(ws_path(task["id"], user.token))
+            before = rss()
+            for _ in range(1500):
+                reply = await ws_reply(ws, {"type": "input", "content": content})
+                assert reply["code"] == "TOO_MANY_INPUTS", reply
+            growth = rss() - before
+            print(f"\nRSS growth after 1,500 x 100 KB inputs: {growth / MiB:.1f} MiB")
+            assert growth < 40 * MiB, growth  # (the inputs alone are 146 MiB)
+            assert not ws.closed
+            await ws.close()
+            await client.post(f"/api/tasks/{task['id']}/stop", headers=user.key)
+
+
+async def test_open_websockets_per_user_are_capped(tmp_path: Path) -> None:
+    async with ScriptedOpenAIServer() as server:
+        server.script([STALL])
+        async with serve(config(tmp_path, max_websockets_per_user=2), server) as client:
+            user, task = await running_task(client, tmp_path)
+            first = await client.ws_connect(ws_path(task["id"], user.token))
+            second = await client.ws_connect(ws_path(task["id"], user.token))
+            await next_message(first)
+            await next_message(second)
+            refused = await client.get(ws_path(task["id"], user.token), headers=handshake_headers())
+            body = await expect_error(refused, 429, "TOO_MANY_WEBSOCKETS")
+            assert set(body) == ERROR_KEYS
+            await first.close()
+            third = await client.ws_connect(ws_path(task["id"], user.token))  # room again
+            await next_message(third)
+            for ws in (second, third):
+                await ws.close()
+            await client.post(f"/api/tasks/{task['id']}/stop", headers=user.key)
+
+
+# -- slowloris against a real `minidevin serve` ---------------------------------------------
+
+HALF_HEAD = b"GET /health HTTP/1.1\r\nHost: minidevin\r\nX-Slow: "
+
+
+async def health_from(port: int, source: str) -> float:
+    """Seconds one `GET /health` takes from a client socket bound to `source`."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: minidevin\r\nConnection: close\r\n\r\n")
+        status = await asyncio.wait_for(reader.readline(), 5)
+        assert status.startswith(b"HTTP/1.1 200"), status
+        await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    return time.monotonic() - started
+
+
+async def test_slowloris_from_one_address_cannot_take_health_down(tmp_path: Path) -> None:
+    env = {"MINIDEVIN_REQUEST_HEAD_TIMEOUT": "1", "MINIDEVIN_MAX_CONNECTIONS_PER_ADDRESS": "64"}
+    server = ServeProcess(tmp_path / "data", env)
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        started = time.monotonic()
+        for _ in range(200):  # half a request head each, from 127.0.0.1
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(HALF_HEAD)
+            opened.append((reader, writer))
+        latencies = [await health_from(server.port, "127.0.0.2")]
+
+        async def outcome(reader: asyncio.StreamReader) -> tuple[bytes, float]:
+            try:
+                data = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+            except ConnectionResetError:  # refused while its half head was unread
+                data = b"HTTP/1.1 429 (reset)"
+            return data, time.monotonic() - started
+
+        waiting = asyncio.gather(*(outcome(reader) for reader, _ in opened))
+        while not waiting.done():  # /health keeps answering while they are cut off
+            latencies.append(await health_from(server.port, "127.0.0.2"))
+        results = await waiting
+        latencies += [await health_from(server.port, "127.0.0.2") for _ in range(5)]
+
+        refused = [data for data, _ in results if b" 429 " in data]
+        held = [seconds for data, seconds in results if not data]
+        assert len(refused) + len(held) == 200
+        assert len(held) <= 64 and len(refused) >= 136, (len(held), len(refused))
+        assert max(held) < 1 + 3, max(held)  # closed within about the head timeout
+        p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
+        print(
+            f"\nslowloris: {len(held)} held then closed (last after {max(held):.2f} s), "
+            f"{len(refused)} refused; /health x{len(latencies)} p95 {p95 * 1000:.1f} ms, "
+            f"max {max(latencies) * 1000:.1f} ms"
+        )
+        assert p95 < 0.5, latencies
+    finally:
+        for _, writer in opened:
+            writer.close()
+        server.close()
+
+
+def test_the_per_address_cap_refuses_the_65th_connection(tmp_path: Path) -> None:
+    env = {"MINIDEVIN_REQUEST_HEAD_TIMEOUT": "30", "MINIDEVIN_MAX_CONNECTIONS_PER_ADDRESS": "64"}
+    server = ServeProcess(tmp_path / "data", env)
+    sockets = []
+    try:
+        for _ in range(64):
+            sockets.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        for held in sockets:  # each is accepted and open: nothing to read yet
+            held.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                held.recv(1)
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sockets.append(extra)
+        answer = b""
+        while chunk := extra.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 429"), answer
+        other = socket.create_connection(
+            ("127.0.0.1", server.port), timeout=5, source_address=("127.0.0.2", 0)
+        )
+        sockets.append(other)
+        other.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert other.recv(12) == b"HTTP/1.1 200"  # another address is not affected
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.close()
