@@ -39,9 +39,8 @@ other end of that pipe, so slirp4netns exits when `close()` closes it and also
 when the server dies, even by SIGKILL (the kernel closes the server's fds).
 It runs with `--enable-sandbox` and `--enable-seccomp` when they work here.
 
-`pasta` would do the same job; slirp4netns was chosen for `--disable-host-loopback`,
-`--ready-fd`/`--exit-fd` and a netns given by path, which make the handshake
-above exact.
+slirp4netns rather than `pasta`: `--disable-host-loopback`, `--ready-fd`,
+`--exit-fd` and a netns given by path make the handshake above exact.
 """
 
 from __future__ import annotations
@@ -209,16 +208,8 @@ class UserNetwork:
 
     def bwrap_args(self) -> list[str]:
         """bwrap options: own netns, info and block fds, resolv.conf for slirp's DNS."""
-        return [
-            "--unshare-net",
-            "--info-fd",
-            str(self._info_w),
-            "--block-fd",
-            str(self._block_r),
-            "--ro-bind-data",
-            str(self._resolv_r),
-            "/etc/resolv.conf",
-        ]
+        fds = ["--info-fd", str(self._info_w), "--block-fd", str(self._block_r)]
+        return ["--unshare-net", *fds, "--ro-bind-data", str(self._resolv_r), "/etc/resolv.conf"]
 
     def pass_fds(self) -> tuple[int, ...]:
         """The child ends of the pipes, for `Popen(pass_fds=...)`."""
@@ -242,6 +233,9 @@ class UserNetwork:
             finally:
                 os.close(ns_fd)
             os.write(self._block_w, b"1")
+        except BrokenPipeError as exc:
+            self.close()
+            raise NetworkSetupError("the sandbox ended before its network was up") from exc
         except NetworkSetupError:
             self.close()
             raise
