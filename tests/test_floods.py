@@ -232,3 +232,65 @@ def test_the_per_address_cap_refuses_the_65th_connection(tmp_path: Path) -> None
         for sock in sockets:
             sock.close()
         server.close()
+
+
+# -- a diff larger than the cap ---------------------------------------------------------------
+
+
+def peak_rss_reset() -> int:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; returns that."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return vm("VmRSS")
+
+
+def vm(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+async def test_a_huge_diff_is_capped_and_never_held_in_memory(tmp_path: Path) -> None:
+    from minidevin.api import Runtime
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "small.txt").write_text("before\n")
+    command = "seq 1 3700000 > big.txt && echo after > small.txt"  # ~30 MB of text
+    async with ScriptedOpenAIServer() as server:
+        server.script(
+            [
+                ScriptedTurn(tool_calls=[("terminal", {"command": "echo warm > warm.txt"})]),
+                ScriptedTurn(tool_calls=[("finish", {"summary": "warm", "success": True})]),
+                ScriptedTurn(tool_calls=[("terminal", {"command": command})]),
+                ScriptedTurn(tool_calls=[("finish", {"summary": "made", "success": True})]),
+            ]
+        )
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": server.base_url}
+        async with Runtime(config(tmp_path, max_diff_mb=1), provider_env=env) as runtime:
+            session = await runtime.create_session("diff", work)
+            warm = await runtime.create_task(session.id, "warm up", model="gpt-4o")
+            assert (await runtime.wait(warm.id)).status == "completed"  # threads, caches
+            baseline = peak_rss_reset()
+            task = await runtime.create_task(session.id, "make a big file", model="gpt-4o")
+            assert (await runtime.wait(task.id)).status == "completed"
+            growth = vm("VmHWM") - baseline
+            artifacts = {a.name: a for a in await runtime.list_artifacts(task.id)}
+            _, path = await runtime.artifact_file(task.id, artifacts["diff.patch"].id)
+    big = (work / "big.txt").stat().st_size
+    patch = path.read_text()
+    print(
+        f"\ndiff: file {big / MiB:.1f} MiB, diff.patch {len(patch) / 1024:.1f} KiB, "
+        f"peak RSS growth {growth / MiB:.1f} MiB"
+    )
+    assert big > 25 * MiB
+    assert path.stat().st_size == artifacts["diff.patch"].size
+    assert len(patch.encode()) <= MiB + 1024
+    assert (
+        "diff --git a/small.txt b/small.txt" in patch
+        and "warm.txt" not in patch
+        and "+after" in patch
+    )
+    note = patch[patch.index("# minidevin: diff.patch capped at 1 MiB") :]
+    assert note.splitlines()[1:] == ["# big.txt"]
+    assert growth < 12 * MiB, growth  # well under the file (and the old 2-3x of it)
