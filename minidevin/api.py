@@ -73,9 +73,7 @@ class Runtime:
             prices=self.settings.model_prices,
             context_windows=self.settings.context_windows,
         )
-        self.slots = TaskSlots(
-            self.settings.max_concurrent_tasks, self.settings.max_tasks_per_user
-        )
+        self.slots = TaskSlots(self.settings.max_concurrent_tasks, self.settings.max_tasks_per_user)
         self.deps = Deps(
             self.settings, self.store, self.providers, self.slots, self._session_idle_threadsafe
         )

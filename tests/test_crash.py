@@ -44,7 +44,9 @@ async def test_kill_9_mid_task(
         task = server.request("POST", tasks_url, {"description": "run long"}, auth)
         queued = server.request("POST", tasks_url, {"description": "wait your turn"}, auth)
         assert queued["status"] == "queued"
-        await until(lambda: bool(pids_running(f"sleep {marker}")), what="the command")
+        # the escaped `sleep` itself, not only the bash whose command line names it
+        escaped = f"sleep {marker} "
+        await until(lambda: bool(pids_running(escaped, prefix=True)), what="the command")
 
         ws_url = f"{server.url.replace('http', 'ws')}/ws/tasks/{task['id']}?token={token}"
         async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:

@@ -145,7 +145,7 @@ async def test_the_user_story_through_rest_and_websocket(
     assert [r["tool"] for r in results][:5] == ["plan", "terminal", "editor", "terminal", "plan"]
     terminal = [r for r in results if r["tool"] == "terminal"]
     assert terminal[0]["success"] is False and "returned -1" in terminal[0]["output"]
-    assert terminal[1]["success"] is True and "1 passed" in terminal[1]["output"]
+    assert terminal[1]["success"] is True and "1 passed" in terminal[1]["output"], terminal[1]
     plans = [event["plan"] for event in events if event["type"] == "plan_update"]
     assert [step["id"] for step in plans[0]["steps"]] == ["step-1", "step-2", "step-3"]
     assert [step["status"] for step in plans[-1]["steps"]] == ["completed"] * 3

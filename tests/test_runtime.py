@@ -35,7 +35,7 @@ async def test_fix_a_test_through_the_embedding_api(
     assert events[-1].type == "status" and events[-1].data["status"] == "completed"
     results = [e.data for e in events if e.type == "tool_result" and e.data["tool"] == "terminal"]
     assert results[0]["success"] is False and "returned -1" in results[0]["output"]
-    assert results[1]["success"] is True and "1 passed" in results[1]["output"]
+    assert results[1]["success"] is True and "1 passed" in results[1]["output"], results[1]
     tokens = "".join(e.data["content"] for e in events if e.type == "token")
     assert tokens.startswith("Let me analyze the failing test.")
 

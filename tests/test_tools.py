@@ -22,6 +22,7 @@ from minidevin.runtime.tools import (
     run_tool,
     tool_schema,
 )
+from minidevin.runtime.tools.environment import command_environment
 from minidevin.runtime.tools.paths import resolve_in_workspace
 
 # --- helpers -----------------------------------------------------------------
@@ -501,3 +502,22 @@ def test_run_tool(ctx: ToolContext) -> None:
     assert crashed == ToolResult("tool crashed: KeyError: 'boom'", False)
     with pytest.raises(Cancelled):
         run_tool(_Cancelling(), "{}", ctx)
+
+
+def test_an_edit_within_the_same_second_runs_the_new_code(
+    ctx: ToolContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands run without bytecode caches: a same-size edit in the same second counts."""
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)  # not inherited: set for them
+    ctx.env = command_environment("task-1")
+    module = ctx.working_directory / "calc.py"
+    module.write_text("def add(a, b):\n    return a - b\n")
+    stamp = module.stat().st_mtime_ns
+    run = "python3 -c 'import calc; print(calc.add(2, 3))'"
+    assert term(ctx, run).output == "-1\n"
+    EditorTool().run(
+        {"command": "str_replace", "path": "calc.py", "old_str": "a - b", "new_str": "a + b"}, ctx
+    )
+    os.utime(module, ns=(stamp, stamp))  # the edit landed within the same second
+    assert term(ctx, run).output == "5\n"
+    assert not (ctx.working_directory / "__pycache__").exists()

@@ -43,8 +43,8 @@ def alive(pid: int) -> bool:
     return not process_gone(pid)
 
 
-def pids_running(marker: str) -> list[int]:
-    """Host pids of live processes whose command line contains `marker`.
+def pids_running(marker: str, *, prefix: bool = False) -> list[int]:
+    """Host pids of live processes whose command line contains (or starts with) `marker`.
 
     Works whether or not the command ran in a sandbox with its own pid namespace
     (where a pid the command writes down means nothing on the host).
@@ -57,6 +57,7 @@ def pids_running(marker: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmdline and not process_gone(int(entry.name)):
+        matches = cmdline.startswith(marker) if prefix else marker in cmdline
+        if matches and not process_gone(int(entry.name)):
             found.append(int(entry.name))
     return found

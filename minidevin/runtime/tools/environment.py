@@ -7,6 +7,11 @@ the commands run as; and `MINIDEVIN_TASK_ID`, which marks every process of a
 task so a restarted server can find (and kill) what a crashed one left where
 cgroups are not available. Sandboxed or not, the allowlist is the same (inside
 bubblewrap `HOME` is the private `/tmp`).
+
+`PYTHONDONTWRITEBYTECODE=1` is set: an agent edits a module and runs it again
+within the same second, and a same-size edit would otherwise run the stale
+`__pycache__` bytecode (its check is the source's whole-second mtime and size);
+it also keeps bytecode out of the user's tree.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def command_environment(
         if name in ALLOWED or name.startswith(ALLOWED_PREFIXES)
     }
     env.setdefault("PATH", DEFAULT_PATH)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     if uid is None or uid == os.geteuid():
         for name in ("HOME", "USER", "LOGNAME"):
             if name in source:
