@@ -37,13 +37,8 @@ from typing import Any, TypeVar
 import pytest
 from waiting import alive, process_gone, until
 
-from minidevin.runtime.tools.network import (
-    DNS,
-    GATEWAY,
-    NetworkSetupError,
-    UserNetwork,
-    network_status,
-)
+from minidevin.runtime.tools.network import NetworkSetupError, UserNetwork, network_status
+from minidevin.runtime.tools.network_fence import DNS, GATEWAY
 
 T = TypeVar("T")
 BWRAP = shutil.which("bwrap")

@@ -45,7 +45,6 @@ slirp4netns rather than `pasta`: `--disable-host-loopback`, `--ready-fd`,
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import select
@@ -59,24 +58,11 @@ from typing import IO
 
 import structlog
 
+from minidevin.runtime.tools.network_fence import CIDR, TAP, resolv_conf, route_script
+
 log = structlog.get_logger(__name__)
 
-TAP = "tap0"
 MTU = 65520
-CIDR = "10.0.2.0/24"
-GATEWAY = "10.0.2.2"
-DNS = "10.0.2.3"
-BLOCKED = (
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "240.0.0.0/4",
-    "fc00::/7",
-    "fe80::/10",
-)
 SANDBOX_FLAGS = ("--enable-sandbox", "--enable-seccomp")
 STOP_GRACE = 1.0
 PROBE_TIMEOUT = 10.0
@@ -103,38 +89,6 @@ def host_addresses() -> list[str]:
     return [
         info["local"] for entry in entries for info in entry.get("addr_info", []) if "local" in info
     ]
-
-
-def route_script(addresses: list[str], *, ipv6: bool) -> str:
-    """The `ip -batch` input that fences the namespace (see the module docstring)."""
-    blocked = [ipaddress.ip_network(net) for net in BLOCKED]
-    lines = [
-        f"route add {DNS}/32 dev {TAP} scope link",
-        f"route del {CIDR} dev {TAP}",
-    ]
-    lines += [f"route add unreachable {net}" for net in blocked if ipv6 or net.version == 4]
-    seen: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
-    for text in addresses:
-        address = ipaddress.ip_address(text.split("%")[0])
-        if address in seen or address.is_loopback or (address.version == 6 and not ipv6):
-            continue  # the namespace's own loopback is not the host's
-        if str(address) == DNS or any(address in net for net in blocked):
-            continue
-        seen.add(address)
-        lines.append(f"route add unreachable {address}/{address.max_prefixlen}")
-    return "\n".join(lines) + "\n"
-
-
-def resolv_conf() -> bytes:
-    """The sandbox's `/etc/resolv.conf`: slirp's DNS, the host's search and options."""
-    kept = []
-    try:
-        for line in Path("/etc/resolv.conf").read_text(errors="replace").splitlines():
-            if line.split()[:1] and line.split()[0] in ("search", "domain", "options"):
-                kept.append(line)
-    except OSError:
-        pass
-    return "\n".join([f"nameserver {DNS}", *kept]).encode() + b"\n"
 
 
 def _read_until(fd: int, deadline: float, done: object) -> bytes:

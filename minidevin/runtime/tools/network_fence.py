@@ -1,0 +1,59 @@
+"""What an `online` command's namespace may reach: slirp's addresses and the fence.
+
+The `unreachable` routes that `UserNetwork` installs in the namespace, and the
+`/etc/resolv.conf` it binds there; why these, and in which order they are set
+up, is told in the docstring of `minidevin.runtime.tools.network`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+TAP = "tap0"
+CIDR = "10.0.2.0/24"
+GATEWAY = "10.0.2.2"
+DNS = "10.0.2.3"
+BLOCKED = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "240.0.0.0/4",
+    "fc00::/7",
+    "fe80::/10",
+)
+
+
+def route_script(addresses: list[str], *, ipv6: bool) -> str:
+    """The `ip -batch` input that fences the namespace (see the docstring of `network`)."""
+    blocked = [ipaddress.ip_network(net) for net in BLOCKED]
+    lines = [
+        f"route add {DNS}/32 dev {TAP} scope link",
+        f"route del {CIDR} dev {TAP}",
+    ]
+    lines += [f"route add unreachable {net}" for net in blocked if ipv6 or net.version == 4]
+    seen: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%")[0])
+        if address in seen or address.is_loopback or (address.version == 6 and not ipv6):
+            continue  # the namespace's own loopback is not the host's
+        if str(address) == DNS or any(address in net for net in blocked):
+            continue
+        seen.add(address)
+        lines.append(f"route add unreachable {address}/{address.max_prefixlen}")
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf() -> bytes:
+    """The sandbox's `/etc/resolv.conf`: slirp's DNS, the host's search and options."""
+    kept = []
+    try:
+        for line in Path("/etc/resolv.conf").read_text(errors="replace").splitlines():
+            if line.split()[:1] and line.split()[0] in ("search", "domain", "options"):
+                kept.append(line)
+    except OSError:
+        pass
+    return "\n".join([f"nameserver {DNS}", *kept]).encode() + b"\n"
