@@ -30,27 +30,20 @@ from minidevin.runtime import records, schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
-from minidevin.runtime.errors import (
-    BadRequest,
-    Forbidden,
-    NotFound,
-    Unavailable,
-    ValidationFailed,
-)
-from minidevin.runtime.events import FINAL_STATUSES, Event, TaskEventLog, utc_now
+from minidevin.runtime.errors import BadRequest, NotFound, Unavailable, ValidationFailed
+from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
+from minidevin.runtime.recovery import fail_interrupted_tasks
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.store import Store, secure_data_dir
-from minidevin.runtime.tools.environment import kill_task_processes
-from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.sandbox import SandboxUnavailable, sandbox_status
-from minidevin.runtime.workspace import WorkspaceError, Workspaces
+from minidevin.runtime.workspace import Workspaces
+from minidevin.runtime.workspace_claims import claim_working_directory, working_directory_identity
 
 log = structlog.get_logger(__name__)
 ACTOR_REPLY_TIMEOUT = 10.0
-LIVE_STATUSES = ("queued", "running", "waiting_input")
 
 
 class Runtime:
@@ -95,7 +88,7 @@ class Runtime:
         secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
         tokens = TokenIssuer(secret, self.settings.jwt_ttl_seconds)
         self.accounts = Accounts(self.store, tokens, self.settings)
-        await self._fail_interrupted_tasks()
+        await fail_interrupted_tasks(self.store, self.settings.data_dir)
         # no task is live yet: snapshots a previous process left are garbage
         await asyncio.to_thread(shutil.rmtree, self.settings.snapshots_dir, True)
         sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop
@@ -139,30 +132,6 @@ class Runtime:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _fail_interrupted_tasks(self) -> None:
-        """Tasks a previous process left running or queued end as `failed` (INTERRUPTED).
-
-        Whatever their commands left behind (found by the `MINIDEVIN_TASK_ID` in
-        their environment) is killed first.
-        """
-        rows = await records.tasks_with_status(self.store, LIVE_STATUSES)
-        # always: a killed server's commands may outlive even tasks it had ended
-        ids = {row["id"] for row in rows}
-        killed = await asyncio.to_thread(kill_task_processes, ids, self.settings.data_dir)
-        if killed:
-            log.warning("reaped_orphaned_processes", count=killed)
-        for row in rows:
-            newest = records.last_event(self.store, row["id"])
-            events = TaskEventLog(row["id"], self.store.submit, newest.seq if newest else 0)
-            self.store.submit(
-                records.update_task(row["id"], status="failed", completed_at=utc_now())
-            )
-            events.emit(
-                "error", error="The server stopped while the task was live", code="INTERRUPTED"
-            )
-            events.emit("status", status="failed", message="Task interrupted by a server restart")
-        await self.store.flush()
-
     # -- sessions --------------------------------------------------------------------
 
     async def owner(self, owner: str | None) -> str:
@@ -183,10 +152,7 @@ class Runtime:
         is missing, forbidden, or another user's: it tells nothing about the host.
         """
         user_id = await self.owner(owner)
-        try:
-            checked = await self.workspaces.claim(user_id, str(working_directory))
-        except WorkspaceError as exc:
-            raise _workspace_refusal(exc) from None
+        checked = await claim_working_directory(self.workspaces, user_id, str(working_directory))
         return await records.insert_session(self.store, user_id, name, str(checked.path))
 
     async def list_sessions(self, *, owner: str | None = None) -> list[schemas.SessionSummary]:
@@ -276,14 +242,9 @@ class Runtime:
             raise ValidationFailed(f"model: {exc}") from None
         except ProviderError as exc:
             raise BadRequest(exc.message, code=exc.code) from None
-        try:
-            identity = await self.workspaces.identity(
-                session["user_id"], session["working_directory"]
-            )
-        except WorkspaceError as exc:
-            raise _workspace_refusal(exc) from None
-        except WorkspaceChanged as exc:
-            raise BadRequest(str(exc), code="WORKSPACE_CHANGED") from None
+        identity = await working_directory_identity(
+            self.workspaces, session["user_id"], session["working_directory"]
+        )
         task_id = records.new_id()
         created_at = utc_now()
         max_iterations = request.max_iterations or self.settings.max_iterations
@@ -419,10 +380,3 @@ class Runtime:
             raise Unavailable(
                 f"the session did not answer within {ACTOR_REPLY_TIMEOUT:.0f} s; try again"
             ) from None
-
-
-def _workspace_refusal(exc: WorkspaceError) -> Exception:
-    """403 with the one `working_directory is not available`, or 422 for a malformed value."""
-    if exc.code == "FORBIDDEN":
-        return Forbidden(str(exc))
-    return ValidationFailed(f"working_directory: {exc}")

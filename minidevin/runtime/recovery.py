@@ -1,0 +1,37 @@
+"""Startup recovery: what a previous server process left live ends as `failed`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from minidevin.runtime import records
+from minidevin.runtime.events import TaskEventLog, utc_now
+from minidevin.runtime.store import Store
+from minidevin.runtime.tools.environment import kill_task_processes
+
+log = structlog.get_logger(__name__)
+LIVE_STATUSES = ("queued", "running", "waiting_input")
+
+
+async def fail_interrupted_tasks(store: Store, data_dir: Path) -> None:
+    """Tasks a previous process left running or queued end as `failed` (INTERRUPTED).
+
+    Whatever their commands left behind (found by the `MINIDEVIN_TASK_ID` in
+    their environment) is killed first.
+    """
+    rows = await records.tasks_with_status(store, LIVE_STATUSES)
+    # always: a killed server's commands may outlive even tasks it had ended
+    ids = {row["id"] for row in rows}
+    killed = await asyncio.to_thread(kill_task_processes, ids, data_dir)
+    if killed:
+        log.warning("reaped_orphaned_processes", count=killed)
+    for row in rows:
+        newest = records.last_event(store, row["id"])
+        events = TaskEventLog(row["id"], store.submit, newest.seq if newest else 0)
+        store.submit(records.update_task(row["id"], status="failed", completed_at=utc_now()))
+        events.emit("error", error="The server stopped while the task was live", code="INTERRUPTED")
+        events.emit("status", status="failed", message="Task interrupted by a server restart")
+    await store.flush()
