@@ -41,14 +41,15 @@ from minidevin.actors.messages import (
     ToolDone,
     UserInput,
 )
+from minidevin.actors.task_end import Ending, record_task_end, task_ending
 from minidevin.runtime import agent, records
-from minidevin.runtime.artifacts import write_task_artifacts
 from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.context import fit_messages, input_budget
-from minidevin.runtime.events import TaskEventLog, utc_now
-from minidevin.runtime.providers.base import ToolCall, Usage
+from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.providers.base import ToolCall
 from minidevin.runtime.tools import ToolError, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
+from minidevin.runtime.usage import UsageMeter
 from minidevin.runtime.workspace import Snapshots, verify_working_directory
 
 log = structlog.get_logger(__name__)
@@ -68,18 +69,16 @@ class TaskActor(pykka.ThreadingActor):
         self.tools = tuple(agent.tool_schemas())
         self.plan: dict[str, Any] = {"steps": []}
         self.iterations = 0
-        self.usage = Usage()
         self.pending_calls: deque[ToolCall] = deque()
         self.running_call: ToolCall | None = None
         self.question_call: ToolCall | None = None
         self.answered = False  # the question is answered; going on once the slot is back
         self.queued_input: list[str] = []
         self.base_tree: str | None = None
-        self.ending: tuple[str, dict[str, Any] | None, tuple[str, str] | None, str] | None = None
+        self.ending: Ending | None = None
         self.model: pykka.ActorRef | None = None
         self.tool_runner: pykka.ActorRef | None = None
-        self.cost_usd = 0.0
-        self.price = deps.providers.price(spec.model)
+        self.meter = UsageMeter(deps.providers.price(spec.model))
         self.context_budget = input_budget(deps.providers.resolve(spec.model).context_window)
         self.context_shrunk = False
         self.stop_replies: list[Future[str | None]] = []
@@ -218,26 +217,15 @@ class TaskActor(pykka.ThreadingActor):
         if self.ending is not None:
             return
         self.iterations += 1
-        self.usage = Usage(
-            self.usage.prompt_tokens + turn.usage.prompt_tokens,
-            self.usage.completion_tokens + turn.usage.completion_tokens,
-        )
-        if self.price is not None:
-            rate_in, rate_out = self.price
-            self.cost_usd += (
-                turn.usage.prompt_tokens * rate_in + turn.usage.completion_tokens * rate_out
-            ) / 1_000_000
+        self.meter.add(turn.usage)
         self.messages.append(turn.as_message())
-        self._write(iterations=self.iterations, usage=self._usage_dict())
-        self.events.emit("usage", usage=self._usage_dict(), iteration=self.iterations)
-        budget = self.spec.max_cost_usd
-        if budget is not None and self.cost_usd > budget:
+        self._write(iterations=self.iterations, usage=self.meter.as_dict())
+        self.events.emit("usage", usage=self.meter.as_dict(), iteration=self.iterations)
+        overspent = self.meter.over_budget(self.spec.max_cost_usd)
+        if overspent is not None:
             self._end(
                 "failed",
-                error=(
-                    "BUDGET_EXCEEDED",
-                    f"Cost ${self.cost_usd:.4f} exceeded the budget ${budget}",
-                ),
+                error=("BUDGET_EXCEEDED", overspent),
                 message="Stopped: the cost budget is spent",
             )
             return
@@ -352,11 +340,7 @@ class TaskActor(pykka.ThreadingActor):
         """Begin the end: cancel the children's work, then compute the diff and finalize."""
         if self.ending is not None:
             return
-        if message is None:
-            message = "Task completed successfully" if status == "completed" else f"Task {status}"
-            if result is not None and not result["success"]:
-                message = "Task finished without success"
-        self.ending = (status, result, error, message)
+        self.ending = task_ending(status, result, error, message)
         self.cancel.cancel()
         if self.base_tree is not None and self.tool_runner is not None:
             artifacts = self.deps.settings.artifacts_dir
@@ -373,37 +357,20 @@ class TaskActor(pykka.ThreadingActor):
     def _finalize(self, patch: str | Path) -> None:
         if self.ending is None or self.events.closed:
             return
-        status, result, error, message = self.ending
+        status = self.ending[0]
         if not patch:
             self.snapshots.discard()  # (a diff, when made, discarded it already)
-        trajectory = {
-            "task_id": self.spec.task_id,
-            "description": self.spec.description,
-            "model": self.spec.model,
-            "usage": self._usage_dict(),
-            "messages": self.messages,
-        }
-        try:
-            writes = write_task_artifacts(
-                self.deps.settings.artifacts_dir, self.spec.task_id, self.plan, patch, trajectory
-            )
-        except OSError as exc:
-            log.error("artifacts_failed", task_id=self.spec.task_id, error=str(exc))
-            writes = []
-        for write in writes:
-            self.deps.store.submit(write)
-        self._write(
-            status=status,
-            completed_at=utc_now(),
-            result=result,
+        record_task_end(
+            self.deps,
+            self.spec,
+            self.events,
+            self.ending,
+            patch,
             plan=self.plan,
+            messages=self.messages,
             iterations=self.iterations,
-            usage=self._usage_dict(),
+            usage=self.meter.as_dict(),
         )
-        if error is not None:
-            self.events.emit("error", error=error[1], code=error[0])
-        self.events.emit("status", status=status, message=message)
-        self.events.close()
         for reply in self.stop_replies:
             if not reply.done():
                 reply.set_result(status)
@@ -420,13 +387,6 @@ class TaskActor(pykka.ThreadingActor):
 
     def _write(self, **fields: Any) -> None:
         self.deps.store.submit(records.update_task(self.spec.task_id, **fields))
-
-    def _usage_dict(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.usage.prompt_tokens,
-            "completion_tokens": self.usage.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
-        }
 
 
 def _input_of(call: ToolCall) -> Any:

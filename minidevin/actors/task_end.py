@@ -1,0 +1,83 @@
+"""The last things a task leaves: its artifact files, its final row, its final events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from minidevin.actors.deps import Deps
+from minidevin.actors.messages import TaskSpec
+from minidevin.runtime import records
+from minidevin.runtime.artifacts import write_task_artifacts
+from minidevin.runtime.events import TaskEventLog, utc_now
+
+log = structlog.get_logger(__name__)
+
+# (status, result, (error code, error text), status message)
+Ending = tuple[str, dict[str, Any] | None, tuple[str, str] | None, str]
+
+
+def task_ending(
+    status: str,
+    result: dict[str, Any] | None,
+    error: tuple[str, str] | None,
+    message: str | None,
+) -> Ending:
+    """The task's `Ending`; without `message`, the status message its outcome calls for."""
+    if message is None:
+        message = "Task completed successfully" if status == "completed" else f"Task {status}"
+        if result is not None and not result["success"]:
+            message = "Task finished without success"
+    return (status, result, error, message)
+
+
+def record_task_end(
+    deps: Deps,
+    spec: TaskSpec,
+    events: TaskEventLog,
+    ending: Ending,
+    patch: str | Path,
+    *,
+    plan: dict[str, Any],
+    messages: list[dict[str, Any]],
+    iterations: int,
+    usage: dict[str, Any],
+) -> None:
+    """Write the task's artifacts and final row, emit its error and final status, close its log.
+
+    An artifact that cannot be written is logged, and the task still ends.
+    """
+    status, result, error, message = ending
+    trajectory = {
+        "task_id": spec.task_id,
+        "description": spec.description,
+        "model": spec.model,
+        "usage": usage,
+        "messages": messages,
+    }
+    try:
+        writes = write_task_artifacts(
+            deps.settings.artifacts_dir, spec.task_id, plan, patch, trajectory
+        )
+    except OSError as exc:
+        log.error("artifacts_failed", task_id=spec.task_id, error=str(exc))
+        writes = []
+    for write in writes:
+        deps.store.submit(write)
+    deps.store.submit(
+        records.update_task(
+            spec.task_id,
+            status=status,
+            completed_at=utc_now(),
+            result=result,
+            plan=plan,
+            iterations=iterations,
+            usage=usage,
+        )
+    )
+    if error is not None:
+        events.emit("error", error=error[1], code=error[0])
+    events.emit("status", status=status, message=message)
+    events.close()
