@@ -152,7 +152,9 @@ class Runtime:
         is missing, forbidden, or another user's: it tells nothing about the host.
         """
         user_id = await self.owner(owner)
-        checked = await claim_working_directory(self.workspaces, user_id, str(working_directory))
+        checked = await claim_working_directory(
+            self.workspaces, user_id, str(working_directory), tenant=owner is not None
+        )
         return await records.insert_session(self.store, user_id, name, str(checked.path))
 
     async def list_sessions(self, *, owner: str | None = None) -> list[schemas.SessionSummary]:
@@ -243,7 +245,10 @@ class Runtime:
         except ProviderError as exc:
             raise BadRequest(exc.message, code=exc.code) from None
         identity = await working_directory_identity(
-            self.workspaces, session["user_id"], session["working_directory"]
+            self.workspaces,
+            session["user_id"],
+            session["working_directory"],
+            tenant=session["user_id"] != await self.owner(None),
         )
         task_id = records.new_id()
         created_at = utc_now()

@@ -13,7 +13,9 @@ real slirp4netns, a small Python client inside. Two settings:
   192.168.1.1, 172.16.0.1, 100.64.0.1 and the host's DNS server address. Here
   TCP really flows: the sandbox reaches the outside server and gets DNS
   answers, and every private address, though its server answers the host,
-  fails at once in the sandbox with "No route to host".
+  fails at once in the sandbox with "No route to host". The resolver's
+  address also serves other ports (TCP 22 and 80, UDP 5353): slirp would
+  forward its DNS address on any port there, the fence allows port 53 only.
 """
 
 from __future__ import annotations
@@ -163,9 +165,10 @@ class Listener:
 class DnsResponder:
     """A UDP server answering every query with its id and the response bit set."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, port: int = 53) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 53))
+        self.sock.bind((host, port))
+        self.answered = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -174,6 +177,7 @@ class DnsResponder:
                 query, peer = self.sock.recvfrom(512)
             except OSError:
                 return
+            self.answered += 1
             self.sock.sendto(query[:2] + b"\x81\x80" + query[4:], peer)
 
     def close(self) -> None:
@@ -279,7 +283,8 @@ def host_servers() -> Iterator[tuple[Listener, Listener]]:
 
 @pytest.mark.parametrize("identity", IDENTITIES)
 def test_sandbox_has_a_network_with_a_default_route(identity: str) -> None:
-    report = run_client(identity, [("udp", "198.51.100.1", 9), ("udp", DNS, 53)])
+    probes = [("udp", "198.51.100.1", 9), ("udp", DNS, 53), ("udp", DNS, 5353)]
+    report = run_client(identity, probes)
     facts = report["facts"]
     assert facts["tap0_up"] is True
     assert facts["default"] == ["tap0", GATEWAY]
@@ -287,6 +292,7 @@ def test_sandbox_has_a_network_with_a_default_route(identity: str) -> None:
     # UDP connect only looks the route up: a public address and slirp's DNS are routable
     assert report["results"][("udp", "198.51.100.1", 9)][0] == "connected"
     assert report["results"][("udp", DNS, 53)][0] == "connected"
+    assert report["results"][("udp", DNS, 5353)][0] == "EHOSTUNREACH"  # port 53 only
 
 
 @pytest.mark.parametrize("identity", IDENTITIES)
@@ -298,15 +304,14 @@ def test_host_is_out_of_reach(identity: str, host_servers: tuple[Listener, Liste
         ("tcp", own, anywhere.port),
         ("tcp", GATEWAY, loopback.port),
         ("tcp", GATEWAY, anywhere.port),
-        ("tcp", DNS, anywhere.port),  # slirp's DNS address forwards port 53 only
+        ("tcp", DNS, anywhere.port),  # slirp's DNS address is routed for port 53 only
     ]
     results = run_client(identity, probes)["results"]
     assert results[("tcp", "127.0.0.1", loopback.port)][0] == "ECONNREFUSED"
     assert results[("tcp", own, anywhere.port)][0] == "EHOSTUNREACH"
     assert results[("tcp", GATEWAY, loopback.port)][0] == "EHOSTUNREACH"
     assert results[("tcp", GATEWAY, anywhere.port)][0] == "EHOSTUNREACH"
-    # slirp itself refuses (an ICMP "net unreachable" from libslirp 4.7)
-    assert results[("tcp", DNS, anywhere.port)][0] in ("ENETUNREACH", "ECONNREFUSED")
+    assert results[("tcp", DNS, anywhere.port)][0] == "EHOSTUNREACH"
     assert all(took < FAST for _, took in results.values()), results
     assert loopback.accepted == 0 and anywhere.accepted == 0
 
@@ -349,16 +354,24 @@ def fenced() -> Iterator[tuple[Namespace, dict[str, Any]]]:
             host.ip(f"route add {nameserver}/32 via 203.0.113.2")
             outside.ip(f"addr add {nameserver}/32 dev o0")
 
+        def resolver_servers() -> None:
+            """The resolver's host: DNS on UDP and TCP 53, and other services."""
+            assert nameserver
+            servers.append(DnsResponder(nameserver))
+            servers.append(DnsResponder(nameserver, 5353))
+            servers.append(Listener(nameserver, 53, "resolver-tcp53"))
+            servers.append(Listener(nameserver, 22, "resolver-ssh"))
+
         def outside_servers() -> None:
-            servers.append(Listener("0.0.0.0", 80, "outside"))
+            servers.append(Listener("0.0.0.0", 80, "outside"))  # also the resolver's port 80
             if dns_host:
-                servers.append(DnsResponder(nameserver))
+                resolver_servers()
 
         def host_servers() -> None:
             servers.append(Listener("127.0.0.1", 8080, "host-loopback"))
             servers.append(Listener("0.0.0.0", 8081, "host-anywhere"))
             if nameserver and not dns_host:
-                servers.append(DnsResponder(nameserver))
+                resolver_servers()
 
         in_netns(outside.path, outside_servers)
         in_netns(host.path, host_servers)
@@ -400,11 +413,34 @@ def test_fenced_network_reaches_the_outside_only(
         if probe[0] == "tcp":
             assert results[probe][0] == "EHOSTUNREACH", (probe, results[probe])
             assert results[probe][1] < FAST, (probe, results[probe])
-    assert {s.name: s.accepted for s in extra["servers"] if isinstance(s, Listener)} == {
-        "outside": len(PRIVATE) + 1,
-        "host-loopback": 0,
-        "host-anywhere": 0,
-    }
+    accepted = {s.name: s.accepted for s in extra["servers"] if isinstance(s, Listener)}
+    assert accepted["outside"] == len(PRIVATE) + 1
+    assert accepted["host-loopback"] == accepted["host-anywhere"] == 0
+
+
+@pytest.mark.parametrize("identity", IDENTITIES)
+def test_dns_address_reaches_the_resolver_on_port_53_only(
+    identity: str, fenced: tuple[Namespace, dict[str, Any]]
+) -> None:
+    """slirp forwards its DNS address on any port; the fence lets only port 53 through."""
+    host, extra = fenced
+    if not extra["dns"]:
+        pytest.skip("this machine's resolv.conf names no IPv4 nameserver")
+    udp_53, udp_5353 = (s for s in extra["servers"] if isinstance(s, DnsResponder))
+    listeners = {s.name: s for s in extra["servers"] if isinstance(s, Listener)}
+    probes = [("dns", DNS, 53), ("tcp", DNS, 53), ("tcp", DNS, 22), ("tcp", DNS, 80)]
+    probes.append(("dns", DNS, 5353))
+    results = in_netns(host.path, lambda: run_client(identity, probes))["results"]
+
+    assert results[("dns", DNS, 53)][0] == "answer"
+    assert results[("tcp", DNS, 53)][0] == "echo:resolver-tcp53"
+    for probe in probes[2:]:
+        assert results[probe][0] == "EHOSTUNREACH", (probe, results[probe])
+        assert results[probe][1] < FAST, (probe, results[probe])
+    assert udp_53.answered == 1 and udp_5353.answered == 0
+    assert listeners["resolver-tcp53"].accepted == 1
+    assert listeners["resolver-ssh"].accepted == 0
+    assert listeners["outside"].accepted == 0  # it serves the resolver's port 80 too
 
 
 # -- lifecycle, failures, cost ----------------------------------------------------------

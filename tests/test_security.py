@@ -103,6 +103,14 @@ async def test_forwarded_for_is_the_client_behind_a_trusted_proxy(
         for i in range(3)
     ]
     assert statuses == [401, 401, 401]
+    # what the client put before the proxy's own entry does not make it someone else
+    spoofed = [
+        (
+            await client.get("/api/sessions", headers={"X-Forwarded-For": f"10.1.0.{i}, 192.0.2.7"})
+        ).status
+        for i in range(3)
+    ]
+    assert spoofed == [401, 401, 429]
 
 
 # -- CORS ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +31,9 @@ from http_helpers import (
 )
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 
+from minidevin.api import Runtime
 from minidevin.runtime.settings import Settings
+from minidevin.runtime.workspace import Snapshots
 
 NOT_AVAILABLE = "working_directory is not available"
 FINISH = ScriptedTurn(tool_calls=[("finish", {"summary": "done", "success": True})])
@@ -133,13 +136,45 @@ async def test_a_directory_belongs_to_its_first_user(tmp_path: Path) -> None:
         for directory in (project, project / "src", work / "ada", work):
             await refused(client, bob, directory)  # on it, inside it, containing it
         second = await create_session(client, ada, project)  # the owner: as often as she likes
-        await create_session(client, ada, project / "src")
+        # not inside or around her own: a task there could swap the other's directory
+        for directory in (project / "src", work / "ada"):
+            await refused(client, ada, directory)
         for session in (first, second):
             response = await client.delete(f"/api/sessions/{session['id']}", headers=ada.key)
             assert response.status == 204
         await refused(client, bob, project)  # the claim outlives the sessions
         (tmp_path / "bobs").mkdir()
         await create_session(client, bob, tmp_path / "bobs")
+
+
+async def test_a_tenant_without_roots_gets_temporary_directories_only(tmp_path: Path) -> None:
+    """Without roots, a tenant cannot claim (and so take over) a host directory of root's
+    such as `/root/.config` or `/var/lib/dpkg`, nor run as another local user."""
+    others = tmp_path / "others"
+    others.mkdir()
+    os.chown(others, 4242, 4242)  # a local user's directory
+    hidden = tmp_path / ".cache"
+    hidden.mkdir()
+    outside_tmp = Path(tempfile.mkdtemp(dir="/var/tmp" if os.path.isdir("/var/tmp") else "/"))
+    try:
+        async with server(tmp_path) as client:
+            ada = await sign_up(client)
+            for directory in (others, hidden, outside_tmp, "/var/lib", "/root/.config"):
+                await refused(client, ada, directory)
+            (tmp_path / "fine").mkdir()
+            await create_session(client, ada, tmp_path / "fine")
+    finally:
+        outside_tmp.rmdir()
+
+
+async def test_the_local_user_may_open_any_directory_not_forbidden(tmp_path: Path) -> None:
+    """`minidevin run` on your own checkout: the local user is the machine's operator."""
+    others = tmp_path / "others"
+    others.mkdir()
+    os.chown(others, 4242, 4242)
+    async with Runtime(settings_for(tmp_path)) as runtime:
+        session = await runtime.create_session("mine", others)
+        assert session.working_directory == str(others)
 
 
 async def test_racing_users_cannot_both_claim_a_directory(tmp_path: Path) -> None:
@@ -175,7 +210,8 @@ async def test_a_directory_owned_by_someone_is_not_handed_over(tmp_path: Path) -
     project.mkdir(parents=True)
     (project / "f").write_text("")
     os.chown(project, 4242, 4242)
-    async with server(tmp_path, sandbox_uid=54321) as client:
+    # (inside a workspace root: the operator placed it; a tenant is refused it otherwise)
+    async with server(tmp_path, sandbox_uid=54321, workspace_roots=(tmp_path / "work",)) as client:
         await create_session(client, await sign_up(client), project)
     assert project.stat().st_uid == 4242 and (project / "f").stat().st_uid == 0
 
@@ -265,3 +301,24 @@ async def test_a_tool_call_after_the_directory_was_swapped_fails(tmp_path: Path)
         assert result["success"] is False
         assert "not the directory this session was created on" in result["output"]
     assert list(outside.iterdir()) == []
+
+
+def test_snapshots_run_no_git_config_but_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's git reads a tenant's tree: a filter in a config it would read (here
+    the server user's global one) must never run, as root, outside the sandbox."""
+    home = tmp_path / "home"
+    home.mkdir()
+    ran = tmp_path / "filter-ran"
+    (home / ".gitconfig").write_text(f'[filter "x"]\n\tclean = touch {ran}; cat\n')
+    monkeypatch.setenv("HOME", str(home))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".gitattributes").write_text("* filter=x\n")
+    (work / "a.txt").write_text("a\n")
+    snapshots = Snapshots(work, tmp_path / "snap.git")
+    before = snapshots.take()
+    (work / "a.txt").write_text("b\n")
+    assert "+b" in snapshots.diff(before, snapshots.take())
+    assert not ran.exists()

@@ -58,11 +58,17 @@ class FixedWindowLimiter:
 
 
 def client_address(request: web.Request, trust_forwarded_for: bool) -> str:
+    """The peer, or behind a trusted proxy the address that proxy appended.
+
+    Only the last `X-Forwarded-For` entry is the proxy's own word: the ones before
+    it are whatever the client sent, and would let it pick a fresh address per
+    request to slip out of every per-address limit.
+    """
     if trust_forwarded_for:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        last = forwarded[-1].split(",")[-1].strip() if forwarded else ""
+        if last:
+            return last
     return request.remote or "unknown"
 
 

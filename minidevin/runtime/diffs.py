@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from minidevin.runtime.workspace import git_environment
+
 GIT_TIMEOUT = 300  # seconds for the whole diff; the process is killed beyond
 PIECE = 64 * 1024  # bytes read at a time: a long line is copied in pieces
 LISTED_AT_MOST = 1000  # names in the note; the rest are counted
@@ -56,12 +58,6 @@ def _git(git_dir: Path, *args: str) -> list[str]:
     return ["git", f"--git-dir={git_dir}", "-c", "core.quotepath=off", *args]
 
 
-def _environment() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
-    env = {name: os.environ[name] for name in keep if name in os.environ}
-    return {**env, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
-
-
 DIFF_OPTIONS = ("--no-color", "--no-ext-diff")
 
 
@@ -75,7 +71,7 @@ def _copy_sections(
 ) -> None:
     process = subprocess.Popen(
         _git(git_dir, "diff", "--binary", *DIFF_OPTIONS, before, after),
-        env=_environment(),
+        env=git_environment(git_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

@@ -6,7 +6,15 @@ then on to that session's user (a claim, kept when the session is deleted):
 - never `/`, a system directory, the data directory (nor inside or around it), the
   interpreter's or the server's own installation, nor, with workspace roots, a root
   itself or anything outside them;
-- never on, inside, or around a directory another user has claimed;
+- never on, inside, or around a directory another user has claimed, nor inside or
+  around another of the same user's (a task of the outer session could swap the
+  inner directory for a link between a check and a snapshot);
+- for a tenant (anyone but the embedding's local user), besides: without workspace
+  roots, only a directory strictly inside the system's temporary directory (and
+  none of its hidden or `systemd-private-*` ones), and never one owned by another
+  local user (commands would run as them); inside roots, what the operator put there. Handing a root-owned tree such as
+  `/root/.config` or `/var/lib/dpkg` to the command uid would let a tenant plant
+  what root runs next; operators who serve strangers set workspace roots;
 - every refusal is the same answer, so it tells nothing about the host's files.
 
 The claim records the directory's `(st_dev, st_ino)`; every task start and every
@@ -29,6 +37,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -102,6 +111,26 @@ def forbidden_reason(path: Path, data_dir: Path, roots: tuple[Path, ...]) -> str
     return None
 
 
+def tenant_reason(
+    path: Path, owner_uid: int, roots: tuple[Path, ...], sandbox_uid: int
+) -> str | None:
+    """Why a tenant (not the local user) may not have the checked `path`, or None.
+
+    Inside workspace roots the operator decided what tenants may have.
+    """
+    if roots:
+        return None
+    if owner_uid not in (0, sandbox_uid, os.geteuid()):
+        return "owned by another local user"
+    temp = Path(os.path.realpath(tempfile.gettempdir()))
+    if path == temp or not path.is_relative_to(temp):
+        return "not inside the temporary directory (no workspace roots are set)"
+    below = path.relative_to(temp).parts
+    if any(part.startswith((".", "systemd-private-")) for part in below):
+        return "a hidden or service-private temporary directory"
+    return None
+
+
 def check_working_directory(raw: str, data_dir: Path, roots: tuple[Path, ...]) -> CheckedDirectory:
     """Resolve and check `raw` (blocking: call it off the event loop).
 
@@ -139,20 +168,30 @@ class Workspaces:
         self.settings = settings
         self._lock = asyncio.Lock()
 
-    async def claim(self, user_id: str, raw: str) -> CheckedDirectory:
+    async def claim(self, user_id: str, raw: str, *, tenant: bool = True) -> CheckedDirectory:
         """Check `raw` and claim it for `user_id`; a root-owned tree goes to `sandbox_uid`.
 
-        `WorkspaceError` (FORBIDDEN with `NOT_AVAILABLE`, or VALIDATION_ERROR) otherwise.
+        `tenant` False only for the embedding's local user (`minidevin run`), who may
+        open any directory that is not forbidden outright. `WorkspaceError`
+        (FORBIDDEN with `NOT_AVAILABLE`, or VALIDATION_ERROR) otherwise.
         """
         settings = self.settings
         async with self._lock:  # check-then-insert holds: no other claim in between
             checked = await _in_own_thread(
                 check_working_directory, raw, settings.data_dir, settings.workspace_roots
             )
+            if tenant and (
+                reason := tenant_reason(
+                    checked.path, checked.owner_uid, settings.workspace_roots, settings.sandbox_uid
+                )
+            ):
+                raise _refused(reason, raw)
             path = str(checked.path)
             for claim in await records.workspace_claims_around(self.store, path):
                 if claim["user_id"] != user_id:
                     raise _refused("another user's working directory is on, in or around it", raw)
+                if claim["path"] != path:
+                    raise _refused("another of the user's directories is in or around it", raw)
             await records.put_workspace_claim(self.store, path, user_id, checked.identity)
         try:
             await _in_own_thread(hand_over, checked, settings.sandbox_uid)
@@ -160,7 +199,7 @@ class Workspaces:
             raise _refused("changed while handed over", raw) from None
         return checked
 
-    async def identity(self, user_id: str, path: str) -> tuple[int, int]:
+    async def identity(self, user_id: str, path: str, *, tenant: bool = True) -> tuple[int, int]:
         """The identity `user_id` claimed for `path`, checked against the directory now.
 
         `WorkspaceChanged` if the directory is no longer that one. A session older than
@@ -170,7 +209,7 @@ class Workspaces:
         if claim is not None and claim["user_id"] == user_id:
             identity = int(claim["st_dev"]), int(claim["st_ino"])
         else:
-            identity = (await self.claim(user_id, path)).identity
+            identity = (await self.claim(user_id, path, tenant=tenant)).identity
         verify_working_directory(Path(path), identity)  # (a few syscalls: on the loop)
         return identity
 
@@ -272,12 +311,10 @@ class Snapshots:
 
     def _git(self, *args: str) -> str:
         env = {
-            **os.environ,
+            **git_environment(self.git_dir),
             "GIT_DIR": str(self.git_dir),
             "GIT_WORK_TREE": str(self.working_directory),
             "GIT_INDEX_FILE": str(self.git_dir / "snapshot-index"),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
         }
         done = subprocess.run(
             ["git", "-c", "core.autocrlf=false", "-c", "core.quotepath=off", *args],
@@ -299,6 +336,7 @@ class Snapshots:
             self.git_dir.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 ["git", "init", "--quiet", "--bare", str(self.git_dir)],
+                env=git_environment(self.git_dir),
                 capture_output=True,
                 timeout=GIT_TIMEOUT,
                 check=True,
@@ -314,3 +352,22 @@ class Snapshots:
 
     def discard(self) -> None:
         shutil.rmtree(self.git_dir, ignore_errors=True)
+
+
+def git_environment(git_dir: Path) -> dict[str, str]:
+    """What the server's own git (snapshots, diffs) runs with: no config but ours.
+
+    Snapshot git runs as the server, over a tree a tenant's commands wrote: no
+    system or global config (a filter, fsmonitor or pager there would run as the
+    server), no `HOME` of the server's, none of the server's other variables.
+    """
+    env = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL") if name in os.environ}
+    return {
+        **env,
+        "HOME": str(git_dir),
+        "XDG_CONFIG_HOME": str(git_dir),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_ATTR_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+    }

@@ -12,21 +12,21 @@ from minidevin.runtime.workspace import CheckedDirectory, WorkspaceError, Worksp
 
 
 async def claim_working_directory(
-    workspaces: Workspaces, user_id: str, raw: str
+    workspaces: Workspaces, user_id: str, raw: str, *, tenant: bool = True
 ) -> CheckedDirectory:
     """`Workspaces.claim`, refused with `Forbidden` (403) or `ValidationFailed` (422)."""
     try:
-        return await workspaces.claim(user_id, raw)
+        return await workspaces.claim(user_id, raw, tenant=tenant)
     except WorkspaceError as exc:
         raise _workspace_refusal(exc) from None
 
 
 async def working_directory_identity(
-    workspaces: Workspaces, user_id: str, path: str
+    workspaces: Workspaces, user_id: str, path: str, *, tenant: bool = True
 ) -> tuple[int, int]:
     """`Workspaces.identity`: refused as a claim is, or `WORKSPACE_CHANGED` (400)."""
     try:
-        return await workspaces.identity(user_id, path)
+        return await workspaces.identity(user_id, path, tenant=tenant)
     except WorkspaceError as exc:
         raise _workspace_refusal(exc) from None
     except WorkspaceChanged as exc:

@@ -9,18 +9,18 @@ command reaches is decided in two places:
 
 - slirp4netns itself (`--disable-host-loopback`): its gateway `10.0.2.2` would
   otherwise be the host's `127.0.0.1`; with the flag, connections to it are
-  refused. Its DNS address `10.0.2.3` forwards port 53 only, to the host's own
-  resolver (the first `nameserver` of the host's `/etc/resolv.conf`).
+  refused. Its DNS address `10.0.2.3` forwards to the host's own resolver (the
+  first `nameserver` of the host's `/etc/resolv.conf`) on *any* port.
 - routes inside the namespace, installed by the (root) server before the
   command starts: `unreachable` routes for 0/8, 10/8, 100.64/10, 169.254/16
   (cloud metadata), 172.16/12, 192.168/16, 240/4, fc00::/7, fe80::/10 and every
   address of the host's own interfaces (a public address of the host would
   otherwise reach its services through slirp's `connect()`). slirp's subnet
-  10.0.2.0/24 lies inside 10/8: its on-link route is replaced by a single
-  `/32` to the DNS address, so only the gateway (as next hop of the default
-  route, never as a destination) and the DNS address stay usable; a
-  connection to any other private address fails at once with "No route to
-  host" instead of leaving the host. IPv6 is off on `tap0` (slirp4netns runs
+  10.0.2.0/24 lies inside 10/8: its on-link route is deleted, so only the
+  gateway (as next hop of the default route, never as a destination) and the
+  DNS address stay usable, the latter for UDP and TCP port 53 only (policy
+  rules, see `network_fence`); a connection to any other private address or
+  port fails at once with "No route to host" instead of leaving the host. IPv6 is off on `tap0` (slirp4netns runs
   without `--enable-ipv6`), so no IPv6 packet leaves the namespace at all.
 
 The namespace's own loopback (`127.0.0.1`, `::1`) is the command's own, not the
@@ -383,6 +383,7 @@ def _probe_once(flags: tuple[str, ...]) -> str | None:
             if os.fstat(ns_fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
                 return "unshare --net does not work here"
             network._start_slirp(ns_fd, deadline, flags)
+            network._install_routes(ns_fd, deadline)  # policy rules need Linux >= 4.17
         finally:
             os.close(ns_fd)
         return None

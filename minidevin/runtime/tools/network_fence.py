@@ -1,8 +1,15 @@
 """What an `online` command's namespace may reach: slirp's addresses and the fence.
 
-The `unreachable` routes that `UserNetwork` installs in the namespace, and the
-`/etc/resolv.conf` it binds there; why these, and in which order they are set
-up, is told in the docstring of `minidevin.runtime.tools.network`.
+The `unreachable` routes and DNS policy rules that `UserNetwork` installs in the
+namespace, and the `/etc/resolv.conf` it binds there; why these, and in which
+order they are set up, is told in the docstring of `minidevin.runtime.tools.network`.
+
+slirp's DNS address needs more than a route: libslirp rewrites a connection to
+it on *any* port (TCP or UDP) into one to the host's resolver on that port, so
+a plain route to it would reach every service of the resolver's host (often a
+private address). It is therefore `unreachable` in the main table, and only
+UDP and TCP to port 53 are routed to it, by two policy rules (`ip rule ...
+ipproto udp|tcp dport 53`, Linux >= 4.17) that look up a table of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ TAP = "tap0"
 CIDR = "10.0.2.0/24"
 GATEWAY = "10.0.2.2"
 DNS = "10.0.2.3"
+DNS_PORT = 53
+DNS_TABLE = 53  # the routing table holding the only route to DNS
+DNS_RULE_PREF = 1000  # before the main table (32766)
 BLOCKED = (
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -31,7 +41,13 @@ def route_script(addresses: list[str], *, ipv6: bool) -> str:
     """The `ip -batch` input that fences the namespace (see the docstring of `network`)."""
     blocked = [ipaddress.ip_network(net) for net in BLOCKED]
     lines = [
-        f"route add {DNS}/32 dev {TAP} scope link",
+        f"route add {DNS}/32 dev {TAP} scope link table {DNS_TABLE}",
+        *(
+            f"rule add to {DNS}/32 ipproto {proto} dport {DNS_PORT} lookup {DNS_TABLE}"
+            f" pref {DNS_RULE_PREF + n}"
+            for n, proto in enumerate(("udp", "tcp"))
+        ),
+        f"route add unreachable {DNS}/32",  # any other port: slirp would reach the resolver's host
         f"route del {CIDR} dev {TAP}",
     ]
     lines += [f"route add unreachable {net}" for net in blocked if ipv6 or net.version == 4]

@@ -2,15 +2,18 @@
 
 Who: commands never run as root. `run_identity` picks the uid/gid: the working
 directory's owner when that is not root, else `MINIDEVIN_SANDBOX_UID` (gid the
-same number). When the server is root, `drop_privileges` puts `setpriv` in
-front of the command (new uid/gid, no supplementary groups, no capabilities,
-empty bounding set, `no_new_privs`), so bwrap itself runs unprivileged and
-builds its mounts inside a user namespace of that uid: a file the command makes
-belongs to that uid (a `chmod 4755` copy of a program is setuid to it, not to
-root), and `/proc/sys`, `/proc/sysrq-trigger` and the rest of the
-kernel-writable `/proc` are read-only by their mode (root-owned, and root is
-not mapped in the namespace). When the server is not root, commands run as the
-server's uid and `/health` says `uid_isolation: false`.
+same number). When the server is root, bwrap runs as root to build the view
+(it resolves even `--bind-fd` sources by path, so an unprivileged bwrap could
+not reach a working directory under a 0700 parent), and inside it
+`drop_privileges` puts `setpriv` in front of the command (new uid/gid, no
+supplementary groups, no capabilities, empty bounding set, `no_new_privs`)
+before anything of the command runs: a file the command makes belongs to that
+uid (a `chmod 4755` copy of a program is setuid to it, not to root), and
+`/proc/sys`, `/proc/sysrq-trigger` and the rest of the kernel-writable `/proc`
+are read-only by their mode. bwrap's own pid 1 stays root without effective
+capabilities. When the server is not root, bwrap runs unprivileged in a user
+namespace, commands run as the server's uid and `/health` says
+`uid_isolation: false`.
 
 What a sandboxed command sees (a private root, not the host's `/`):
 
