@@ -29,7 +29,10 @@ class Settings(BaseModel):
 
     data_dir: Path = Field(Path("data"), description="Database, artifacts and generated secrets.")
     workspace_roots: tuple[Path, ...] = Field(
-        (), description="Where working directories may be; empty allows any existing directory."
+        (),
+        description="Where working directories of API users may be; empty: inside the "
+        "system's temporary directory only (the local user of `minidevin run`: anywhere "
+        "not forbidden).",
     )
     jwt_secret: str | None = Field(None, description="HS256 secret; generated when unset.")
     jwt_ttl_seconds: int = Field(
