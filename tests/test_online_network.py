@@ -14,8 +14,10 @@ real slirp4netns, a small Python client inside. Two settings:
   TCP really flows: the sandbox reaches the outside server and gets DNS
   answers, and every private address, though its server answers the host,
   fails at once in the sandbox with "No route to host". The resolver's
-  address also serves other ports (TCP 22 and 80, UDP 5353): slirp would
-  forward its DNS address on any port there, the fence allows port 53 only.
+  address also serves other ports (TCP 22 and 80, UDP 5353): libslirp's
+  translation maps its DNS address there on any port (some builds refuse
+  other ports themselves, slowly for UDP); the fence routes port 53 only, so
+  every other port fails at once in the sandbox.
 """
 
 from __future__ import annotations
@@ -422,7 +424,7 @@ def test_fenced_network_reaches_the_outside_only(
 def test_dns_address_reaches_the_resolver_on_port_53_only(
     identity: str, fenced: tuple[Namespace, dict[str, Any]]
 ) -> None:
-    """slirp forwards its DNS address on any port; the fence lets only port 53 through."""
+    """Only UDP and TCP port 53 of slirp's DNS address are routed; others fail at once."""
     host, extra = fenced
     if not extra["dns"]:
         pytest.skip("this machine's resolv.conf names no IPv4 nameserver")

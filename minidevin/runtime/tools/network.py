@@ -20,8 +20,9 @@ command reaches is decided in two places:
   gateway (as next hop of the default route, never as a destination) and the
   DNS address stay usable, the latter for UDP and TCP port 53 only (policy
   rules, see `network_fence`); a connection to any other private address or
-  port fails at once with "No route to host" instead of leaving the host. IPv6 is off on `tap0` (slirp4netns runs
-  without `--enable-ipv6`), so no IPv6 packet leaves the namespace at all.
+  port fails at once with "No route to host" instead of leaving the host.
+  IPv6 is off on `tap0` (slirp4netns runs without `--enable-ipv6`), so no
+  IPv6 packet leaves the namespace at all.
 
 The namespace's own loopback (`127.0.0.1`, `::1`) is the command's own, not the
 host's: it keeps working, so a test suite may still serve on `localhost`.

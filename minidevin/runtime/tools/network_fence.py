@@ -4,12 +4,16 @@ The `unreachable` routes and DNS policy rules that `UserNetwork` installs in the
 namespace, and the `/etc/resolv.conf` it binds there; why these, and in which
 order they are set up, is told in the docstring of `minidevin.runtime.tools.network`.
 
-slirp's DNS address needs more than a route: libslirp rewrites a connection to
-it on *any* port (TCP or UDP) into one to the host's resolver on that port, so
-a plain route to it would reach every service of the resolver's host (often a
-private address). It is therefore `unreachable` in the main table, and only
-UDP and TCP to port 53 are routed to it, by two policy rules (`ip rule ...
-ipproto udp|tcp dport 53`, Linux >= 4.17) that look up a table of their own.
+slirp's DNS address needs more than a route: libslirp's address translation
+maps it to the host's resolver whatever the port (TCP or UDP), so a plain route
+to it could reach every service of the resolver's host (often a private
+address). Some libslirp builds refuse other ports on their own (4.7.0 answers
+them with ICMP "net unreachable"); the fence does not rely on that. The DNS
+address is `unreachable` in the main table, and only UDP and TCP to port 53
+are routed to it, by two policy rules (`ip rule ... ipproto udp|tcp dport 53`,
+Linux >= 4.17, iproute2 >= 4.17) that look up a table of their own. Without
+that support `ip -batch` fails, and so does every `online` command (and the
+startup probe says why): the fence fails closed.
 """
 
 from __future__ import annotations
