@@ -12,9 +12,10 @@ then on to that session's user (a claim, kept when the session is deleted):
 - for a tenant (anyone but the embedding's local user), besides: without workspace
   roots, only a directory strictly inside the system's temporary directory (and
   none of its hidden or `systemd-private-*` ones), and never one owned by another
-  local user (commands would run as them); inside roots, what the operator put there. Handing a root-owned tree such as
-  `/root/.config` or `/var/lib/dpkg` to the command uid would let a tenant plant
-  what root runs next; operators who serve strangers set workspace roots;
+  local user (commands would run as them); inside roots, what the operator put
+  there. Handing a root-owned tree such as `/root/.config` or `/var/lib/dpkg` to
+  the command uid would let a tenant plant what root runs next; operators who
+  serve strangers set workspace roots;
 - every refusal is the same answer, so it tells nothing about the host's files.
 
 The claim records the directory's `(st_dev, st_ino)`; every task start and every
