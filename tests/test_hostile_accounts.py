@@ -36,8 +36,9 @@ from http_helpers import (
     serve,
     sign_up,
 )
-from scripted_provider import ScriptedOpenAIServer
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 
+from minidevin.api import Runtime
 from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.settings import Settings
@@ -434,6 +435,21 @@ async def test_data_files_are_private(tmp_path: Path, openai_server: ScriptedOpe
     for name in ("minidevin.sqlite3", "minidevin.sqlite3-wal", "jwt_secret", "old"):
         assert modes[name] == 0o600, (name, modes)
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+
+
+async def test_artifact_files_are_private(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, buggy_repo: Path
+) -> None:
+    openai_server.script(
+        [ScriptedTurn(tool_calls=[("finish", {"summary": "done", "success": True})])]
+    )
+    session = await runtime.create_session("s", buggy_repo)
+    task = await runtime.create_task(session.id, "finish", model="gpt-4o")
+    assert (await runtime.wait(task.id)).status == "completed"
+    files = list(runtime.settings.artifacts_dir.iterdir())
+    assert len(files) == 3
+    assert stat.S_IMODE(runtime.settings.artifacts_dir.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(path.stat().st_mode) for path in files} == {0o600}
 
 
 async def test_no_statement_parameters_in_debug_logs(

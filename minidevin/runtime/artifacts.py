@@ -35,7 +35,7 @@ def write_task_artifacts(
     `patch` is the diff's text, or a file (written and synced already) moved in
     as the `diff.patch` artifact, so a large diff is never read into memory.
     """
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    artifacts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     contents = {
         "plan": json.dumps(plan, indent=2).encode(),
         "diff": patch if isinstance(patch, Path) else patch.encode(),
@@ -52,7 +52,8 @@ def write_task_artifacts(
         else:
             size = len(data)
             temporary = path.with_suffix(".tmp")
-            with open(temporary, "wb") as handle:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(descriptor, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -38,7 +38,7 @@ class DiffResult:
 
 def write_diff(git_dir: Path, before: str, after: str, out: Path, max_bytes: int) -> DiffResult:
     """Write `git diff --binary before after` to `out`, at most `max_bytes` of sections."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     left_out: list[str] = []
     with open(out, "wb", opener=_private) as sink:
         _copy_sections(git_dir, before, after, sink, max_bytes, left_out)

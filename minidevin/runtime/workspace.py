@@ -334,7 +334,7 @@ class Snapshots:
         if self.identity is not None:
             verify_working_directory(self.working_directory, self.identity)
         if not (self.git_dir / "HEAD").exists():
-            self.git_dir.mkdir(parents=True, exist_ok=True)
+            self.git_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             subprocess.run(
                 ["git", "init", "--quiet", "--bare", str(self.git_dir)],
                 env=git_environment(self.git_dir),
