@@ -9,7 +9,6 @@ actor only as events (the task's log) and writes (the store).
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections import deque
 from concurrent.futures import Future
@@ -46,6 +45,7 @@ from minidevin.runtime import agent, records
 from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.context import fit_messages, input_budget
 from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.instructions import Instructions, instructions_for
 from minidevin.runtime.providers.base import ToolCall
 from minidevin.runtime.tools import ToolError, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
@@ -67,8 +67,10 @@ class TaskActor(pykka.ThreadingActor):
         self.cancel = CancelToken()
         self.messages = agent.initial_messages(spec.description, spec.working_directory)
         self.tools = tuple(agent.tool_schemas())
+        self.instructions = Instructions()
         self.plan: dict[str, Any] = {"steps": []}
         self.iterations = 0
+        self.cut_off = False  # the latest model turn was cut off by its output limit
         self.pending_calls: deque[ToolCall] = deque()
         self.running_call: ToolCall | None = None
         self.question_call: ToolCall | None = None
@@ -107,6 +109,8 @@ class TaskActor(pykka.ThreadingActor):
                 spec.task_id,
                 workspace_identity=spec.workspace_identity,
             )
+            self.instructions = instructions_for(context)  # AGENTS.md, read as commands run
+            self.messages[0] = agent.system_message(spec.working_directory, self.instructions)
             self.tool_runner = ToolActor.start(self.actor_ref, context, self.snapshots)
             self.tool_runner.tell(TakeSnapshot())
         except Exception:  # pykka would not call on_failure for this: fail the task here
@@ -187,6 +191,8 @@ class TaskActor(pykka.ThreadingActor):
                 message=f"Stopped after {self.iterations} iterations",
             )
             return
+        if self.cut_off:  # (each turn sets it anew)
+            self.messages.append(agent.continue_message())
         for content in self.queued_input:
             self.messages.append({"role": "user", "content": content})
         self.queued_input.clear()
@@ -229,8 +235,11 @@ class TaskActor(pykka.ThreadingActor):
                 message="Stopped: the cost budget is spent",
             )
             return
-        if not turn.tool_calls:
-            summary = turn.text.strip() or "The agent ended without a summary."
+        self.cut_off = turn.truncated
+        if self.cut_off:  # not an answer: its whole calls run, then it goes on
+            self._set_status("running", agent.CUT_OFF_STATUS)
+        elif not turn.tool_calls:
+            summary = agent.final_summary(self.messages) or "The agent ended without a summary."
             self._end("completed", result={"success": True, "summary": summary})
             return
         self.pending_calls.extend(turn.tool_calls)
@@ -240,7 +249,10 @@ class TaskActor(pykka.ThreadingActor):
         """Run the turn's remaining tool calls; when none is left, start the next turn."""
         while self.pending_calls and self.ending is None:
             call = self.pending_calls.popleft()
-            self.events.emit("tool_call", tool=call.name, input=_input_of(call))
+            self.events.emit("tool_call", tool=call.name, input=agent.input_of(call))
+            if self.cut_off and agent.is_cut_call(call):
+                self._record_result(call, agent.CUT_CALL_RESULT)
+                continue
             if call.name in agent.EXECUTING_TOOLS:
                 self.running_call = call
                 assert self.tool_runner is not None
@@ -370,6 +382,7 @@ class TaskActor(pykka.ThreadingActor):
             messages=self.messages,
             iterations=self.iterations,
             usage=self.meter.as_dict(),
+            instructions=self.instructions.record(),
         )
         for reply in self.stop_replies:
             if not reply.done():
@@ -387,12 +400,3 @@ class TaskActor(pykka.ThreadingActor):
 
     def _write(self, **fields: Any) -> None:
         self.deps.store.submit(records.update_task(self.spec.task_id, **fields))
-
-
-def _input_of(call: ToolCall) -> Any:
-    """The call's arguments as the client sees them: the object, or the raw text."""
-    try:
-        value = json.loads(call.arguments or "{}")
-    except json.JSONDecodeError:
-        return call.arguments
-    return value

@@ -44,6 +44,7 @@ def record_task_end(
     messages: list[dict[str, Any]],
     iterations: int,
     usage: dict[str, Any],
+    instructions: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write the task's artifacts and final row, emit its error and final status, close its log.
 
@@ -55,6 +56,7 @@ def record_task_end(
         "description": spec.description,
         "model": spec.model,
         "usage": usage,
+        "instructions": instructions or [],  # the AGENTS.md files the system prompt holds
         "messages": messages,
     }
     try:

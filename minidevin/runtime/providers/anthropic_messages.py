@@ -228,8 +228,10 @@ class _TurnBuilder:
         for index in sorted(self._calls):
             call = self._calls[index]
             arguments = "".join(call.arguments)
-            if not arguments.strip():
-                arguments = json.dumps(call.initial_input) if call.initial_input else "{}"
+            if not arguments.strip() and call.initial_input:
+                arguments = json.dumps(call.initial_input)
+            elif not arguments.strip() and self._finish_reason != "max_tokens":
+                arguments = "{}"  # (cut off by max_tokens, it stays empty: not a whole call)
             calls.append(ToolCall(id=call.id, name=call.name, arguments=arguments))
         return ModelTurn(
             text="".join(self._text),

@@ -31,18 +31,37 @@ class Usage:
     completion_tokens: int = 0
 
 
+# Why a turn ended when the output-token limit cut it: OpenAI's and Anthropic's names.
+TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
+
+
 @dataclass(frozen=True)
 class ModelTurn:
-    """One finished model turn."""
+    """One finished model turn.
+
+    `finish_reason` is the provider's own word for why it ended (`stop`,
+    `tool_calls`, `end_turn`, `tool_use`, ...); `truncated` says the output-token
+    limit cut it (`length`, `max_tokens`): its text is not a final answer and
+    its last tool call's arguments may be incomplete.
+    """
 
     text: str
     tool_calls: tuple[ToolCall, ...] = ()
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
 
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason in TRUNCATED_REASONS
+
     def as_message(self) -> dict[str, Any]:
-        """The assistant message this turn adds to the conversation."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+        """The assistant message this turn adds to the conversation.
+
+        Without tool calls the content is a string, even an empty one (a cut-off
+        turn may be empty): Chat Completions refuses a null content there.
+        """
+        content = self.text or (None if self.tool_calls else "")
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if self.tool_calls:
             message["tool_calls"] = [
                 {
