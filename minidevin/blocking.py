@@ -1,7 +1,9 @@
 """`BlockingRuntime`: the embedding API for code without an event loop.
 
-It runs a `Runtime` on a background event-loop thread and offers the same
-methods as plain blocking calls; `events()` is an ordinary iterator.
+It runs a `Runtime` on a background event-loop thread and offers each of its
+public calls, with the same parameters, as a plain blocking call (the
+constructor starts the runtime, `close()` closes it); `events()` is an
+ordinary iterator and `wait()` takes a `timeout` in seconds.
 
     with BlockingRuntime(Settings.from_env()) as runtime:
         session = runtime.create_session("demo", "/path/to/repo")
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from minidevin.api import Runtime
@@ -33,11 +36,20 @@ class BlockingRuntime:
             target=self._loop.run_forever, name="minidevin-loop", daemon=True
         )
         self._thread.start()
-        self.runtime = Runtime(settings, **runtime_options)
-        self._call(self.runtime.start())
+        try:
+            self.runtime = Runtime(settings, **runtime_options)
+            self._call(self.runtime.start())
+        except BaseException:  # e.g. `DataDirInUse`: no loop thread is left behind
+            self._stop_loop()
+            raise
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()  # (a `wait` given up on leaves nothing running on the loop)
+            raise
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -45,9 +57,12 @@ class BlockingRuntime:
         try:
             self._call(self.runtime.close())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
     def __enter__(self) -> BlockingRuntime:
         return self
@@ -55,30 +70,69 @@ class BlockingRuntime:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def owner(self, owner: str | None = None) -> str:
+        """The user id `owner` names, or (None) the local user's, created on first use."""
+        return self._call(self.runtime.owner(owner))
+
+    # -- sessions --------------------------------------------------------------------
+
     def create_session(
-        self, name: str, working_directory: str, **kw: Any
+        self, name: str, working_directory: str | Path, *, owner: str | None = None
     ) -> schemas.SessionCreated:
-        return self._call(self.runtime.create_session(name, working_directory, **kw))
+        return self._call(self.runtime.create_session(name, working_directory, owner=owner))
 
-    def create_task(self, session_id: str, description: str, **fields: Any) -> schemas.TaskCreated:
-        return self._call(self.runtime.create_task(session_id, description, **fields))
+    def list_sessions(self, *, owner: str | None = None) -> list[schemas.SessionSummary]:
+        return self._call(self.runtime.list_sessions(owner=owner))
 
-    def get_task(self, task_id: str, **kw: Any) -> schemas.TaskDetail:
-        return self._call(self.runtime.get_task(task_id, **kw))
+    def get_session(self, session_id: str, *, owner: str | None = None) -> schemas.SessionDetail:
+        return self._call(self.runtime.get_session(session_id, owner=owner))
 
-    def stop_task(self, task_id: str, **kw: Any) -> schemas.TaskStopped:
-        return self._call(self.runtime.stop_task(task_id, **kw))
+    def delete_session(self, session_id: str, *, owner: str | None = None) -> None:
+        """Stop the session's tasks, then delete it with its tasks, events and artifacts."""
+        self._call(self.runtime.delete_session(session_id, owner=owner))
 
-    def send_input(self, task_id: str, content: str, **kw: Any) -> bool:
-        return self._call(self.runtime.send_input(task_id, content, **kw))
+    # -- tasks -----------------------------------------------------------------------
 
-    def wait(self, task_id: str, timeout: float | None = None, **kw: Any) -> schemas.TaskDetail:
-        return self._call(self.runtime.wait(task_id, **kw), timeout)
+    def create_task(
+        self,
+        session_id: str,
+        request: schemas.TaskRequest | str,
+        *,
+        owner: str | None = None,
+        **fields: Any,
+    ) -> schemas.TaskCreated:
+        return self._call(self.runtime.create_task(session_id, request, owner=owner, **fields))
 
-    def list_artifacts(self, task_id: str, **kw: Any) -> list[schemas.Artifact]:
-        return self._call(self.runtime.list_artifacts(task_id, **kw))
+    def list_tasks(self, session_id: str, *, owner: str | None = None) -> list[schemas.TaskSummary]:
+        return self._call(self.runtime.list_tasks(session_id, owner=owner))
 
-    def events(self, task_id: str, *, after: int = 0, **kw: Any) -> Iterator[Event]:
+    def get_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
+        return self._call(self.runtime.get_task(task_id, owner=owner))
+
+    def stop_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskStopped:
+        return self._call(self.runtime.stop_task(task_id, owner=owner))
+
+    def send_input(self, task_id: str, content: str, *, owner: str | None = None) -> bool:
+        return self._call(self.runtime.send_input(task_id, content, owner=owner))
+
+    def wait(
+        self, task_id: str, timeout: float | None = None, *, owner: str | None = None
+    ) -> schemas.TaskDetail:
+        """Block until the task has ended (`TimeoutError` after `timeout` seconds)."""
+        return self._call(self.runtime.wait(task_id, owner=owner), timeout)
+
+    # -- artifacts -------------------------------------------------------------------
+
+    def list_artifacts(self, task_id: str, *, owner: str | None = None) -> list[schemas.Artifact]:
+        return self._call(self.runtime.list_artifacts(task_id, owner=owner))
+
+    def artifact_file(
+        self, task_id: str, artifact_id: str, *, owner: str | None = None
+    ) -> tuple[dict[str, Any], Path]:
+        """The artifact's row and the path of its bytes."""
+        return self._call(self.runtime.artifact_file(task_id, artifact_id, owner=owner))
+
+    def events(self, task_id: str, *, after: int = 0, owner: str | None = None) -> Iterator[Event]:
         """The task's events as a blocking iterator (history, then live, until it ends)."""
         import queue
 
@@ -86,7 +140,7 @@ class BlockingRuntime:
 
         async def pump() -> None:
             try:
-                async for event in self.runtime.events(task_id, after=after, **kw):
+                async for event in self.runtime.events(task_id, after=after, owner=owner):
                     items.put(event)
             except BaseException as exc:
                 items.put(exc)

@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from pathlib import Path
 
-from minidevin import BlockingRuntime, Settings
+import pytest
+
+from minidevin import BlockingRuntime, Runtime, Settings
+from minidevin.runtime.errors import NotFound
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+STARTED_BY_THE_CONSTRUCTOR = {"start"}
+
+
+def public_calls(cls: type) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and inspect.isfunction(member)
+    }
+
+
+def runtime_calls() -> dict[str, inspect.Signature]:
+    return {
+        name: signature
+        for name, signature in public_calls(Runtime).items()
+        if inspect.iscoroutinefunction(getattr(Runtime, name))
+        or inspect.isasyncgenfunction(getattr(Runtime, name))
+    }
+
+
+def test_every_runtime_call_has_a_blocking_twin_with_the_same_parameters() -> None:
+    wanted = runtime_calls()
+    assert {"list_sessions", "get_session", "delete_session", "list_tasks", "artifact_file"} <= set(
+        wanted
+    )
+    blocking = public_calls(BlockingRuntime)
+    missing = set(wanted) - STARTED_BY_THE_CONSTRUCTOR - set(blocking)
+    assert not missing, f"BlockingRuntime lacks {sorted(missing)}"
+    for name in set(wanted) - STARTED_BY_THE_CONSTRUCTOR:
+        theirs = [(p.name, p.kind) for p in wanted[name].parameters.values()]
+        ours = [(p.name, p.kind) for p in blocking[name].parameters.values()]
+        if name == "wait":  # the one extra: how long to block
+            ours = [p for p in ours if p[0] != "timeout"]
+        assert ours == theirs, f"{name}: {ours} != {theirs}"
 
 
 def test_blocking_runtime_runs_the_example_offline(tmp_path: Path) -> None:
@@ -25,4 +63,20 @@ def test_blocking_runtime_runs_the_example_offline(tmp_path: Path) -> None:
         assert {a.type for a in runtime.list_artifacts(task.id)} == {"plan", "diff", "trajectory"}
         replayed = list(runtime.events(task.id, after=events[-3].seq))
         assert [e.seq for e in replayed] == [e.seq for e in events[-2:]]
+
+        # the calls a first embedder missed: sessions, their tasks, an artifact's bytes
+        assert [s.id for s in runtime.list_sessions()] == [session.id]
+        assert runtime.get_session(session.id).name == "demo"
+        assert [t.id for t in runtime.list_tasks(session.id)] == [task.id]
+        diff = next(a for a in runtime.list_artifacts(task.id) if a.type == "diff")
+        row, path = runtime.artifact_file(task.id, diff.id)
+        assert row["id"] == diff.id and "calc.py" in path.read_text()
+        assert runtime.owner() == runtime.owner(None) != ""
+        runtime.delete_session(session.id)
+        assert runtime.list_sessions() == []
+        with pytest.raises(NotFound):
+            runtime.get_session(session.id)
+        with pytest.raises(NotFound):
+            runtime.list_tasks(session.id)
+        assert not path.exists()
     assert "return sum(values) / len(values)" in (repo / "calc.py").read_text()
