@@ -14,6 +14,7 @@ blocking pykka `get()` on the loop); queries read the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
@@ -30,6 +31,7 @@ from minidevin.runtime import records, schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
+from minidevin.runtime.data_lock import DataDirLock
 from minidevin.runtime.errors import BadRequest, NotFound, Unavailable, ValidationFailed
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
@@ -77,11 +79,24 @@ class Runtime:
         self._local_user_lock = asyncio.Lock()
         self.workspaces = Workspaces(self.store, self.settings)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._data_lock = DataDirLock(self.settings.data_dir)
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> Runtime:
+        """Lock the data directory (or raise `DataDirInUse`), open the store, recover."""
         self._loop = asyncio.get_running_loop()
+        # first of all: a directory another runtime holds is neither read nor changed
+        await asyncio.to_thread(self._data_lock.acquire)
+        try:
+            return await self._start_owned()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.store.close()  # a half-opened store, before the next owner comes
+            self._data_lock.release()
+            raise
+
+    async def _start_owned(self) -> Runtime:
         await asyncio.to_thread(secure_data_dir, self.settings.data_dir)  # 0700, files 0600
         self.store.on_events_committed = self.hub.publish
         await self.store.open()
@@ -124,6 +139,7 @@ class Runtime:
         await self.store.close()
         if hasattr(self, "accounts"):
             self.accounts.close()  # (the password hashing threads)
+        self._data_lock.release()  # last: the directory is consistent for the next owner
         log.info("runtime_closed")
 
     async def __aenter__(self) -> Runtime:
