@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -27,18 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--json", action="store_true", help="print one JSON event per line")
     run.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
     args = parser.parse_args(argv)
-    from minidevin.runtime.data_lock import DataDirInUse
+    if args.command == "serve":
+        return serve_command(args)
+    if args.command == "run":
+        from minidevin.run_command import run_command
 
-    try:
-        if args.command == "serve":
-            return serve_command(args)
-        if args.command == "run":
-            from minidevin.run_command import run_command
-
-            return run_command(args)
-    except DataDirInUse as exc:  # another process owns the data directory: one line, exit 1
-        print(f"minidevin: {exc}", file=sys.stderr)
-        return 1
+        return run_command(args)
     return 2
 
 
@@ -53,9 +50,6 @@ def _iterations(text: str) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    import structlog
-    from aiohttp import web
-
     from minidevin.api import Runtime
     from minidevin.http.app import create_app
     from minidevin.runtime.logging import configure_logging
@@ -71,20 +65,54 @@ def serve_command(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"minidevin: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
-    log = structlog.get_logger("minidevin.cli")
-    app = create_app(Runtime(settings))
-
-    async def announce(app: web.Application) -> None:
-        log.info("server_listening", url=f"http://{settings.host}:{settings.port}")
-
-    app.on_startup.append(announce)
-    asyncio.run(_serve(app, settings))
+    try:  # first of all: a busy port is one line, with nothing started, logged or changed
+        listeners = _listen(settings.host, settings.port)
+    except OSError as exc:
+        where = f"[{settings.host}]" if ":" in settings.host else settings.host
+        reason = (exc.strerror or str(exc)).lower()
+        print(f"minidevin: cannot listen on {where}:{settings.port}: {reason}", file=sys.stderr)
+        return 1
+    try:
+        configure_logging(settings.log_level, settings.log_format)
+        asyncio.run(_serve(create_app(Runtime(settings)), settings, listeners))
+    finally:
+        for sock in listeners:
+            sock.close()
     return 0
 
 
-async def _serve(app: Any, settings: Any) -> None:
-    """Serve `app` until SIGTERM or SIGINT, with the connection limits of `settings`."""
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on each address of `host` (all interfaces when empty), as asyncio's
+    `create_server` would open them; `OSError` when one cannot be had."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRNOTAVAIL and len(infos) > 1:
+                    continue  # a family this machine lacks (IPv6 off), as asyncio skips it
+                raise
+            listeners.append(sock)
+            sock.listen(128)  # now: a port merely bound could still be bound by another
+        if not listeners:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+    except OSError:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+async def _serve(app: Any, settings: Any, listeners: list[socket.socket]) -> None:
+    """Serve `app` on `listeners` until SIGTERM or SIGINT, with the limits of `settings`."""
+    import structlog
     from aiohttp import web
 
     from minidevin.http.connections import guarded_runner
@@ -96,7 +124,11 @@ async def _serve(app: Any, settings: Any) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        sites = [web.SockSite(runner, sock) for sock in listeners]
+        for site in sites:
+            await site.start()
+        urls = [site.name for site in sites]
+        structlog.get_logger("minidevin.cli").info("server_listening", url=urls[0], urls=urls)
         await stop.wait()
     finally:
         await runner.cleanup()
