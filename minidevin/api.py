@@ -35,6 +35,7 @@ from minidevin.runtime.data_lock import DataDirLock
 from minidevin.runtime.errors import BadRequest, NotFound, Unavailable, ValidationFailed
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
+from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
 from minidevin.runtime.recovery import fail_interrupted_tasks
@@ -57,6 +58,7 @@ class Runtime:
         providers: ProviderRegistry | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
+        use_host_logging()  # an embedding's structlog or `logging`, never stdout
         self.store = Store(
             self.settings.database_path, retry_seconds=self.settings.store_retry_seconds
         )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,61 @@ def test_blocking_runtime_runs_the_example_offline(tmp_path: Path) -> None:
             runtime.list_tasks(session.id)
         assert not path.exists()
     assert "return sum(values) / len(values)" in (repo / "calc.py").read_text()
+
+
+EMBEDDING_PROGRAM = """
+import asyncio, logging, sys
+from pathlib import Path
+
+import structlog
+
+from minidevin import Runtime, Settings
+
+mode, data, repo, model = sys.argv[1:]
+if mode == "logging":
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+if mode == "structlog":
+    structlog.configure(
+        processors=[lambda _l, _m, event: "OWN " + event["event"]],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+async def main() -> None:
+    async with Runtime(Settings(data_dir=Path(data), jwt_secret="k" * 40)) as runtime:
+        session = await runtime.create_session("demo", repo)
+        task = await runtime.create_task(session.id, "Fix the failing test", model=model)
+        assert (await runtime.wait(task.id)).status == "completed"
+        structlog.get_logger("minidevin.probe").warning("probe", api_key="sk-SECRET-value")
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("mode", ["nothing", "logging", "structlog"])
+def test_an_embedded_runtime_never_writes_to_stdout(mode: str, tmp_path: Path) -> None:
+    repo = tmp_path / "buggy-calc"
+    shutil.copytree(EXAMPLES / "buggy-calc", repo)
+    model = f"replay:{EXAMPLES / 'buggy-calc.trajectory.json'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIDEVIN_")}
+    done = subprocess.run(
+        [sys.executable, "-c", EMBEDDING_PROGRAM, mode, str(tmp_path / "data"), str(repo), model],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "return sum(values) / len(values)" in (repo / "calc.py").read_text()
+    if mode == "nothing":  # no logging set up: warnings reach stderr, info stays quiet
+        assert "probe api_key=[redacted]" in done.stderr and "runtime_started" not in done.stderr
+    if mode == "logging":  # the program's `logging` setup shows minidevin's events
+        assert "minidevin.api: runtime_started" in done.stderr
+        assert "minidevin.probe: probe api_key=[redacted]" in done.stderr
+    if mode == "structlog":  # the program's own structlog configuration is left alone
+        assert "OWN runtime_started" in done.stderr and "OWN probe" in done.stderr
+    assert "sk-SECRET-value" not in done.stderr

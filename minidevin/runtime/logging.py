@@ -2,6 +2,14 @@
 
 Secrets never reach a log line: the `redact_secrets` processor blanks any key
 that names a secret, so a careless `log.info(..., token=...)` still stays safe.
+
+`minidevin serve` and `minidevin run` call `configure_logging` (to stderr).
+An embedding program gets `use_host_logging` from `Runtime`: unless it has
+configured structlog itself, minidevin's events go through the standard
+`logging` module (loggers named `minidevin.*`), so they land wherever the
+program's logging sends them, and with none set up, warnings and errors go
+to stderr (Python's last-resort handler). Never to stdout: structlog's own
+default would print there, into the embedding program's output.
 """
 
 from __future__ import annotations
@@ -60,3 +68,22 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+def use_host_logging() -> None:
+    """Unless the program has configured structlog, route minidevin's events to `logging`."""
+    if structlog.is_configured():
+        return  # the program's own structlog setup wins
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.contextvars.merge_contextvars,
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            structlog.dev.ConsoleRenderer(
+                colors=False, pad_event_to=0, exception_formatter=structlog.dev.plain_traceback
+            ),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
