@@ -30,12 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--json", action="store_true", help="print one JSON event per line")
     run.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return serve_command(args)
-    if args.command == "run":
-        from minidevin.run_command import run_command
+    from minidevin.runtime.data_lock import DataDirInUse
 
-        return run_command(args)
+    try:
+        if args.command == "serve":
+            return serve_command(args)
+        if args.command == "run":
+            from minidevin.run_command import run_command
+
+            return run_command(args)
+    except DataDirInUse as exc:  # another process owns the data directory: one line, exit 1
+        print(f"minidevin: {exc}", file=sys.stderr)
+        return 1
     return 2
 
 
