@@ -48,7 +48,8 @@ async def test_a_cut_off_reply_is_continued_and_only_a_real_answer_completes(
             ScriptedTurn(text=" by the tests."),
         ]
     )
-    events, detail = await run(runtime, tmp_path, model="gpt-4o")
+    (tmp_path / "first").mkdir()
+    events, detail = await run(runtime, tmp_path / "first", model="gpt-4o")
 
     assert detail.status == "completed" and detail.iterations == 3
     assert detail.result is not None
@@ -59,6 +60,14 @@ async def test_a_cut_off_reply_is_continued_and_only_a_real_answer_completes(
     assert third[-1] == {"role": "user", "content": CONTINUE_MESSAGE}
     notes = [e.data["message"] for e in events if e.type == "status"]
     assert sum("cut off" in note for note in notes) == 2
+
+    # its trajectory replays the same way: the cut turns are continued again
+    artifacts = {a.name: a for a in await runtime.list_artifacts(detail.id)}
+    _, recording = await runtime.artifact_file(detail.id, artifacts["trajectory.json"].id)
+    (tmp_path / "again").mkdir()
+    _, replayed = await run(runtime, tmp_path / "again", model=f"replay:{recording}")
+    assert replayed.status == "completed" and replayed.iterations == 3
+    assert replayed.result is not None and replayed.result.summary == detail.result.summary
 
 
 async def test_a_cut_off_tool_call_is_not_run_and_the_model_is_told(
@@ -122,12 +131,13 @@ async def test_an_anthropic_max_tokens_reply_is_continued(
     assert sent[-1] == {"role": "user", "content": [{"type": "text", "text": CONTINUE_MESSAGE}]}
 
 
+@pytest.mark.parametrize("arguments", [CUT_CALL, ""], ids=["cut-json", "no-input-yet"])
 async def test_an_anthropic_tool_use_cut_by_max_tokens_is_not_run(
-    anthropic_runtime: tuple[Runtime, ScriptedAnthropicServer], tmp_path: Path
+    anthropic_runtime: tuple[Runtime, ScriptedAnthropicServer], tmp_path: Path, arguments: str
 ) -> None:
     runtime, server = anthropic_runtime
     server.script(
-        [ScriptedTurn(tool_calls=[("editor", CUT_CALL)], finish_reason="max_tokens"), FINISH]
+        [ScriptedTurn(tool_calls=[("editor", arguments)], finish_reason="max_tokens"), FINISH]
     )
     events, detail = await run(runtime, tmp_path, model=CLAUDE)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from minidevin.runtime.instructions import Instructions
-from minidevin.runtime.providers.base import ToolCall
+from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
 from minidevin.runtime.tools import EditorTool, TerminalTool, ToolError, ToolResult, tool_schema
 
 SYSTEM_PROMPT = """\
@@ -108,7 +108,6 @@ def system_message(
 
 # -- a turn the output-token limit cut off (`ModelTurn.truncated`) ----------------------------
 
-CONTINUE_MESSAGE = "Your last reply was cut off by the output limit; continue where you stopped."
 CUT_OFF_STATUS = "The model's reply was cut off by its output limit; asking it to continue"
 CUT_CALL_RESULT = ToolResult(
     "Not run: the output limit cut this call off before its arguments were complete. "

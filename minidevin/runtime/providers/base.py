@@ -33,6 +33,8 @@ class Usage:
 
 # Why a turn ended when the output-token limit cut it: OpenAI's and Anthropic's names.
 TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
+# The user message the agent loop sends after such a turn (a recording shows the cut by it).
+CONTINUE_MESSAGE = "Your last reply was cut off by the output limit; continue where you stopped."
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from minidevin.runtime.cancel import CancelToken
-from minidevin.runtime.providers.base import ModelTurn, ProviderError, TokenSink, ToolCall, Usage
+from minidevin.runtime.providers.base import (
+    CONTINUE_MESSAGE,
+    ModelTurn,
+    ProviderError,
+    TokenSink,
+    ToolCall,
+    Usage,
+)
 
 PREFIX = "replay:"
 MAX_REPLAY_BYTES = 10 * 1024 * 1024
@@ -166,12 +173,23 @@ def turns_from_recording(data: Any, path: str | Path = "recording") -> list[Mode
                 text=_text(message.get("content"), path, number),
                 tool_calls=tuple(tool_calls),
                 usage=Usage(),
-                finish_reason="tool_calls" if tool_calls else "stop",
+                finish_reason=_finish_reason(messages, number, bool(tool_calls)),
             )
         )
     if not turns:
         raise _invalid(path, "it contains no assistant messages to replay")
     return turns
+
+
+def _finish_reason(messages: list[Any], number: int, calls: bool) -> str:
+    """`length` for a turn the output limit cut off (the loop's `CONTINUE_MESSAGE` follows
+    it, after its tool results), so a replay continues it as the recorded run did."""
+    following = (
+        m for m in messages[number:] if not (isinstance(m, dict) and m.get("role") == "tool")
+    )
+    if next(following, None) == {"role": "user", "content": CONTINUE_MESSAGE}:
+        return "length"
+    return "tool_calls" if calls else "stop"
 
 
 def _text(content: Any, path: str | Path, number: int) -> str:
