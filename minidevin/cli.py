@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
-    run = commands.add_parser("run", help="run one task in this process and show it live")
+    run = commands.add_parser(
+        "run", help="run one task in this process and show it live", formatter_class=_RunHelp
+    )
     run.add_argument("task", help="what the agent should do")
     run.add_argument("--dir", required=True, help="the working directory (a repository)")
     run.add_argument("--model", help="model id, e.g. gpt-4o or replay:PATH/trajectory.json")
@@ -43,6 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minidevin: {exc}", file=sys.stderr)
         return 1
     return 2
+
+
+class _RunHelp(argparse.HelpFormatter):
+    """`run --help` with the defaults this environment gives (worked out only for help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.dest in ("model", "max_iterations"):
+            from minidevin.run_command import default_help
+
+            if extra := default_help()[action.dest]:
+                text += f" ({extra})".replace("%", "%%")
+        return text
 
 
 def _iterations(text: str) -> int:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -51,6 +52,42 @@ def run_command(args: argparse.Namespace) -> int:
         import pykka
 
         pykka.ActorRegistry.stop_all(block=True, timeout=10)
+
+
+def default_help(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What `--model` and `--max-iterations` default to here, for `minidevin run --help`."""
+    from minidevin.runtime.providers.registry import DEFAULT_ORDER, REQUIRED_ENV, ProviderRegistry
+
+    environ = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(environ)
+    except SettingsError as exc:
+        return {"model": f"default unknown: {exc}", "max_iterations": ""}
+    if settings.default_model:
+        model = f"default: {settings.default_model}, from MINIDEVIN_DEFAULT_MODEL"
+    else:
+        registry = ProviderRegistry(environ, azure_deployments=settings.azure_deployments)
+        configured = [
+            (models[0].id, REQUIRED_ENV[name])
+            for name in DEFAULT_ORDER
+            if name in REQUIRED_ENV
+            and registry.configured(name)
+            and (models := registry.models(name))
+        ]
+        if configured:
+            first, variables = configured[0]
+            verb = "are" if variables[1:] else "is"
+            model = f"default: {first}, as {', '.join(variables)} {verb} set"
+        else:
+            model = "default: the first configured provider's first model, "
+            model += "but no API key is set here (a running Ollama counts)"
+        model += "; MINIDEVIN_DEFAULT_MODEL sets another"
+    iterations = f"default: {settings.max_iterations}"
+    if environ.get("MINIDEVIN_MAX_ITERATIONS"):
+        iterations += ", from MINIDEVIN_MAX_ITERATIONS"
+    else:
+        iterations += "; MINIDEVIN_MAX_ITERATIONS sets another"
+    return {"model": model, "max_iterations": iterations}
 
 
 class TaskRun:

@@ -1,4 +1,9 @@
-"""What `minidevin run` prints: live events (readable, or JSON lines) and a diff stat."""
+"""What `minidevin run` prints: live events (readable, or JSON lines) and a diff stat.
+
+A model turn that fails and is retried shows as `[retrying] model turn, attempt
+2 of 3 in 0.5 s (CODE: reason)`; text the failed attempt had streamed stays on
+screen, but the model's answer is what follows the line.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +65,8 @@ class HumanView:
                     self._line(f"[{data.get('status')}] {self.status_message}")
             case "error":
                 self._line(f"error {data.get('code', '')}: {data.get('error', '')}")
+            case "turn_restart":
+                self._line(_clip(retry_line(data)))
         self.out.flush()
 
     def answered(self, answer: str, echo: bool) -> None:
@@ -118,6 +125,17 @@ class HumanView:
             self.out.write("\n")
             self.mid_line = False
         self.out.write(text + "\n")
+
+
+def retry_line(data: dict[str, Any]) -> str:
+    """A `turn_restart`: which attempt comes, when, and why the last one failed."""
+    attempt, most = data.get("attempt", "?"), data.get("max_attempts", "?")
+    delay = data.get("delay")
+    when = f" in {delay:g} s" if isinstance(delay, int | float) else ""
+    why = ": ".join(str(part) for part in (data.get("code"), data.get("reason")) if part)
+    return f"[retrying] model turn, attempt {attempt} of {most}{when}" + (
+        f" ({why})" if why else ""
+    )
 
 
 def shorten(output: str, limit: int = RESULT_LINES) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 from waiting import pids_running, process_gone
 
 from minidevin.run_view import diff_stat, format_diff_stat, shorten
@@ -34,11 +35,13 @@ def command(repo: Path, data: Path, model: str, *extra: str) -> list[str]:
     return [*run, "--model", model, "--data-dir", str(data), *extra]
 
 
-def run_cli(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    argv: list[str], stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv,
         cwd=ROOT,
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
         input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
@@ -118,6 +121,46 @@ def test_a_failed_task_exits_1(repo: Path, tmp_path: Path) -> None:
 
     done = run_cli(command(repo, tmp_path / "data", "replay:"))
     assert done.returncode == 2 and "replay:" in done.stderr and not done.stdout
+
+
+def run_help(env: dict[str, str]) -> str:
+    done = run_cli([sys.executable, "-m", "minidevin.cli", "run", "--help"], env=env)
+    assert done.returncode == 0, done.stderr
+    return " ".join(done.stdout.split())  # (argparse wraps lines at its own width)
+
+
+def test_run_help_shows_the_default_model_and_iteration_limit() -> None:
+    shown = run_help({"OPENAI_API_KEY": "sk-test"})
+    assert "(default: gpt-4o, as OPENAI_API_KEY is set; MINIDEVIN_DEFAULT_MODEL sets" in shown
+    assert "(default: 50; MINIDEVIN_MAX_ITERATIONS sets another)" in shown
+
+    shown = run_help({"ANTHROPIC_API_KEY": "sk-test"})
+    assert "(default: claude-3-5-sonnet-20241022, as ANTHROPIC_API_KEY is set;" in shown
+
+    env = {"MINIDEVIN_DEFAULT_MODEL": "gpt-4o-mini", "MINIDEVIN_MAX_ITERATIONS": "7"}
+    shown = run_help(env)
+    assert "(default: gpt-4o-mini, from MINIDEVIN_DEFAULT_MODEL)" in shown
+    assert "(default: 7, from MINIDEVIN_MAX_ITERATIONS)" in shown
+
+    shown = run_help({})
+    assert "default: the first configured provider's first model, but no API key is set" in shown
+
+
+def test_a_retried_model_turn_is_shown(repo: Path, tmp_path: Path) -> None:
+    limited = ScriptedTurn(error_status=429, headers={"Retry-After": "0.2"})
+    finish = ScriptedTurn(
+        tool_calls=[("finish", {"summary": "Done after a retry", "success": True})]
+    )
+    with ScriptedOpenAIServer() as server:
+        server.script([limited, finish])
+        env = {"OPENAI_API_KEY": "sk-test-key-123", "OPENAI_BASE_URL": server.base_url}
+        done = run_cli(command(repo, tmp_path / "data", "gpt-4o"), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    retried = [line for line in done.stdout.splitlines() if line.startswith("[retrying]")]
+    assert len(retried) == 1, done.stdout
+    assert retried[0].startswith("[retrying] model turn, attempt 2 of ")
+    assert " in 0.2 s (PROVIDER_RATE_LIMITED: " in retried[0]
+    assert "Task completed (success): Done after a retry" in done.stdout
 
 
 ASK = "Which name should the notes file have?"
