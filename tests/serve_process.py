@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from waiting import wait_for
 
 
 def free_port() -> int:
@@ -51,16 +52,16 @@ class ServeProcess:
         self._wait_until_up()
 
     def _wait_until_up(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited: {self.log_path.read_text()}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.05)  # polling a condition (the port), not synchronising
-        raise TimeoutError("serve did not come up")
+                return False
+
+        wait_for(up, timeout, what="serve to come up", interval=0.05)
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None

@@ -7,8 +7,6 @@ blocking of one user by another's queue, and tasks waiting for a person
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -104,10 +102,14 @@ async def statuses(runtime: Runtime, task_ids: list[str]) -> list[str]:
 
 async def eventually(runtime: Runtime, task_id: str, wanted: str, timeout: float = 20) -> None:
     """Poll the task's stored status until it is `wanted` (fails after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while (current := await status(runtime, task_id)) != wanted:
-        assert time.monotonic() < deadline, f"task never became {wanted}: still {current}"
-        await asyncio.sleep(0.01)
+    current = ""
+
+    async def reached() -> bool:
+        nonlocal current
+        current = await status(runtime, task_id)
+        return current == wanted
+
+    await until(reached, timeout, what=lambda: f"task to become {wanted}: still {current}")
 
 
 async def test_one_users_queue_does_not_block_another_user(tmp_path: Path) -> None:

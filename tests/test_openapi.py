@@ -13,7 +13,6 @@ failures have xfail tests of their own at the end and are not validated in the r
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from waiting import wait_for
 
 from minidevin.api import Runtime
 from minidevin.http.access import PUBLIC_PATHS
@@ -172,13 +172,13 @@ def respond(body: dict[str, Any]) -> ScriptedTurn:
 
 
 def wait_for_status(api: Api, task_id: str, statuses: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + 20
-    while True:
-        task = api.call("GET", f"/api/tasks/{task_id}")
-        if task["status"] in statuses or time.monotonic() > deadline:
-            assert task["status"] in statuses, task
-            return task
-        time.sleep(0.05)
+    seen: list[dict[str, Any]] = []
+
+    def reached() -> dict[str, Any] | None:
+        seen[:] = [api.call("GET", f"/api/tasks/{task_id}")]
+        return seen[0] if seen[0]["status"] in statuses else None
+
+    return wait_for(reached, 20, what=lambda: f"a status in {statuses}: {seen}", interval=0.05)
 
 
 def waiting_task(api: Api) -> str:

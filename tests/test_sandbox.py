@@ -15,15 +15,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
-from waiting import until
+from waiting import until, wait_for
 
 import minidevin.api
 from minidevin.actors.children import tool_context
@@ -95,15 +94,6 @@ def marked(mark: str) -> list[tuple[int, str]]:
 
 def sleep_runs(mark: str) -> bool:
     return any(cmdline == f"sleep {mark}" for _, cmdline in marked(mark))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def probe_script(sibling: Path, mark: str, port: int, data: Path) -> str:
@@ -314,12 +304,14 @@ def run_in_thread(
 def test_timeout_kills_the_whole_tree_inside_the_sandbox(work: Path) -> None:
     mark = marker()
     thread, outcome = run_in_thread(sandboxed(work), f"sleep {mark} & wait", timeout=3)
-    assert wait_for(lambda: sleep_runs(mark)), "the grandchild never started"
+    wait_for(lambda: sleep_runs(mark), what="the grandchild to start")
     thread.join(30)
     assert not thread.is_alive()
     result = outcome[0]
     assert isinstance(result, ToolResult) and "timed out after 3 seconds" in result.output
-    assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
+    wait_for(
+        lambda: not marked(mark), timeout=5, what=lambda: f"the tree to die, left: {marked(mark)}"
+    )
 
 
 @needs_bwrap
@@ -327,11 +319,13 @@ def test_cancel_kills_the_whole_tree_inside_the_sandbox(work: Path) -> None:
     mark = marker()
     context = sandboxed(work)
     thread, outcome = run_in_thread(context, f"bash -c 'sleep {mark} & wait'; echo never")
-    assert wait_for(lambda: sleep_runs(mark)), "the grandchild never started"
+    wait_for(lambda: sleep_runs(mark), what="the grandchild to start")
     context.cancel.cancel()
     thread.join(10)
     assert not thread.is_alive() and isinstance(outcome[0], Cancelled)
-    assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
+    wait_for(
+        lambda: not marked(mark), timeout=5, what=lambda: f"the tree to die, left: {marked(mark)}"
+    )
 
 
 SERVER_STAND_IN = """
@@ -354,10 +348,14 @@ def test_the_tree_dies_when_the_server_process_is_killed(work: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     try:
-        assert wait_for(lambda: sleep_runs(mark)), "the grandchild never started"
+        wait_for(lambda: sleep_runs(mark), what="the grandchild to start")
         server.kill()  # SIGKILL: no cleanup runs, only --die-with-parent and the pid namespace
         server.wait(10)
-        assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
+        wait_for(
+            lambda: not marked(mark),
+            timeout=5,
+            what=lambda: f"the tree to die, left: {marked(mark)}",
+        )
     finally:
         server.kill()
         server.wait(10)
@@ -368,7 +366,9 @@ def test_background_processes_die_when_the_command_ends(work: Path) -> None:
     mark = marker()
     result = term(sandboxed(work), f"sleep {mark} & echo started")
     assert result.success and result.output == "started\n"
-    assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
+    wait_for(
+        lambda: not marked(mark), timeout=5, what=lambda: f"the tree to die, left: {marked(mark)}"
+    )
 
 
 # -- settings and the off switch --------------------------------------------------------------
@@ -496,7 +496,9 @@ async def test_a_task_runs_its_commands_in_the_sandbox(
     assert not Path(f"/tmp/minidevin-{mark}").exists()
     assert "NET_CONNECTED" not in verdicts, output  # online or not: never the host's loopback
     assert not connection_arrived(listener)
-    assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
+    wait_for(
+        lambda: not marked(mark), timeout=5, what=lambda: f"the tree to die, left: {marked(mark)}"
+    )
 
 
 @needs_bwrap

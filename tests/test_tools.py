@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from minidevin.runtime.cancel import Cancelled
 from minidevin.runtime.tools import (
@@ -26,16 +27,6 @@ from minidevin.runtime.tools.environment import command_environment
 from minidevin.runtime.tools.paths import resolve_in_workspace
 
 # --- helpers -----------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll `condition` until it holds or `timeout` passes (waiting on a condition)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def is_alive(pid: int) -> bool:
@@ -64,7 +55,7 @@ def group_members(pgid: int) -> list[int]:
 
 
 def read_pid(path: Path) -> int:
-    assert wait_for(lambda: path.exists() and path.read_text().endswith("\n"))
+    wait_for(lambda: path.exists() and path.read_text().endswith("\n"), what=str(path))
     return int(path.read_text())
 
 
@@ -143,7 +134,7 @@ def test_terminal_timeout_kills_process_tree(ctx: ToolContext) -> None:
     assert "never" not in result.output
     assert elapsed < 5
     pid = read_pid(pidfile)
-    assert wait_for(lambda: not is_alive(pid)), f"grandchild {pid} survived the timeout"
+    wait_for(lambda: not is_alive(pid), what=f"grandchild {pid} to die after the timeout")
 
 
 def test_terminal_timeout_capped_by_max_timeout(ctx: ToolContext) -> None:
@@ -168,7 +159,7 @@ def test_terminal_background_child_does_not_hang_and_is_killed(ctx: ToolContext)
     assert result.success
     assert result.output == "done\n"
     pid = read_pid(ctx.working_directory / "bg.pid")
-    assert wait_for(lambda: not is_alive(pid)), f"background child {pid} survived"
+    wait_for(lambda: not is_alive(pid), what=f"background child {pid} to die")
 
 
 def test_terminal_cancel_from_another_thread(ctx: ToolContext) -> None:
@@ -186,7 +177,7 @@ def test_terminal_cancel_from_another_thread(ctx: ToolContext) -> None:
     thread = threading.Thread(target=worker)
     thread.start()
     pgid = read_pid(ctx.working_directory / "bash.pid")
-    assert wait_for(lambda: len(group_members(pgid)) >= 2)
+    wait_for(lambda: len(group_members(pgid)) >= 2, what="two group members")
     start = time.monotonic()
     ctx.cancel.cancel()
     assert finished.wait(5)
@@ -194,7 +185,10 @@ def test_terminal_cancel_from_another_thread(ctx: ToolContext) -> None:
     thread.join(5)
     assert isinstance(outcome.get("error"), Cancelled), outcome
     assert elapsed < 2
-    assert wait_for(lambda: not group_members(pgid)), group_members(pgid)
+    wait_for(
+        lambda: not group_members(pgid),
+        what=lambda: f"the group to die, left: {group_members(pgid)}",
+    )
 
 
 def test_terminal_already_cancelled(ctx: ToolContext) -> None:

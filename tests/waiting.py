@@ -1,21 +1,72 @@
-"""Waiting on conditions with a deadline (never a fixed sleep to synchronise)."""
+"""Waiting on conditions with a deadline (never a fixed sleep to synchronise).
+
+`wait_for` (blocking) and `until` (async) are the one way tests wait: both poll
+a condition through the same deadline loop, return its first truthy value, and
+fail with an `AssertionError` naming what was awaited when time runs out.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+# what was awaited, for the failure message: text, or a callable read at the deadline
+What = str | Callable[[], object]
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
+def _checks(timeout: float, interval: float) -> Iterator[float | None]:
+    """The deadline loop: one item per check of the condition.
+
+    Each item is the pause to take if that check fails; the last (at the
+    deadline) is None: the condition had its final look.
+    """
     deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.01)
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(interval, left)
+    yield None
+
+
+def _timed_out(timeout: float, what: What, condition: object) -> AssertionError:
+    described = what() if callable(what) else what
+    return AssertionError(f"timed out after {timeout:g}s waiting for {described or condition}")
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = 10.0, what: What = "", interval: float = 0.01
+) -> T:
+    """Poll `condition` until it is truthy and return that value; fail after `timeout` s."""
+    for pause in _checks(timeout, interval):
+        if value := condition():
+            return value
+        if pause is None:
+            raise _timed_out(timeout, what, condition)
+        time.sleep(pause)
+    raise AssertionError("unreachable")  # (_checks always ends with None)
+
+
+async def until(
+    condition: Callable[[], T | Awaitable[T]],
+    timeout: float = 10.0,
+    what: What = "",
+    interval: float = 0.01,
+) -> T:
+    """`wait_for` on the event loop: the condition may be a plain or an async callable."""
+    for pause in _checks(timeout, interval):
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if pause is None:
+            raise _timed_out(timeout, what, condition)
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 def process_gone(pid: int) -> bool:
