@@ -32,6 +32,7 @@ from http_helpers import (
     ws_path,
 )
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from waiting import until
 
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
@@ -136,6 +137,80 @@ async def test_subscribers_during_the_run_each_get_the_identical_sequence(
     assert len([m for m in sequences[0] if m["type"] == "token"]) > 5
     late, _ = await stream(client, task["id"], user.token)
     assert late == sequences[0]
+
+
+class HistoryGate:
+    """Holds the first history read of one task's events until the test releases it.
+
+    It wraps the real store's read method (the boundary between the runtime and
+    SQLite) and nothing else: the query runs unchanged once released.
+    """
+
+    def __init__(self, runtime: Runtime, task_id: str) -> None:
+        self.reached, self.release = asyncio.Event(), asyncio.Event()
+        self._read = runtime.store.fetch_all
+        self._task_id, self._armed = task_id, True
+
+    async def fetch_all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        if self._armed and "FROM events" in sql and self._task_id in params:
+            self._armed = False
+            self.reached.set()
+            await self.release.wait()
+        return await self._read(sql, params)
+
+
+async def test_events_committed_between_subscribe_and_history_arrive_once(
+    runtime: Runtime,
+    client: TestClient,
+    openai_server: ScriptedOpenAIServer,
+    buggy_repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The history-to-live switch: an event both in the history and in the live queue is sent once.
+
+    The socket subscribes, then its history read is held; meanwhile the task
+    commits events (the answer, a model turn, a second question), which reach
+    the subscription's queue AND the history. Released, the socket must send
+    each of them exactly once, then go on live.
+    """
+    openai_server.script(
+        [
+            ScriptedTurn(tool_calls=[("ask_user", {"question": "first?"})]),
+            ScriptedTurn(text="Half way.", tool_calls=[("ask_user", {"question": "second?"})]),
+            ScriptedTurn(text="All done."),
+        ]
+    )
+    user = await sign_up(client)
+    session = await create_session(client, user, buggy_repo)
+    task = await create_task(client, user, session["id"])
+
+    async def waiting() -> bool:
+        return (await get_task(client, user, task["id"]))["status"] == "waiting_input"
+
+    await until(waiting, what="the first question")
+    gate = HistoryGate(runtime, task["id"])
+    monkeypatch.setattr(runtime.store, "fetch_all", gate.fetch_all)
+    ws = await client.ws_connect(ws_path(task["id"], user.token))
+    await asyncio.wait_for(gate.reached.wait(), 10)  # subscribed, history not read yet
+    assert runtime.hub.subscriber_count(task["id"]) == 1
+
+    await ws.send_json({"type": "input", "content": "go on"})  # (the socket's own input)
+    watcher = await client.ws_connect(ws_path(task["id"], user.token))
+    watched = await read_until(watcher, lambda m: m.get("message") == "second?")
+    first_question = next(m["seq"] for m in watched if m.get("message") == "first?")
+    in_both = [m for m in watched if m["seq"] > first_question]  # history AND live queue
+    assert len(in_both) >= 4, in_both  # answer, running, the model's turn, the question
+
+    gate.release.set()
+    seen = await read_until(ws, lambda m: m.get("message") == "second?")
+    assert seen == watched
+    await ws.send_json({"type": "input", "content": "finish"})
+    seen += await read_until_closed(ws)
+    watched += await read_until_closed(watcher)
+    check_sequence(seen, task["id"])  # no event twice, none missing
+    assert seen == watched
+    statuses = [m["status"] for m in seen if m["type"] == "status"]
+    assert statuses == ["queued", *["running", "waiting_input"] * 2, "running", "completed"]
 
 
 # -- refusals ----------------------------------------------------------------------------------
