@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,12 +76,12 @@ def test_server_listening_comes_once_listening_with_the_real_address(tmp_path: P
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        listening: list[dict[str, Any]] = []
-        while not listening and process.poll() is None and time.monotonic() < deadline:
-            listening = [e for e in log_lines(log_path) if e["event"] == "server_listening"]
-            time.sleep(0.02)  # polling the log for a condition, not synchronising
-        assert listening, f"exit {process.poll()}: {log_path.read_text()}"
+
+        def listening_logged() -> list[dict[str, Any]]:
+            assert process.poll() is None, f"exit {process.poll()}: {log_path.read_text()}"
+            return [e for e in log_lines(log_path) if e["event"] == "server_listening"]
+
+        listening = wait_for(listening_logged, 30, what=lambda: log_path.read_text(), interval=0.02)
         url = listening[0]["url"]
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
         assert listening[0]["urls"] == [url]
