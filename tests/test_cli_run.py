@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
-from waiting import pids_running, process_gone
+from waiting import pids_running, process_gone, wait_for
 
 from minidevin.run_view import diff_stat, format_diff_stat, shorten
 
@@ -195,14 +194,6 @@ def test_ask_user_with_stdin_closed_tells_the_agent(repo: Path, tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     answers = [e["output"] for e in json_events(done.stdout) if e["type"] == "tool_result"]
     assert "stdin is closed" in answers[0]
-
-
-def wait_for(condition: Any, timeout: float, what: str | Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what() if callable(what) else what}")
-        time.sleep(0.02)
 
 
 def test_ctrl_c_stops_the_task_kills_its_processes_and_exits_130(
