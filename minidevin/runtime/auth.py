@@ -65,12 +65,14 @@ class HashPool:
     def __init__(self, workers: int = 1, queue: int = 16) -> None:
         self.capacity = workers + queue
         self.in_flight = 0
+        self.peak = 0  # the most checks ever in flight at once (never above `capacity`)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="bcrypt")
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         if self.in_flight >= self.capacity:
             raise HashBusy("too many password checks at once; retry in a second")
         self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         finally:
