@@ -58,6 +58,19 @@ def test_configuration_follows_the_standard_environment_variables() -> None:
     assert registry.resolve("azure/prod-gpt").provider == "azure"
 
 
+def test_azure_without_deployments_is_no_default_model() -> None:
+    """Azure configured, no deployment listed, nothing else: the catalog's default,
+    which a task then refuses as not configured (400), never an IndexError (500)."""
+    azure = {
+        "AZURE_OPENAI_API_KEY": "k",
+        "AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9",
+        "OPENAI_API_VERSION": "2024-10-21",
+    }
+    registry = ProviderRegistry(azure)
+    assert registry.configured("azure")
+    assert registry.default_model() == "gpt-4o"
+
+
 async def test_ollama_is_configured_only_when_its_server_answers(
     openai_server: ScriptedOpenAIServer,
 ) -> None:

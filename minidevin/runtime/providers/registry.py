@@ -211,8 +211,9 @@ class ProviderRegistry:
 
     def default_model(self) -> str:
         for provider in DEFAULT_ORDER:
-            if self.configured(provider):
-                return self.models(provider)[0].id
+            # (a configured provider may list no models: Azure without deployments)
+            if self.configured(provider) and (models := self.models(provider)):
+                return models[0].id
         return CATALOG[0].id
 
     def price(self, model_id: str) -> tuple[float, float] | None:
