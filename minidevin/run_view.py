@@ -11,10 +11,10 @@ import json
 from typing import Any, TextIO
 
 from minidevin.runtime.events import Event
+from minidevin.runtime.tools.registry import TOOLS, ToolRegistry
 
 STEP_MARKS = {"pending": " ", "in_progress": ">", "completed": "x", "failed": "!", "skipped": "-"}
 RESULT_LINES, LINE_WIDTH = 6, 160
-QUIET_TOOLS = ("plan", "finish", "ask_user")  # shown as the plan, the summary, the question
 
 
 class JsonView:
@@ -35,8 +35,9 @@ class JsonView:
 class HumanView:
     """Readable live output: text as it streams, tool calls, results, plan, status."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, tools: ToolRegistry = TOOLS) -> None:
         self.out = out
+        self.tools = tools  # how each tool's call is shown (`label`, `quiet`)
         self.mid_line = False
         self.plan: list[tuple[str, str]] = []
         self.status_message = ""
@@ -92,17 +93,11 @@ class HumanView:
         self.out.flush()
 
     def _tool_call(self, tool: str, arguments: Any) -> None:
-        if tool in QUIET_TOOLS:
-            return
-        if tool == "terminal" and isinstance(arguments, dict):
-            self._line(_clip(f"$ {arguments.get('command', '')}".splitlines()[0]))
-        elif tool == "editor" and isinstance(arguments, dict):
-            self._line(f"editor {arguments.get('command', '?')} {arguments.get('path', '')}")
-        else:
-            self._line(_clip(f"{tool} {json.dumps(arguments, default=str)}"))
+        if not self.tools.quiet(tool):  # a quiet one shows as the plan, question or summary
+            self._line(_clip(self.tools.label(tool, arguments)))
 
     def _tool_result(self, tool: str, output: str, success: Any) -> None:
-        if tool in QUIET_TOOLS:
+        if self.tools.quiet(tool):
             if not success:
                 self._line(f"  {tool} failed: {_clip(output)}")
             return

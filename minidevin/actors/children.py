@@ -28,17 +28,12 @@ from minidevin.actors.messages import (
 )
 from minidevin.runtime.cancel import Cancelled, CancelToken
 from minidevin.runtime.diffs import write_diff
+from minidevin.runtime.event_types import Token, TurnRestart
 from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.providers.base import Model, ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.providers.retry import RetryPolicy, stream_with_retries
-from minidevin.runtime.tools import (
-    EditorTool,
-    TerminalTool,
-    ToolContext,
-    ToolResult,
-    run_tool,
-)
+from minidevin.runtime.tools import TOOLS, ToolContext, ToolRegistry, ToolResult
 from minidevin.runtime.tools.environment import command_environment
 from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.sandbox import run_identity, sandbox_status
@@ -81,7 +76,7 @@ class ModelActor(pykka.ThreadingActor):
                 self.model,
                 messages,
                 tools,
-                on_token=lambda text: self.events.emit("token", content=text),
+                on_token=lambda text: self.events.emit(Token(content=text)),
                 cancel=self.cancel,
                 policy=self.policy,
                 on_retry=self._announce_retry,
@@ -107,12 +102,13 @@ class ModelActor(pykka.ThreadingActor):
     def _announce_retry(self, attempt: int, delay: float, error: ProviderError) -> None:
         """Tell clients the turn restarts: tokens streamed since the last turn are void."""
         self.events.emit(
-            "turn_restart",
-            attempt=attempt,
-            max_attempts=self.policy.max_attempts,
-            delay=round(delay, 3),
-            code=error.code,
-            reason=error.message,
+            TurnRestart(
+                attempt=attempt,
+                max_attempts=self.policy.max_attempts,
+                delay=round(delay, 3),
+                code=error.code,
+                reason=error.message,
+            )
         )
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
@@ -120,14 +116,23 @@ class ModelActor(pykka.ThreadingActor):
 
 
 class ToolActor(pykka.ThreadingActor):
-    """Executes `terminal` and `editor` calls, one at a time, and workspace snapshots."""
+    """Executes the registry's `"tools"` calls (`terminal`, `editor`, external tools), one
+    at a time, and workspace snapshots. Its executors are its own (the editor's undo
+    history is per task)."""
 
-    def __init__(self, parent: pykka.ActorRef, context: ToolContext, snapshots: Snapshots) -> None:
+    def __init__(
+        self,
+        parent: pykka.ActorRef,
+        context: ToolContext,
+        snapshots: Snapshots,
+        registry: ToolRegistry | None = None,
+    ) -> None:
         super().__init__()
         self.parent = parent
         self.context = context
         self.snapshots = snapshots
-        self.tools = {tool.name: tool for tool in (TerminalTool(), EditorTool())}
+        self.registry = registry if registry is not None else TOOLS
+        self.tools = self.registry.executors()
 
     def on_receive(self, message: Any) -> None:
         match message:
@@ -142,7 +147,7 @@ class ToolActor(pykka.ThreadingActor):
         context = self.context
         try:  # still the session's directory (the editor checks again on its descriptor)
             verify_working_directory(context.working_directory, context.workspace_identity)
-            return run_tool(self.tools[name], arguments, context)
+            return self.registry.execute(name, arguments, context, self.tools)
         except WorkspaceChanged as exc:
             return ToolResult(str(exc), success=False)
         except Cancelled:

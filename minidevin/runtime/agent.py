@@ -1,7 +1,8 @@
 """The agent's policy: its system prompt, the tools it may call, and its plan.
 
-`plan`, `ask_user` and `finish` only change task state, so the TaskActor
-handles them itself; `terminal` and `editor` execute in a ToolActor. A turn the
+The tools are declared in `tools.registry`: `plan`, `ask_user` and `finish` only
+change task state, so the TaskActor handles them itself; `terminal` and `editor`
+execute in a ToolActor. A turn the
 output-token limit cut off is no answer: its whole tool calls run, a call cut
 mid-arguments gets `CUT_CALL_RESULT` instead of running, and the next turn
 starts with `CONTINUE_MESSAGE`.
@@ -15,7 +16,9 @@ from typing import Any
 
 from minidevin.runtime.instructions import Instructions
 from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
-from minidevin.runtime.tools import EditorTool, TerminalTool, ToolError, ToolResult, tool_schema
+from minidevin.runtime.tools import TOOLS, ToolResult
+from minidevin.runtime.tools.base import decode_object
+from minidevin.runtime.tools.registry import STEP_STATUSES as STEP_STATUSES
 
 SYSTEM_PROMPT = """\
 You are minidevin, an autonomous software engineer working in the repository at {cwd}.
@@ -25,64 +28,15 @@ files (paths are relative to the working directory), check your work by running 
 `finish` with a short summary when you are done. Ask the user with `ask_user` only when you
 cannot proceed without an answer."""
 
-STEP_STATUSES = ("pending", "in_progress", "completed", "failed", "skipped")
-
-PLAN_TOOL: dict[str, Any] = {
-    "name": "plan",
-    "description": "Set the plan: the whole list of steps with their status. Call it again "
-    "with the full list whenever a step's status changes.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "steps": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "description": {"type": "string"},
-                        "status": {"type": "string", "enum": list(STEP_STATUSES)},
-                    },
-                    "required": ["description"],
-                },
-            }
-        },
-        "required": ["steps"],
-    },
-}
-ASK_USER_TOOL: dict[str, Any] = {
-    "name": "ask_user",
-    "description": "Ask the user a question and wait for the answer.",
-    "parameters": {
-        "type": "object",
-        "properties": {"question": {"type": "string"}},
-        "required": ["question"],
-    },
-}
-FINISH_TOOL: dict[str, Any] = {
-    "name": "finish",
-    "description": "End the task with a summary of what was done and whether it succeeded.",
-    "parameters": {
-        "type": "object",
-        "properties": {"summary": {"type": "string"}, "success": {"type": "boolean"}},
-        "required": ["summary"],
-    },
-}
-CONTROL_TOOLS = ("plan", "ask_user", "finish")
-EXECUTING_TOOLS = ("terminal", "editor")
-
-
-class _Spec:
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.name = spec["name"]
-        self.description = spec["description"]
-        self.parameters = spec["parameters"]
+# The tools are declared in `tools.registry` (one `ToolSpec` each); the names below are
+# thin wrappers over it, kept while callers move to the registry itself.
+CONTROL_TOOLS = TOOLS.names_in("task")
+EXECUTING_TOOLS = TOOLS.names_in("tools")
 
 
 def tool_schemas() -> list[dict[str, Any]]:
     """Every tool the model may call, as Chat Completions `tools` entries."""
-    tools: list[Any] = [TerminalTool(), EditorTool()]
-    tools += [_Spec(spec) for spec in (PLAN_TOOL, ASK_USER_TOOL, FINISH_TOOL)]
-    return [tool_schema(tool) for tool in tools]
+    return TOOLS.schemas()
 
 
 def initial_messages(
@@ -156,45 +110,20 @@ def input_of(call: ToolCall) -> Any:
 
 def decode_arguments(raw: str) -> dict[str, Any]:
     """Tool arguments as a dict; `ToolError` with a correctable message otherwise."""
-    try:
-        value = json.loads(raw or "{}")
-    except json.JSONDecodeError as exc:
-        raise ToolError(f"arguments are not valid JSON ({exc.msg}); send a JSON object") from None
-    if not isinstance(value, dict):
-        raise ToolError("arguments must be a JSON object")
-    return value
+    return decode_object(raw)
 
 
 def plan_from_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     """`{"steps": [{id, description, status}]}`; step ids are `step-N` by position."""
-    steps = arguments.get("steps")
-    if not isinstance(steps, list) or not steps:
-        raise ToolError("plan needs 'steps': a non-empty list of {description, status}")
-    plan = []
-    for number, step in enumerate(steps, start=1):
-        if isinstance(step, str):
-            step = {"description": step}
-        if not isinstance(step, dict) or not isinstance(step.get("description"), str):
-            raise ToolError(f"step {number} needs a 'description' string")
-        status = step.get("status", "pending")
-        if status not in STEP_STATUSES:
-            raise ToolError(f"step {number} status must be one of {', '.join(STEP_STATUSES)}")
-        plan.append({"id": f"step-{number}", "description": step["description"], "status": status})
-    return {"steps": plan}
+    plan: dict[str, Any] = TOOLS.validate("plan", arguments).to_plan()
+    return plan
 
 
 def finish_from_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    summary = arguments.get("summary")
-    if not isinstance(summary, str) or not summary.strip():
-        raise ToolError("finish needs a non-empty 'summary' string")
-    success = arguments.get("success", True)
-    if not isinstance(success, bool):
-        raise ToolError("finish 'success' must be true or false")
-    return {"success": success, "summary": summary}
+    result: dict[str, Any] = TOOLS.validate("finish", arguments).result()
+    return result
 
 
 def question_from_arguments(arguments: dict[str, Any]) -> str:
-    question = arguments.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise ToolError("ask_user needs a non-empty 'question' string")
+    question: str = TOOLS.validate("ask_user", arguments).question
     return question

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, Self
 
-from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
+from pydantic import Field, field_validator, model_validator
+
+from minidevin.runtime.tools.base import ToolArguments, ToolContext, ToolError, ToolResult
 from minidevin.runtime.tools.paths import (
     Target,
     acting_as,
@@ -28,7 +31,47 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_HISTORY_PER_FILE = 50
 MAX_LISTING_ENTRIES = 1000
 SNIPPET_LINES = 4
-_COMMANDS = ("view", "create", "str_replace", "insert", "undo_edit")
+
+
+class EditorArguments(ToolArguments):
+    command: Literal["view", "create", "str_replace", "insert", "undo_edit"] = Field(
+        description="What to do."
+    )
+    path: str = Field(min_length=1, description="File or directory path.")
+    file_text: str | None = Field(None, description="`create`: the file's content.")
+    old_str: str | None = Field(None, description="`str_replace`: exact text to replace.")
+    new_str: str | None = Field(
+        None, description="`str_replace`: replacement text; `insert`: text to insert."
+    )
+    insert_line: int | None = Field(
+        None, description="`insert`: insert after this line (0 = beginning of file)."
+    )
+    view_range: list[int] | None = Field(
+        None,
+        description="`view`: [start, end] line range, 1-based; end -1 = to the end.",
+        json_schema_extra={"minItems": 2, "maxItems": 2},
+    )
+
+    @field_validator("view_range")
+    @classmethod
+    def _two_integers(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(value) != 2:
+            raise ValueError("must be a list of two integers [start, end]")
+        return value
+
+    @model_validator(mode="after")
+    def _what_the_command_needs(self) -> Self:
+        needs = {
+            "create": ("file_text",),
+            "str_replace": ("old_str",),
+            "insert": ("insert_line", "new_str"),
+        }.get(self.command, ())
+        for name in needs:
+            if getattr(self, name) is None:
+                raise ValueError(f"`{name}` is required for `{self.command}`")
+        if self.command == "str_replace" and not self.old_str:
+            raise ValueError("`old_str` must not be empty")
+        return self
 
 
 class EditorTool:
@@ -49,47 +92,23 @@ class EditorTool:
         "(0 = at the beginning of the file).\n"
         "* `undo_edit`: revert the last edit made to `path` with this tool."
     )
-    parameters: dict[str, Any] = {
-        "type": "object",
-        "properties": {
-            "command": {"type": "string", "enum": list(_COMMANDS), "description": "What to do."},
-            "path": {"type": "string", "description": "File or directory path."},
-            "file_text": {"type": "string", "description": "`create`: the file's content."},
-            "old_str": {"type": "string", "description": "`str_replace`: exact text to replace."},
-            "new_str": {
-                "type": "string",
-                "description": "`str_replace`: replacement text; `insert`: text to insert.",
-            },
-            "insert_line": {
-                "type": "integer",
-                "description": "`insert`: insert after this line (0 = beginning of file).",
-            },
-            "view_range": {
-                "type": "array",
-                "items": {"type": "integer"},
-                "minItems": 2,
-                "maxItems": 2,
-                "description": "`view`: [start, end] line range, 1-based; end -1 = to the end.",
-            },
-        },
-        "required": ["command", "path"],
-        "additionalProperties": False,
-    }
+    arguments = EditorArguments
 
     def __init__(self) -> None:
         self._history: dict[tuple[str, ...], list[bytes | None]] = {}
         self._lock = threading.Lock()
 
-    def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult:
+    def run(
+        self, arguments: Mapping[str, Any] | EditorArguments, context: ToolContext
+    ) -> ToolResult:
         """Execute one editor command; raises `ToolError` for invalid requests.
 
         The working directory is opened once (and checked to be the session's), then
         every file is opened beneath it, as the uid commands run as (see `paths`).
         """
-        command = arguments.get("command")
-        if command not in _COMMANDS:
-            raise ToolError(f"`command` must be one of {', '.join(_COMMANDS)}; got {command!r}")
-        parts = split_path(context.working_directory, _string(arguments, "path"))
+        arguments = EditorArguments.of(arguments, self.name)
+        command = arguments.command
+        parts = split_path(context.working_directory, arguments.path)
         shown = "/".join(parts) or "."
         handler = getattr(self, f"_{command}")
         switch = context.uid is not None and context.uid != 0 and os.geteuid() == 0
@@ -111,8 +130,8 @@ class EditorTool:
             os.close(root)
         return ToolResult(output=output, success=True)
 
-    def _view(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
-        view_range = arguments.get("view_range")
+    def _view(self, arguments: EditorArguments, target: Target, limit: int) -> str:
+        view_range = arguments.view_range
         shown = target.shown
         fd = target.open_existing(os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         try:
@@ -137,8 +156,8 @@ class EditorTool:
             )
         return header + body
 
-    def _create(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
-        text = _string(arguments, "file_text", allow_empty=True)
+    def _create(self, arguments: EditorArguments, target: Target, limit: int) -> str:
+        text = arguments.file_text or ""
         kind = target.kind()
         if not target.parts or (kind is not None and stat.S_ISDIR(kind)):
             raise ToolError(f"{target.shown} is a directory; `create` needs a file path")
@@ -148,9 +167,9 @@ class EditorTool:
         verb = "created" if previous is None else "overwritten"
         return f"File {verb} successfully at: {target.shown} ({len(_lines(text))} lines)"
 
-    def _str_replace(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
-        old = _string(arguments, "old_str")
-        new = _string(arguments, "new_str", allow_empty=True, default="")
+    def _str_replace(self, arguments: EditorArguments, target: Target, limit: int) -> str:
+        old = arguments.old_str or ""
+        new = arguments.new_str or ""
         shown = target.shown
         original = _decode(target.read())
         positions = _occurrences(original, old)
@@ -173,11 +192,9 @@ class EditorTool:
         first = original.count("\n", 0, at) + 1
         return _edited(shown, updated, first, first + new.count("\n"))
 
-    def _insert(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
-        new = _string(arguments, "new_str", allow_empty=True)
-        line = arguments.get("insert_line")
-        if isinstance(line, bool) or not isinstance(line, int):
-            raise ToolError("`insert_line` is required and must be an integer")
+    def _insert(self, arguments: EditorArguments, target: Target, limit: int) -> str:
+        new = arguments.new_str or ""
+        line = arguments.insert_line or 0
         original = _decode(target.read())
         lines = original.split("\n")
         count = len(_lines(original))
@@ -194,7 +211,7 @@ class EditorTool:
         self._remember(target.parts, _encode(original))
         return _edited(target.shown, updated, line + 1, line + 1 + new.count("\n"))
 
-    def _undo_edit(self, arguments: dict[str, Any], target: Target, limit: int) -> str:
+    def _undo_edit(self, arguments: EditorArguments, target: Target, limit: int) -> str:
         history = self._history.get(target.parts)
         if not history:
             raise ToolError(f"No edit to undo for {target.shown}")
@@ -210,16 +227,6 @@ class EditorTool:
         history = self._history.setdefault(parts, [])
         history.append(previous)
         del history[:-MAX_HISTORY_PER_FILE]
-
-
-def _string(
-    arguments: dict[str, Any], key: str, allow_empty: bool = False, default: str | None = None
-) -> str:
-    value = arguments.get(key, default)
-    if not isinstance(value, str) or (not value and not allow_empty):
-        kind = "a string" if allow_empty else "a non-empty string"
-        raise ToolError(f"`{key}` is required and must be {kind}")
-    return value
 
 
 # Text is kept with undecodable bytes as surrogates, so writing it back is byte-exact.
@@ -267,14 +274,8 @@ def _occurrences(text: str, needle: str) -> list[int]:
     return positions
 
 
-def _check_range(view_range: Any, count: int) -> tuple[int, int]:
-    if (
-        not isinstance(view_range, list)
-        or len(view_range) != 2
-        or not all(isinstance(n, int) and not isinstance(n, bool) for n in view_range)
-    ):
-        raise ToolError("`view_range` must be a list of two integers [start, end]")
-    start, end = view_range
+def _check_range(view_range: list[int], count: int) -> tuple[int, int]:
+    start, end = view_range  # two integers (`EditorArguments`)
     if not 1 <= start <= max(count, 1):
         raise ToolError(f"`view_range` start {start} must be between 1 and {count}")
     if end == -1 or end > count:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import math
 import os
 import selectors
 import signal
@@ -12,14 +11,21 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
+from pydantic import Field
 
 from minidevin.runtime.cancel import Cancelled
 from minidevin.runtime.tools import cgroups, sandbox
-from minidevin.runtime.tools.base import ToolContext, ToolError, ToolResult
+from minidevin.runtime.tools.base import (
+    NonBlank,
+    ToolArguments,
+    ToolContext,
+    ToolError,
+    ToolResult,
+)
 from minidevin.runtime.tools.environment import command_environment
 from minidevin.runtime.tools.network import UserNetwork, network_status
 
@@ -105,6 +111,16 @@ class _ProcessGroup:
             return True
 
 
+class TerminalArguments(ToolArguments):
+    command: NonBlank = Field(description="The bash command to run.")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Optional time limit in seconds (the default is used if omitted; "
+        "values above the maximum are capped).",
+    )
+
+
 class TerminalTool:
     """Runs `bash -c <command>` in the workspace and returns its combined output."""
 
@@ -120,19 +136,7 @@ class TerminalTool:
         "command. The command is killed after `timeout` seconds; a nonzero exit code "
         "is reported as a line `[exit code: N]`."
     )
-    parameters: dict[str, Any] = {
-        "type": "object",
-        "properties": {
-            "command": {"type": "string", "description": "The bash command to run."},
-            "timeout": {
-                "type": "number",
-                "description": "Optional time limit in seconds (the default is used if "
-                "omitted; values above the maximum are capped).",
-            },
-        },
-        "required": ["command"],
-        "additionalProperties": False,
-    }
+    arguments = TerminalArguments
 
     def build_argv(
         self,
@@ -163,12 +167,13 @@ class TerminalTool:
             gid=context.gid,
         )
 
-    def run(self, arguments: dict[str, Any], context: ToolContext) -> ToolResult:
+    def run(
+        self, arguments: Mapping[str, Any] | TerminalArguments, context: ToolContext
+    ) -> ToolResult:
         """Run the command; raises `Cancelled` if the task's cancel token fires."""
-        command = arguments.get("command")
-        if not isinstance(command, str) or not command.strip():
-            raise ToolError("`command` is required and must be a non-empty string")
-        timeout = self._timeout(arguments.get("timeout"), context)
+        valid = TerminalArguments.of(arguments, self.name)
+        command = valid.command
+        timeout = min(valid.timeout or float(context.default_timeout), context.max_timeout)
         context.cancel.raise_if_set()
         with contextlib.ExitStack() as stack:
             workdir_fd = _open_workdir(context)
@@ -264,18 +269,6 @@ class TerminalTool:
                 detail = f" ({said})" if said else ""
                 raise ToolError(f"could not set up the command's network: {exc}{detail}") from exc
         return group, cgroup, note
-
-    @staticmethod
-    def _timeout(value: Any, context: ToolContext) -> float:
-        if value is None:
-            timeout = float(context.default_timeout)
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise ToolError("`timeout` must be a number of seconds")
-        elif math.isnan(value) or value <= 0:
-            raise ToolError("`timeout` must be a positive number of seconds")
-        else:
-            timeout = float(value)
-        return min(timeout, context.max_timeout)
 
     @staticmethod
     def _pump(
