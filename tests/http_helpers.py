@@ -245,7 +245,11 @@ class GatedModel:
         self.turns.setdefault(description, deque()).append((turn, gate))
 
     async def __call__(self, body: dict[str, Any]) -> ScriptedTurn:
-        description = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        description = next(  # the task's own (after any earlier tasks of its session)
+            m["content"]
+            for m in body["messages"]
+            if m["role"] == "user" and m["content"] in self.turns
+        )
         self.calls.append(description)
         turn, gate = self.turns[description].popleft()
         if gate is not None:

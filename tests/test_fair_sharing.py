@@ -54,7 +54,11 @@ class PerTask:
         return description
 
     def __call__(self, body: dict[str, Any]) -> ScriptedTurn:
-        description = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        description = next(  # the task's own (after any earlier tasks of its session)
+            m["content"]
+            for m in body["messages"]
+            if m["role"] == "user" and m["content"] in self.turns
+        )
         return self.turns[description].popleft()
 
 

@@ -45,6 +45,7 @@ from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
+from minidevin.runtime.event_types import parse_event
 from minidevin.runtime.settings import Settings
 
 # a root-owned repository is handed to the sandbox uid when a session opens on it:
@@ -53,7 +54,8 @@ GIT = ["git", "-c", "safe.directory=*"]
 
 # The fields of each message type the API document defines (besides type and timestamp,
 # plus our seq and task_id); other types (e.g. `usage`) are extensions.
-EVENT_FIELDS = {
+# the API document's fields of each of its message types (ours may add to them)
+API_EVENT_FIELDS = {
     "token": {"content"},
     "tool_call": {"tool", "input"},
     "tool_result": {"tool", "output", "success"},
@@ -118,10 +120,15 @@ async def test_the_user_story_through_rest_and_websocket(
     events = await read_until_closed(ws)
     assert ws.close_code == 1000
     check_sequence(events, task["id"])
-    for event in events:
-        fields = set(event) - {"type", "seq", "task_id", "timestamp"}
-        if event["type"] in EVENT_FIELDS:
-            assert fields == EVENT_FIELDS[event["type"]], event
+    for event in events:  # each is its typed model, with every field the API names
+        fields = {
+            k: v for k, v in event.items() if k not in ("type", "seq", "task_id", "timestamp")
+        }
+        parse_event(event["type"], fields)
+        assert API_EVENT_FIELDS.get(event["type"], set()) <= set(fields), event
+    calls = {e["call_id"]: e["tool"] for e in events if e["type"] == "tool_call"}
+    results = [(e["call_id"], e["tool"]) for e in events if e["type"] == "tool_result"]
+    assert calls and sorted(results) == sorted(calls.items())  # each call paired by call_id
     types = [event["type"] for event in events]
     assert {"token", "plan_update", "tool_call", "tool_result", "status"} <= set(types)
     statuses = [event["status"] for event in events if event["type"] == "status"]

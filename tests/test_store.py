@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from minidevin.runtime.event_types import Status, Token
 from minidevin.runtime.events import Event, TaskEventLog
 from minidevin.runtime.schema import SCHEMA_VERSION
 from minidevin.runtime.store import Store, StoreError
@@ -75,7 +76,7 @@ async def test_events_are_published_only_after_commit_and_in_order(tmp_path: Pat
         await seed_task(store)
         log = TaskEventLog("t1", store.submit)
         emitters = [
-            asyncio.to_thread(lambda: [log.emit("token", content=str(i)) for i in range(500)])
+            asyncio.to_thread(lambda: [log.emit(Token(content=str(i))) for i in range(500)])
             for _ in range(4)
         ]
         await asyncio.gather(*emitters)
@@ -92,9 +93,9 @@ async def test_one_bad_write_does_not_lose_the_rest_of_its_batch(tmp_path: Path)
     try:
         await seed_task(store)
         log = TaskEventLog("t1", store.submit)
-        log.emit("status", status="running", message="")
+        log.emit(Status(status="running", message=""))
         bad = store.write("INSERT INTO nowhere VALUES (1)")
-        log.emit("status", status="completed", message="")
+        log.emit(Status(status="completed", message=""))
         with pytest.raises(StoreError):
             await bad
         await store.flush()
@@ -108,7 +109,7 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     store = await open_store(path)
     await seed_task(store)
-    TaskEventLog("t1", store.submit).emit("status", status="queued", message="Task queued")
+    TaskEventLog("t1", store.submit).emit(Status(status="queued", message="Task queued"))
     await store.close()
     reopened = await open_store(path)
     try:

@@ -32,7 +32,8 @@ from minidevin.actors.messages import (
 )
 from minidevin.actors.task import TaskActor
 from minidevin.runtime import records
-from minidevin.runtime.events import TaskEventLog, utc_now
+from minidevin.runtime.event_types import Resumed, Status
+from minidevin.runtime.events import TaskEventLog
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +65,21 @@ class SessionActor(pykka.ThreadingActor):
             case SubmitTask(spec=spec, reply=reply):
                 self.submitted += 1
                 self.user = spec.user_id
-                entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.submit))
-                entry.events.emit("status", status="queued", message="Task queued")
+                if self._holds(spec.task_id):  # (a resume of a task already live again)
+                    reply.set_result("conflict")
+                    return
+                last_seq = spec.resume["last_seq"] if spec.resume is not None else 0
+                entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.submit, last_seq))
+                if spec.resume is not None:
+                    entry.events.emit(
+                        Resumed(
+                            message=spec.resume.get("message"),
+                            max_iterations=spec.max_iterations,
+                            max_cost_usd=spec.max_cost_usd,
+                        )
+                    )
+                queued = "Task resumed" if spec.resume is not None else "Task queued"
+                entry.events.emit(Status(status="queued", message=queued))
                 self.waiting.append(entry)
                 self._start_next()
                 running = self.running is not None and self.running[0] is entry
@@ -120,6 +134,9 @@ class SessionActor(pykka.ThreadingActor):
             self.deps.on_session_idle(self.session_id, self.submitted)
         self.idle = idle
 
+    def _holds(self, task_id: str) -> bool:
+        return self._is_running(task_id) or any(e.spec.task_id == task_id for e in self.waiting)
+
     def _is_running(self, task_id: str) -> bool:
         return self.running is not None and self.running[0].spec.task_id == task_id
 
@@ -144,12 +161,8 @@ class SessionActor(pykka.ThreadingActor):
         if not self._want_slot():
             return
         entry = self.waiting.popleft()
-        now = utc_now()
-        self.deps.store.submit(
-            records.update_task(entry.spec.task_id, status="running", started_at=now)
-        )
         self.deps.store.submit(records.touch_session(self.session_id))
-        entry.events.emit("status", status="running", message="Task started")
+        entry.events.emit(Status(status="running", message="Task started"))
         task = TaskActor.start(entry.spec, entry.events, self.deps, self.actor_ref)
         self.running = (entry, task)
 
@@ -166,9 +179,8 @@ class SessionActor(pykka.ThreadingActor):
         self._tell_running(SlotGranted())
 
     def _show_queued(self, entry: _Entry) -> None:
-        self.deps.store.submit(records.update_task(entry.spec.task_id, status="queued"))
         entry.events.emit(
-            "status", status="queued", message="Input received; waiting for a free task slot"
+            Status(status="queued", message="Input received; waiting for a free task slot")
         )
 
     def _release_slot(self) -> None:
@@ -183,10 +195,7 @@ class SessionActor(pykka.ThreadingActor):
         for entry in self.waiting:
             if entry.spec.task_id == task_id:
                 self.waiting.remove(entry)
-                self.deps.store.submit(
-                    records.update_task(task_id, status="stopped", completed_at=utc_now())
-                )
-                entry.events.emit("status", status="stopped", message=reason)
+                entry.events.emit(Status(status="stopped", message=reason))
                 entry.events.close()
                 if reply is not None:
                     reply.set_result("stopped")

@@ -41,12 +41,15 @@ from minidevin.actors.messages import (
     UserInput,
 )
 from minidevin.actors.task_end import Ending, record_task_end, task_ending
-from minidevin.runtime import agent, records
+from minidevin.actors.task_start import interrupted_results, load_history, opening_events
+from minidevin.runtime import agent
+from minidevin.runtime import event_types as ev
 from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.context import fit_messages, input_budget
+from minidevin.runtime.event_types import EventBody
 from minidevin.runtime.events import TaskEventLog
-from minidevin.runtime.instructions import Instructions, instructions_for
-from minidevin.runtime.providers.base import ToolCall
+from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
+from minidevin.runtime.task_history import TaskHistory
 from minidevin.runtime.tools import ToolError, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.usage import UsageMeter
@@ -65,17 +68,13 @@ class TaskActor(pykka.ThreadingActor):
         self.deps = deps
         self.session = session
         self.cancel = CancelToken()
-        self.messages = agent.initial_messages(spec.description, spec.working_directory)
+        # the conversation and the task's state: changed only by applying our own events
+        self.history = TaskHistory()
         self.tools = tuple(agent.tool_schemas())
-        self.instructions = Instructions()
-        self.plan: dict[str, Any] = {"steps": []}
-        self.iterations = 0
-        self.cut_off = False  # the latest model turn was cut off by its output limit
         self.pending_calls: deque[ToolCall] = deque()
         self.running_call: ToolCall | None = None
         self.question_call: ToolCall | None = None
         self.answered = False  # the question is answered; going on once the slot is back
-        self.queued_input: list[str] = []
         self.base_tree: str | None = None
         self.ending: Ending | None = None
         self.model: pykka.ActorRef | None = None
@@ -109,8 +108,15 @@ class TaskActor(pykka.ThreadingActor):
                 spec.task_id,
                 workspace_identity=spec.workspace_identity,
             )
-            self.instructions = instructions_for(context)  # AGENTS.md, read as commands run
-            self.messages[0] = agent.system_message(spec.working_directory, self.instructions)
+            self.history = load_history(spec, self.deps)  # a resumed task's, from its log
+            self.meter.restore(self.history.usage)
+            opening = (  # a new task's first events, or a resumed one's unanswered calls
+                interrupted_results(self.history)
+                if self.history.started
+                else opening_events(spec, self.deps, context)
+            )
+            for body in opening:
+                self._emit(body)
             self.tool_runner = ToolActor.start(self.actor_ref, context, self.snapshots)
             self.tool_runner.tell(TakeSnapshot())
         except Exception:  # pykka would not call on_failure for this: fail the task here
@@ -184,18 +190,16 @@ class TaskActor(pykka.ThreadingActor):
     # -- the loop: model turn -> tool calls -> next turn ----------------------------------
 
     def _next_turn(self) -> None:
-        if self.iterations >= self.spec.max_iterations:
+        if self.history.iterations >= self.spec.max_iterations:
             self._end(
                 "failed",
                 error=("MAX_ITERATIONS_REACHED", "Maximum iterations reached"),
-                message=f"Stopped after {self.iterations} iterations",
+                message=f"Stopped after {self.history.iterations} iterations",
             )
             return
-        if self.cut_off:  # (each turn sets it anew)
-            self.messages.append(agent.continue_message())
-        for content in self.queued_input:
-            self.messages.append({"role": "user", "content": content})
-        self.queued_input.clear()
+        if self.history.truncated:  # (each turn sets it anew)
+            self._emit(ev.UserMessage(content=CONTINUE_MESSAGE, source="continue"))
+        self._emit(ev.TurnStart(iteration=self.history.iterations + 1))  # sends what is pending
         self._request_turn()
 
     def _request_turn(self) -> None:
@@ -208,7 +212,7 @@ class TaskActor(pykka.ThreadingActor):
                 self.cancel,
                 self.deps.retry_policy,
             )
-        fitted = fit_messages(self.messages, self.context_budget)
+        fitted = fit_messages(self.history.messages, self.context_budget)
         self.model.tell(StreamTurn(tuple(fitted), self.tools))
 
     def _shrink_context(self) -> bool:
@@ -222,11 +226,20 @@ class TaskActor(pykka.ThreadingActor):
     def _on_turn(self, turn: Any) -> None:
         if self.ending is not None:
             return
-        self.iterations += 1
         self.meter.add(turn.usage)
-        self.messages.append(turn.as_message())
-        self._write(iterations=self.iterations, usage=self.meter.as_dict())
-        self.events.emit("usage", usage=self.meter.as_dict(), iteration=self.iterations)
+        calls = [
+            ev.ModelToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in turn.tool_calls
+        ]
+        self._emit(
+            ev.ModelTurnEvent(
+                content=turn.text,
+                tool_calls=calls,
+                finish_reason=turn.finish_reason,
+                truncated=turn.truncated,
+            )
+        )
+        usage = self.meter.as_dict()
+        self._emit(ev.UsageUpdate(usage=usage, iteration=self.history.iterations + 1))
         overspent = self.meter.over_budget(self.spec.max_cost_usd)
         if overspent is not None:
             self._end(
@@ -235,11 +248,12 @@ class TaskActor(pykka.ThreadingActor):
                 message="Stopped: the cost budget is spent",
             )
             return
-        self.cut_off = turn.truncated
-        if self.cut_off:  # not an answer: its whole calls run, then it goes on
+        if turn.truncated:  # not an answer: its whole calls run, then it goes on
             self._set_status("running", agent.CUT_OFF_STATUS)
         elif not turn.tool_calls:
-            summary = agent.final_summary(self.messages) or "The agent ended without a summary."
+            summary = (
+                agent.final_summary(self.history.messages) or "The agent ended without a summary."
+            )
             self._end("completed", result={"success": True, "summary": summary})
             return
         self.pending_calls.extend(turn.tool_calls)
@@ -249,8 +263,10 @@ class TaskActor(pykka.ThreadingActor):
         """Run the turn's remaining tool calls; when none is left, start the next turn."""
         while self.pending_calls and self.ending is None:
             call = self.pending_calls.popleft()
-            self.events.emit("tool_call", tool=call.name, input=agent.input_of(call))
-            if self.cut_off and agent.is_cut_call(call):
+            self._emit(
+                ev.ToolCallEvent(call_id=call.id, tool=call.name, input=agent.input_of(call))
+            )
+            if self.history.truncated and agent.is_cut_call(call):
                 self._record_result(call, agent.CUT_CALL_RESULT)
                 continue
             if call.name in agent.EXECUTING_TOOLS:
@@ -270,10 +286,9 @@ class TaskActor(pykka.ThreadingActor):
         try:
             arguments = agent.decode_arguments(call.arguments)
             if call.name == "plan":
-                self.plan = agent.plan_from_arguments(arguments)
-                self._write(plan=self.plan)
-                self.events.emit("plan_update", plan=self.plan)
-                return ToolResult(f"Plan updated ({len(self.plan['steps'])} steps).", True)
+                plan = agent.plan_from_arguments(arguments)
+                self._emit(ev.PlanUpdate.model_validate({"plan": plan}))
+                return ToolResult(f"Plan updated ({len(plan['steps'])} steps).", True)
             if call.name == "finish":
                 result = agent.finish_from_arguments(arguments)
                 self.pending_calls.clear()
@@ -306,12 +321,12 @@ class TaskActor(pykka.ThreadingActor):
             return False
         if self.question_call is None:
             limit = self.deps.settings.max_pending_inputs
-            if len(self.queued_input) >= limit:
+            if len(self.history.pending) >= limit:
                 raise InputsFull(
                     f"the task already holds {limit} unread inputs "
                     "(MINIDEVIN_MAX_PENDING_INPUTS); send more once it has read them"
                 )
-            self.queued_input.append(content)
+            self._emit(ev.UserMessage(content=content, source="input"))  # sent with the next turn
             return True
         call, self.question_call = self.question_call, None
         self._record_result(call, ToolResult(content, True))
@@ -321,10 +336,11 @@ class TaskActor(pykka.ThreadingActor):
         return True
 
     def _record_result(self, call: ToolCall, result: ToolResult) -> None:
-        self.events.emit(
-            "tool_result", tool=call.name, output=result.output, success=result.success
+        self._emit(
+            ev.ToolResultEvent(
+                call_id=call.id, tool=call.name, output=result.output, success=result.success
+            )
         )
-        self.messages.append({"role": "tool", "tool_call_id": call.id, "content": result.output})
 
     def _on_child_crash(self, child: str, error: str) -> None:
         log.error("child_crashed", task_id=self.spec.task_id, child=child, error=error)
@@ -372,18 +388,7 @@ class TaskActor(pykka.ThreadingActor):
         status = self.ending[0]
         if not patch:
             self.snapshots.discard()  # (a diff, when made, discarded it already)
-        record_task_end(
-            self.deps,
-            self.spec,
-            self.events,
-            self.ending,
-            patch,
-            plan=self.plan,
-            messages=self.messages,
-            iterations=self.iterations,
-            usage=self.meter.as_dict(),
-            instructions=self.instructions.record(),
-        )
+        record_task_end(self.deps, self.spec, self.events, self.ending, patch, self.history)
         for reply in self.stop_replies:
             if not reply.done():
                 reply.set_result(status)
@@ -395,8 +400,10 @@ class TaskActor(pykka.ThreadingActor):
     # -- helpers --------------------------------------------------------------------------
 
     def _set_status(self, status: str, message: str) -> None:
-        self._write(status=status)
-        self.events.emit("status", status=status, message=message)
+        self._emit(ev.Status(status=status, message=message))  # type: ignore[arg-type]
 
-    def _write(self, **fields: Any) -> None:
-        self.deps.store.submit(records.update_task(self.spec.task_id, **fields))
+    def _emit(self, body: EventBody) -> None:
+        """Append an event to the log and apply it to the task's own history."""
+        event = self.events.emit(body)
+        if event is not None:
+            self.history.apply(event)

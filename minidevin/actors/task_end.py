@@ -1,4 +1,4 @@
-"""The last things a task leaves: its artifact files, its final row, its final events."""
+"""The last things a task leaves: its artifact files and its final events."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import structlog
 
 from minidevin.actors.deps import Deps
 from minidevin.actors.messages import TaskSpec
-from minidevin.runtime import records
 from minidevin.runtime.artifacts import write_task_artifacts
-from minidevin.runtime.events import TaskEventLog, utc_now
+from minidevin.runtime.event_types import Error, Status
+from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.task_history import TaskHistory
 
 log = structlog.get_logger(__name__)
 
@@ -39,47 +40,34 @@ def record_task_end(
     events: TaskEventLog,
     ending: Ending,
     patch: str | Path,
-    *,
-    plan: dict[str, Any],
-    messages: list[dict[str, Any]],
-    iterations: int,
-    usage: dict[str, Any],
-    instructions: list[dict[str, Any]] | None = None,
+    history: TaskHistory,
 ) -> None:
-    """Write the task's artifacts and final row, emit its error and final status, close its log.
+    """Write the task's artifacts, emit its error and final status, close its log.
 
-    An artifact that cannot be written is logged, and the task still ends.
+    The final `status` event carries the result; the task row follows from it
+    (`runtime/projection.py`). `trajectory.json` is rendered from the task's
+    history, the fold of its log. An artifact that cannot be written is
+    logged, and the task still ends.
     """
     status, result, error, message = ending
     trajectory = {
         "task_id": spec.task_id,
         "description": spec.description,
         "model": spec.model,
-        "usage": usage,
-        "instructions": instructions or [],  # the AGENTS.md files the system prompt holds
-        "messages": messages,
+        "usage": history.usage,
+        "instructions": history.instructions,  # the AGENTS.md files the system prompt holds
+        "messages": history.messages + history.pending,
     }
     try:
         writes = write_task_artifacts(
-            deps.settings.artifacts_dir, spec.task_id, plan, patch, trajectory
+            deps.settings.artifacts_dir, spec.task_id, history.plan, patch, trajectory
         )
     except OSError as exc:
         log.error("artifacts_failed", task_id=spec.task_id, error=str(exc))
         writes = []
     for write in writes:
         deps.store.submit(write)
-    deps.store.submit(
-        records.update_task(
-            spec.task_id,
-            status=status,
-            completed_at=utc_now(),
-            result=result,
-            plan=plan,
-            iterations=iterations,
-            usage=usage,
-        )
-    )
     if error is not None:
-        events.emit("error", error=error[1], code=error[0])
-    events.emit("status", status=status, message=message)
+        events.emit(Error(error=error[1], code=error[0]))
+    events.emit(Status.model_validate({"status": status, "message": message, "result": result}))
     events.close()

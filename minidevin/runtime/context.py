@@ -39,7 +39,7 @@ def fit_messages(messages: list[dict[str, Any]], budget: int) -> list[dict[str, 
     fitted = list(messages)
     tools = [i for i, message in enumerate(fitted) if message.get("role") == "tool" and i > 1]
     older, newest = tools[:-1], tools[-1:]
-    for shorten, indexes in ((_head, older), (_drop, older), (_head, newest)):
+    for shorten, indexes in ((shorten_head, older), (_drop, older), (shorten_head, newest)):
         for index in indexes:
             if total <= budget:
                 return fitted
@@ -49,7 +49,7 @@ def fit_messages(messages: list[dict[str, Any]], budget: int) -> list[dict[str, 
     return fitted
 
 
-def _head(content: str) -> str:
+def shorten_head(content: str) -> str:
     if len(content) <= SHORT_HEAD + len(DROPPED):
         return content
     omitted = len(content) - SHORT_HEAD

@@ -1,9 +1,10 @@
 """Task events: the append-only log that is both the WebSocket stream and history.
 
-Each event has a per-task `seq` (1, 2, 3, ...), a `type` from the API document
-(`token`, `tool_call`, `tool_result`, `plan_update`, `status`, `error`, plus
-`usage`), its fields, and a timestamp. The WebSocket message is the event's
-fields plus `type`, `timestamp`, `seq` and `task_id`.
+Each event has a per-task `seq` (1, 2, 3, ...), a `type` with its fields (one
+pydantic model per type, `runtime/event_types.py`: the API document's six plus
+ours), and a timestamp. The WebSocket message is the event's fields plus
+`type`, `timestamp`, `seq` and `task_id`. Events are emitted typed, through
+`TaskEventLog.emit`, and stored as their JSON fields.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from minidevin.runtime.event_types import EventBody, event_data
 
 FINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
 
@@ -62,13 +65,14 @@ class TaskEventLog:
         self._lock = threading.Lock()
         self._closed = False
 
-    def emit(self, type_: str, **data: Any) -> Event | None:
+    def emit(self, body: EventBody) -> Event | None:
         """Append an event; after `close()` (the task ended) this does nothing."""
+        data = event_data(body)
         with self._lock:
             if self._closed:
                 return None
             self._seq += 1
-            event = Event(self.task_id, self._seq, type_, data, utc_now())
+            event = Event(self.task_id, self._seq, body.type, data, utc_now())
             self._sink(event)
             return event
 
@@ -79,3 +83,7 @@ class TaskEventLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq

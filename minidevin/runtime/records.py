@@ -12,7 +12,7 @@ from typing import Any
 
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
-from minidevin.runtime.store import Store, Write, decode_json, encode_json
+from minidevin.runtime.store import Store, Write, decode_json
 
 
 def new_id() -> str:
@@ -211,7 +211,7 @@ def insert_task(
 ) -> Write:
     return Write(
         "INSERT INTO tasks (id, session_id, description, model, run_mode, max_iterations, "
-        "max_cost_usd, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+        "max_cost_usd, context, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
         (
             task_id,
             session_id,
@@ -220,18 +220,10 @@ def insert_task(
             request.run_mode,
             max_iterations,
             request.max_cost_usd,
+            request.context,
             created_at,
         ),
     )
-
-
-def update_task(task_id: str, **fields: Any) -> Write:
-    """A write of some task columns; `plan`, `result` and `usage` are JSON-encoded."""
-    for name in ("plan", "result", "usage"):
-        if name in fields:
-            fields[name] = encode_json(fields[name])
-    columns = ", ".join(f"{name} = ?" for name in fields)
-    return Write(f"UPDATE tasks SET {columns} WHERE id = ?", (*fields.values(), task_id))
 
 
 async def task_row(store: Store, task_id: str, user_id: str) -> dict[str, Any] | None:
@@ -255,6 +247,7 @@ def task_detail(row: dict[str, Any]) -> schemas.TaskDetail:
         run_mode=row["run_mode"],
         max_iterations=row["max_iterations"],
         max_cost_usd=row["max_cost_usd"],
+        context=row["context"],
         created_at=row["created_at"],
         started_at=row["started_at"],
         completed_at=row["completed_at"],
@@ -272,6 +265,15 @@ async def list_tasks(store: Store, session_id: str) -> list[schemas.TaskSummary]
         (session_id,),
     )
     return [schemas.TaskSummary(**row) for row in rows]
+
+
+async def tasks_before(store: Store, session_id: str, task_id: str) -> list[dict[str, Any]]:
+    """The session's tasks created before `task_id`, oldest first."""
+    return await store.fetch_all(
+        "SELECT id, description, status FROM tasks WHERE session_id = ? "
+        "AND rowid < (SELECT rowid FROM tasks WHERE id = ?) ORDER BY rowid",
+        (session_id, task_id),
+    )
 
 
 async def tasks_with_status(store: Store, statuses: tuple[str, ...]) -> list[dict[str, Any]]:

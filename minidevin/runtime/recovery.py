@@ -8,7 +8,8 @@ from pathlib import Path
 import structlog
 
 from minidevin.runtime import records
-from minidevin.runtime.events import TaskEventLog, utc_now
+from minidevin.runtime.event_types import Error, Status
+from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.store import Store
 from minidevin.runtime.tools.environment import kill_task_processes
 
@@ -31,7 +32,6 @@ async def fail_interrupted_tasks(store: Store, data_dir: Path) -> None:
     for row in rows:
         newest = records.last_event(store, row["id"])
         events = TaskEventLog(row["id"], store.submit, newest.seq if newest else 0)
-        store.submit(records.update_task(row["id"], status="failed", completed_at=utc_now()))
-        events.emit("error", error="The server stopped while the task was live", code="INTERRUPTED")
-        events.emit("status", status="failed", message="Task interrupted by a server restart")
+        events.emit(Error(error="The server stopped while the task was live", code="INTERRUPTED"))
+        events.emit(Status(status="failed", message="Task interrupted by a server restart"))
     await store.flush()

@@ -97,6 +97,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX workspace_claims_user ON workspace_claims(user_id);
     """,
+    # 5: a task starts with its session's earlier tasks, or fresh
+    """
+    ALTER TABLE tasks ADD COLUMN context TEXT NOT NULL DEFAULT 'session';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

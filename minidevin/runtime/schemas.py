@@ -191,6 +191,14 @@ class TaskRequest(Body):
     run_mode: RunMode = "offline"
     max_iterations: Annotated[int, Field(ge=1, le=1000)] | None = None
     max_cost_usd: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] | None = None
+    # "session": the task starts knowing the session's earlier tasks; "fresh": it does not
+    context: Literal["session", "fresh"] = "session"
+
+
+class ResumeRequest(Body):
+    message: Annotated[str, Field(min_length=1, max_length=20_000)] | None = None
+    max_iterations: Annotated[int, Field(ge=1, le=1000)] | None = None
+    max_cost_usd: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] | None = None
 
 
 class PlanStep(Out):
@@ -236,6 +244,7 @@ class TaskDetail(TaskSummary):
     run_mode: RunMode
     max_iterations: int
     max_cost_usd: float | None
+    context: Literal["session", "fresh"] = "session"
     started_at: str | None
     plan: Plan
     result: TaskResult | None

@@ -16,15 +16,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
 
 from minidevin.runtime.events import Event
+from minidevin.runtime.projection import KEEP_FIRST, task_columns
 from minidevin.runtime.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger(__name__)
@@ -32,8 +33,10 @@ log = structlog.get_logger(__name__)
 # hashes...) at debug level: never let those through, whatever the log level
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
 MAX_BATCH = 2000
+T = TypeVar("T")
 # SQLite errors worth waiting out: another process holds the lock, the disk is full
 TRANSIENT_ERRORS = ("locked", "busy", "full")
+JSON_COLUMNS = frozenset({"plan", "result", "usage"})
 
 
 class StoreError(Exception):
@@ -95,6 +98,7 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._writer_task: asyncio.Task[None] | None = None
+        self._projected = False  # the last committed batch changed a task row
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -169,6 +173,17 @@ class Store:
         self.submit(Write(sql, params, done))
         await done
 
+    def call_blocking(self, read: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+        """From another thread (an actor): run `read()` on the store's loop once everything
+        queued so far is committed, and wait for its answer."""
+        assert self._loop is not None and threading.get_ident() != self._loop_thread
+
+        async def flushed() -> T:
+            await self.flush()
+            return await read()
+
+        return asyncio.run_coroutine_threadsafe(flushed(), self._loop).result(timeout)
+
     async def flush(self) -> None:
         """Wait until everything queued before this call is committed."""
         await self.write("SELECT 1")
@@ -211,6 +226,7 @@ class Store:
     async def _commit(self, batch: list[Write | Event]) -> None:
         assert self._writer is not None
         await self._writer.execute("BEGIN IMMEDIATE")
+        projected = False
         try:
             events: list[tuple[str, int, str, str, str]] = []
             for item in batch:
@@ -218,6 +234,12 @@ class Store:
                     events.append(
                         (item.task_id, item.seq, item.type, encode_json(item.data), item.timestamp)
                     )
+                    columns = task_columns(item)
+                    if columns is not None:  # the row follows its log, in the same commit
+                        await self._insert_events(events)
+                        events = []
+                        await self._project(item.task_id, columns)
+                        projected = True
                     continue
                 if events:
                     await self._insert_events(events)
@@ -226,6 +248,7 @@ class Store:
             if events:
                 await self._insert_events(events)
             await self._writer.execute("COMMIT")
+            self._projected = projected
         except BaseException:
             if self._writer.in_transaction:
                 await self._writer.execute("ROLLBACK")
@@ -239,9 +262,25 @@ class Store:
             rows,
         )
 
+    async def _project(self, task_id: str, columns: dict[str, Any]) -> None:
+        """Apply an event's projection (`runtime/projection.py`) to its task's row."""
+        assert self._writer is not None
+        assignments, values = [], []
+        for name, value in columns.items():
+            if isinstance(value, tuple) and value[0] is KEEP_FIRST:
+                assignments.append(f"{name} = COALESCE({name}, ?)")
+                value = value[1]
+            else:
+                assignments.append(f"{name} = ?")
+            values.append(encode_json(value) if name in JSON_COLUMNS else value)
+        await self._writer.execute(
+            f"UPDATE tasks SET {', '.join(assignments)} WHERE id = ?", (*values, task_id)
+        )
+
     def _finish(self, batch: list[Write | Event], error: Exception | None) -> None:
         events = [item for item in batch if isinstance(item, Event)]
-        if len(events) < len(batch):
+        projected, self._projected = self._projected, False
+        if len(events) < len(batch) or projected:
             self.generation += 1  # before anyone is told: their next read is fresh
         for item in batch:
             if isinstance(item, Write) and item.done is not None and not item.done.done():

@@ -15,6 +15,11 @@ class UsageMeter:
         self.usage = Usage()
         self.cost_usd = 0.0
 
+    def restore(self, usage: dict[str, Any]) -> None:
+        """Go on from a resumed task's `usage` so far (its log's latest `usage` event)."""
+        self.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        self.cost_usd = float(usage.get("cost_usd", 0.0))
+
     def add(self, turn: Usage) -> None:
         """Count one model turn's tokens, and their cost."""
         self.usage = Usage(

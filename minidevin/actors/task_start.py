@@ -1,0 +1,73 @@
+"""How a task's conversation begins: fresh, as a follow-up, or rebuilt from its log."""
+
+from __future__ import annotations
+
+from minidevin.actors.deps import Deps
+from minidevin.actors.messages import TaskSpec
+from minidevin.runtime import agent, event_types, records
+from minidevin.runtime.context import input_budget
+from minidevin.runtime.events import FINAL_STATUSES
+from minidevin.runtime.followups import EarlierTask, session_context
+from minidevin.runtime.instructions import instructions_for
+from minidevin.runtime.task_history import INTERRUPTED_OUTPUT, TaskHistory
+from minidevin.runtime.tools import ToolContext
+
+
+def load_history(spec: TaskSpec, deps: Deps) -> TaskHistory:
+    """A resumed task's history, folded from its whole committed log; empty for a new task."""
+    if spec.resume is None:
+        return TaskHistory()
+    store = deps.store
+    return TaskHistory.rebuild(
+        store.call_blocking(lambda: records.events_after(store, spec.task_id, 0))
+    )
+
+
+def interrupted_results(history: TaskHistory) -> list[event_types.EventBody]:
+    """For a resumed task: a result for each call its end cut short, before the model goes on."""
+    return [
+        event_types.ToolResultEvent(
+            call_id=call["id"], tool=call["name"], output=INTERRUPTED_OUTPUT, success=False
+        )
+        for call in history.open_calls.values()
+    ]
+
+
+def opening_events(spec: TaskSpec, deps: Deps, context: ToolContext) -> list[event_types.EventBody]:
+    """A new task's first conversation events: its system prompt (with the repository's
+    AGENTS.md, read as its commands run), the session's earlier tasks unless its
+    `context` is "fresh", and its description."""
+    instructions = instructions_for(context)
+    opening: list[event_types.EventBody] = [
+        event_types.SystemPrompt(
+            content=agent.system_message(spec.working_directory, instructions)["content"],
+            instructions=instructions.record(),
+        )
+    ]
+    earlier = earlier_tasks(spec, deps) if spec.context == "session" else []
+    if earlier:
+        budget = input_budget(deps.providers.resolve(spec.model).context_window) // 2
+        opening.append(
+            event_types.SessionContext(
+                tasks=[task.task_id for task in earlier],
+                messages=session_context(earlier, budget),
+            )
+        )
+    opening.append(event_types.UserMessage(content=spec.description, source="task"))
+    return opening
+
+
+def earlier_tasks(spec: TaskSpec, deps: Deps) -> list[EarlierTask]:
+    """The session's tasks created before this one that have ended, oldest first."""
+    store = deps.store
+
+    async def read() -> list[EarlierTask]:
+        tasks = []
+        for row in await records.tasks_before(store, spec.session_id, spec.task_id):
+            if row["status"] in FINAL_STATUSES:
+                events = await records.events_after(store, row["id"], 0)
+                history = TaskHistory.rebuild(events)
+                tasks.append(EarlierTask(row["id"], row["description"], row["status"], history))
+        return tasks
+
+    return store.call_blocking(read)
