@@ -211,7 +211,8 @@ def insert_task(
 ) -> Write:
     return Write(
         "INSERT INTO tasks (id, session_id, description, model, run_mode, max_iterations, "
-        "max_cost_usd, context, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+        "max_cost_usd, context, status, created_at, run_max_iterations, run_max_cost_usd) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
         (
             task_id,
             session_id,
@@ -222,6 +223,8 @@ def insert_task(
             request.max_cost_usd,
             request.context,
             created_at,
+            max_iterations,
+            request.max_cost_usd,
         ),
     )
 

@@ -97,9 +97,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX workspace_claims_user ON workspace_claims(user_id);
     """,
-    # 5: a task starts with its session's earlier tasks, or fresh
+    # 5: a task starts with its session's earlier tasks, or fresh; a resumed task's limits
+    # grow by the ones it was created with (`max_iterations`/`max_cost_usd` are the totals)
     """
     ALTER TABLE tasks ADD COLUMN context TEXT NOT NULL DEFAULT 'session';
+    ALTER TABLE tasks ADD COLUMN run_max_iterations INTEGER;
+    ALTER TABLE tasks ADD COLUMN run_max_cost_usd REAL;
     """,
 )
 
