@@ -159,7 +159,7 @@ def decode_object(raw: str | None, tool: str = "") -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        where = f"{exc.msg} at character {exc.pos}"
+        where = f"{exc.msg}: line {exc.lineno} column {exc.colno}"
         raise ToolError(f"{_prefix(tool)}not valid JSON ({where}){again}") from None
     if not isinstance(value, dict):
         kind = _JSON_KINDS.get(type(value), "a number")

@@ -13,6 +13,7 @@ tool known only by a raw JSON schema (an MCP server's, say) and a function.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, Self, get_args
@@ -35,7 +36,7 @@ from minidevin.runtime.tools.terminal import TerminalTool
 RunsIn = Literal["task", "tools"]
 StepStatus = Literal["pending", "in_progress", "completed", "failed", "skipped"]
 STEP_STATUSES: tuple[str, ...] = get_args(StepStatus)
-NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what OpenAI and Anthropic accept
 
 
 class Executor(Protocol):
@@ -58,7 +59,7 @@ class ToolSpec:
     executor: Callable[[], Executor] | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < len(self.name) <= 64 or not set(self.name) <= NAME_CHARACTERS:
+        if not TOOL_NAME.fullmatch(self.name):
             raise ValueError(f"tool name {self.name!r}: 1-64 of letters, digits, '_', '-'")
         if (self.runs_in == "tools") != (self.executor is not None):
             raise ValueError(f"tool {self.name!r}: an executor exactly when it runs in 'tools'")
@@ -203,8 +204,7 @@ def default_label(name: str, arguments: Any) -> str:
 
 
 def _one_line(text: str) -> str:
-    lines = text.splitlines()
-    return lines[0] if lines else ""
+    return (text.splitlines() or [""])[0]
 
 
 # -- the TaskActor's own tools -------------------------------------------------------------------
@@ -347,11 +347,6 @@ class ExternalExecutor:
 # -- the built-in tools --------------------------------------------------------------------------
 
 
-def _plan_label(arguments: dict[str, Any]) -> str:
-    steps = arguments.get("steps")
-    return f"plan ({len(steps)} steps)" if isinstance(steps, list) else ""
-
-
 def default_registry() -> ToolRegistry:
     """A registry of the five built-in tools (a fresh one: registering more changes only it)."""
     return ToolRegistry(
@@ -378,7 +373,7 @@ def default_registry() -> ToolRegistry:
                 "again with the full list whenever a step's status changes.",
                 arguments=PlanArguments,
                 runs_in="task",
-                label=_plan_label,
+                label=lambda a: f"plan ({len(a['steps'])} steps)",
                 quiet=True,
             ),
             ToolSpec(
