@@ -27,23 +27,25 @@ import structlog
 from minidevin.actors.deps import Deps, TaskSlots
 from minidevin.actors.messages import StopAll, StopTask, SubmitTask, TaskSpec, UserInput
 from minidevin.actors.session import SessionActor
+from minidevin.admission import TaskAdmission
+from minidevin.resume import check_resumable, resumed_limits
 from minidevin.runtime import records, schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.data_lock import DataDirLock
-from minidevin.runtime.errors import BadRequest, NotFound, Unavailable, ValidationFailed
+from minidevin.runtime.errors import Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.logging import use_host_logging
-from minidevin.runtime.providers.base import ProviderError
-from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
+from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.recovery import fail_interrupted_tasks
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.store import Store, secure_data_dir
-from minidevin.runtime.tools.sandbox import SandboxUnavailable, sandbox_status
+from minidevin.runtime.task_stream import history_then_live
+from minidevin.runtime.tools.sandbox import sandbox_status
 from minidevin.runtime.workspace import Workspaces
-from minidevin.runtime.workspace_claims import claim_working_directory, working_directory_identity
+from minidevin.runtime.workspace_claims import claim_working_directory
 
 log = structlog.get_logger(__name__)
 ACTOR_REPLY_TIMEOUT = 10.0
@@ -80,8 +82,10 @@ class Runtime:
         self._local_user: str | None = None
         self._local_user_lock = asyncio.Lock()
         self.workspaces = Workspaces(self.store, self.settings)
+        self.admission = TaskAdmission(self.settings, self.providers, self.workspaces)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._data_lock = DataDirLock(self.settings.data_dir)
+        self._resuming: dict[str, asyncio.Lock] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -249,25 +253,7 @@ class Runtime:
         if isinstance(request, str):
             request = schemas.TaskRequest(description=request, **fields)
         session = await self._session_row(session_id, owner)
-        if self.settings.sandbox == "required" and not (sandbox := sandbox_status()).works:
-            raise SandboxUnavailable(
-                f"sandbox=required but the command sandbox is unavailable: {sandbox.reason}"
-            )
-        if not request.model or request.model.startswith("ollama/"):
-            await self.providers.refresh()  # (asks the Ollama server; only when it matters)
-        requested = request.model or self.settings.default_model or self.providers.default_model()
-        try:
-            model = self.providers.check_configured(requested).id
-        except UnknownModel as exc:
-            raise ValidationFailed(f"model: {exc}") from None
-        except ProviderError as exc:
-            raise BadRequest(exc.message, code=exc.code) from None
-        identity = await working_directory_identity(
-            self.workspaces,
-            session["user_id"],
-            session["working_directory"],
-            tenant=session["user_id"] != await self.owner(None),
-        )
+        model, identity = await self.admission.admit(session, request.model, await self.owner(None))
         task_id = records.new_id()
         created_at = utc_now()
         max_iterations = request.max_iterations or self.settings.max_iterations
@@ -286,14 +272,63 @@ class Runtime:
             request.max_cost_usd,
             user_id=session["user_id"],
             workspace_identity=identity,
+            context=request.context,
         )
-        actor = self._session_actor(session_id)
-        self._submitted[session_id] += 1
-        status = await self._ask(actor, SubmitTask, spec)
-        await self.store.flush()
+        status = await self._submit(spec)
         return schemas.TaskCreated(
             id=task_id, description=request.description, status=status, created_at=created_at
         )
+
+    async def resume_task(
+        self,
+        task_id: str,
+        request: schemas.ResumeRequest | None = None,
+        *,
+        owner: str | None = None,
+        **fields: Any,
+    ) -> schemas.TaskDetail:
+        """Continue a task that ended `failed` or `stopped` (see `minidevin.resume`).
+
+        `Conflict` (409) for a task that is live or completed.
+        """
+        request = request or schemas.ResumeRequest(**fields)
+        async with self._resuming.setdefault(task_id, asyncio.Lock()):  # one at a time
+            await self.store.flush()
+            row = await self._task_row(task_id, owner)
+            check_resumable(row)
+            session = await self._session_row(row["session_id"], owner)
+            model, identity = await self.admission.admit(
+                session, row["model"], await self.owner(None)
+            )
+            max_iterations, max_cost_usd = resumed_limits(row, request)
+            newest = records.last_event(self.store, task_id)
+            await records.set_aside_artifacts(self.store, task_id)  # the earlier run's
+            spec = TaskSpec(
+                task_id,
+                row["session_id"],
+                row["description"],
+                model,
+                row["run_mode"],
+                max_iterations,
+                Path(session["working_directory"]),
+                max_cost_usd,
+                user_id=session["user_id"],
+                workspace_identity=identity,
+                context=row["context"],
+                resume={"message": request.message, "last_seq": newest.seq if newest else 0},
+            )
+            if await self._submit(spec) == "conflict":
+                raise Conflict("the task is live again already")
+        self._resuming.pop(task_id, None)
+        return await self.get_task(task_id, owner=owner)
+
+    async def _submit(self, spec: TaskSpec) -> str:
+        """Hand a task to its session actor: "running", "queued" (or "conflict")."""
+        actor = self._session_actor(spec.session_id)
+        self._submitted[spec.session_id] += 1
+        status = await self._ask(actor, SubmitTask, spec)
+        await self.store.flush()
+        return str(status)
 
     async def list_tasks(
         self, session_id: str, *, owner: str | None = None
@@ -339,27 +374,8 @@ class Runtime:
     ) -> AsyncIterator[Event]:
         """The task's history after `after`, then its live events, ending with its final status."""
         await self._task_row(task_id, owner)
-        subscription = self.hub.subscribe(task_id)
-        try:
-            last = after
-            for event in await records.events_after(self.store, task_id, after):
-                yield event
-                last = event.seq
-                if event.is_final:
-                    return
-            newest = records.last_event(self.store, task_id)
-            if newest is not None and newest.is_final and newest.seq <= last:
-                return  # the client already saw the end (`after` at or past it)
-            while True:
-                event = await subscription.get()
-                if event.seq <= last:
-                    continue
-                yield event
-                last = event.seq
-                if event.is_final:
-                    return
-        finally:
-            self.hub.unsubscribe(subscription)
+        async for event in history_then_live(self.store, self.hub, task_id, after):
+            yield event
 
     async def wait(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
         """Wait until the task has ended; returns its final details."""

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from minidevin import __version__
 from minidevin.runtime import schemas
+from minidevin.runtime.event_types import EVENT_TYPES
 from minidevin.runtime.providers.registry import PROVIDERS
 
 OPENAPI_PATH = "/api/openapi.json"
@@ -206,6 +207,18 @@ OPERATIONS: tuple[Operation, ...] = (
         "turn; 409 if the task is not running.",
     ),
     Operation(
+        "post", "/api/tasks/{task_id}/resume", "resume_task", "Resume a failed or stopped task",
+        "tasks", 202, schemas.TaskDetail, body=schemas.ResumeRequest,
+        errors=(*AUTH, 400, 403, 404, 409, *BODY),
+        description="Continues a task that ended `failed` or `stopped`: the same task id, its "
+        "event `seq` goes on, its conversation is rebuilt from its log; a tool call the end cut "
+        "short is answered as interrupted, then `message` (if any) goes to the model. It may "
+        "take `max_iterations` more model turns (default: as many as it was created with) and "
+        "spend `max_cost_usd` more (default: its original budget again). 409 `CONFLICT` for a "
+        "task that is queued, running, waiting for input or completed (continue a completed "
+        "task with a follow-up task in its session).",
+    ),
+    Operation(
         "get", "/api/tasks/{task_id}/artifacts", "list_artifacts", "List a task's artifacts",
         "artifacts", 200, schemas.Artifact, many=True, errors=(*AUTH, 404),
     ),
@@ -225,8 +238,9 @@ OPERATIONS: tuple[Operation, ...] = (
         security=(*AUTHENTICATED, {}),
         description=(
             "Upgrades to a WebSocket (send `Connection: Upgrade`, `Upgrade: websocket`): the "
-            "task's event history after `after`, then its live events, as JSON messages "
-            "(`token`, `tool_call`, `tool_result`, `plan_update`, `status`, `error`). "
+            "task's event history after `after`, then its live events, as JSON messages: "
+            "`components/schemas/TaskStreamMessage` (one schema per `type`; `tool_call` and "
+            "`tool_result` share a `call_id`). "
             "Authenticate with `Authorization: Bearer`, `X-API-Key`, or `?token=<jwt>`; "
             "without any of them the answer is 401. A request that is not a WebSocket "
             "handshake is answered 400. Client messages: `{\"type\": \"stop\"}` and "
@@ -316,6 +330,40 @@ def _operation(operation: Operation, components: _Components) -> dict[str, Any]:
     return document
 
 
+def _event_schemas(components: _Components) -> None:
+    """Each WebSocket message type (`runtime/event_types.py`) and their union."""
+    names = []
+    for model in EVENT_TYPES:
+        name = "".join(part.title() for part in model.type.split("_")) + "Event"
+        schema = model.model_json_schema(ref_template=REF, mode="serialization")
+        for definition_name, definition in schema.pop("$defs", {}).items():
+            components._add(definition_name, definition)
+        schema["title"], schema["description"] = name, model.summary
+        schema["properties"] = {
+            "type": {"const": model.type},
+            **schema.get("properties", {}),
+            **STREAM_FIELDS,
+        }
+        schema["required"] = ["type", *schema.get("required", []), *STREAM_FIELDS]
+        components._add(name, schema)
+        names.append(name)
+    refs = [{"$ref": REF.format(model=name)} for name in names]
+    mapping = {
+        model.type: REF.format(model=name) for model, name in zip(EVENT_TYPES, names, strict=True)
+    }
+    components._add(
+        "TaskStreamMessage",
+        {"oneOf": refs, "discriminator": {"propertyName": "type", "mapping": mapping}},
+    )
+
+
+STREAM_FIELDS: dict[str, Any] = {
+    "timestamp": {"type": "string", "format": "date-time"},
+    "seq": {"type": "integer", "minimum": 1, "description": "The event's number in its task"},
+    "task_id": {"type": "string"},
+}
+
+
 @functools.cache
 def build_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document (built once; treat it as read-only)."""
@@ -323,6 +371,7 @@ def build_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for operation in OPERATIONS:
         paths.setdefault(operation.path, {})[operation.method] = _operation(operation, components)
+    _event_schemas(components)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -26,9 +26,14 @@ routes = web.RouteTableDef()
 READ_CACHE_SIZE = 10_000
 
 
-async def body(request: web.Request, model: type[M]) -> M:
-    """The request body validated as `model`; 422 naming the field otherwise."""
+async def body(request: web.Request, model: type[M], *, allow_empty: bool = False) -> M:
+    """The request body validated as `model`; 422 naming the field otherwise.
+
+    With `allow_empty`, no body at all reads as `{}` (every field optional).
+    """
     raw = await request.read()
+    if allow_empty and not raw.strip():
+        raw = b"{}"
     try:
         data = json.loads(raw or b"null")
     except RecursionError:
@@ -255,6 +260,14 @@ async def send_input(request: web.Request) -> web.Response:
             "the task is not running; input was not delivered", code="CONFLICT", status=409
         )
     return web.json_response({"id": task_id, "delivered": True}, status=202)
+
+
+@routes.post("/api/tasks/{task_id}/resume")
+async def resume_task(request: web.Request) -> web.Response:
+    data = await body(request, schemas.ResumeRequest, allow_empty=True)
+    runtime = request.app[RUNTIME]
+    task = await runtime.resume_task(request.match_info["task_id"], data, owner=owner(request))
+    return reply(task, 202)
 
 
 # -- artifacts ----------------------------------------------------------------------------------

@@ -330,6 +330,18 @@ def insert_artifact(
     )
 
 
+async def set_aside_artifacts(store: Store, task_id: str) -> None:
+    """Before a task is resumed: its artifacts so far become `runN-<name>` (run 1, 2, ...),
+    so the new run's `plan.json`, `diff.patch` and `trajectory.json` take their names."""
+    rows = await store.fetch_all("SELECT name FROM artifacts WHERE task_id = ?", (task_id,))
+    names = {row["name"] for row in rows}
+    run = 1 + sum(1 for name in names if name.startswith("run") and name.endswith("-plan.json"))
+    await store.write(
+        "UPDATE artifacts SET name = ? || name WHERE task_id = ? AND name NOT LIKE 'run%-%'",
+        (f"run{run}-", task_id),
+    )
+
+
 async def list_artifacts(store: Store, task_id: str) -> list[schemas.Artifact]:
     rows = await store.fetch_all(
         "SELECT id, name, type, size, created_at FROM artifacts WHERE task_id = ? "
