@@ -34,7 +34,7 @@ from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.data_lock import DataDirLock
-from minidevin.runtime.errors import Conflict, NotFound, Unavailable
+from minidevin.runtime.errors import ApiError, Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.logging import use_host_logging
@@ -109,7 +109,7 @@ class Runtime:
         secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
         tokens = TokenIssuer(secret, self.settings.jwt_ttl_seconds)
         self.accounts = Accounts(self.store, tokens, self.settings)
-        await fail_interrupted_tasks(self.store, self.settings.data_dir)
+        interrupted = await fail_interrupted_tasks(self.store, self.settings.data_dir)
         # no task is live yet: snapshots a previous process left are garbage
         await asyncio.to_thread(shutil.rmtree, self.settings.snapshots_dir, True)
         sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop
@@ -125,6 +125,8 @@ class Runtime:
         boundary = await asyncio.to_thread(sandbox.as_health, self.settings.sandbox)
         if not boundary["uid_isolation"]:
             log.warning("uid_isolation_unavailable", reason=boundary["uid_isolation_reason"])
+        if self.settings.resume_interrupted:
+            await self._resume_interrupted(interrupted)
         log.info(
             "runtime_started",
             data_dir=str(self.settings.data_dir),
@@ -132,6 +134,17 @@ class Runtime:
             limits=boundary["limits"],
         )
         return self
+
+    async def _resume_interrupted(self, rows: list[dict[str, Any]]) -> None:
+        """Resume what a stopped server left live, oldest first (so in each session's order)."""
+        for row in rows:
+            owner = await records.task_owner(self.store, row["id"])
+            try:
+                await self.resume_task(row["id"], owner=owner)
+            except ApiError as exc:  # e.g. its working directory is gone: it stays failed
+                log.warning("resume_interrupted_failed", task_id=row["id"], error=exc.detail)
+            else:
+                log.info("task_resumed_after_restart", task_id=row["id"])
 
     async def close(self) -> None:
         """Stop every task (status `stopped`), stop the actors, flush the store."""

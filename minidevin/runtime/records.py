@@ -270,6 +270,15 @@ async def list_tasks(store: Store, session_id: str) -> list[schemas.TaskSummary]
     return [schemas.TaskSummary(**row) for row in rows]
 
 
+async def task_owner(store: Store, task_id: str) -> str | None:
+    """The user whose session holds the task."""
+    row = await store.fetch_one(
+        "SELECT s.user_id FROM tasks t JOIN sessions s ON s.id = t.session_id WHERE t.id = ?",
+        (task_id,),
+    )
+    return None if row is None else row["user_id"]
+
+
 async def tasks_before(store: Store, session_id: str, task_id: str) -> list[dict[str, Any]]:
     """The session's tasks created before `task_id`, oldest first."""
     return await store.fetch_all(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -17,8 +18,9 @@ log = structlog.get_logger(__name__)
 LIVE_STATUSES = ("queued", "running", "waiting_input")
 
 
-async def fail_interrupted_tasks(store: Store, data_dir: Path) -> None:
-    """Tasks a previous process left running or queued end as `failed` (INTERRUPTED).
+async def fail_interrupted_tasks(store: Store, data_dir: Path) -> list[dict[str, Any]]:
+    """Tasks a previous process left running or queued end as `failed` (INTERRUPTED);
+    returns their rows, oldest first (to resume them with `MINIDEVIN_RESUME_INTERRUPTED`).
 
     Whatever their commands left behind (found by the `MINIDEVIN_TASK_ID` in
     their environment) is killed first.
@@ -35,3 +37,4 @@ async def fail_interrupted_tasks(store: Store, data_dir: Path) -> None:
         events.emit(Error(error="The server stopped while the task was live", code="INTERRUPTED"))
         events.emit(Status(status="failed", message="Task interrupted by a server restart"))
     await store.flush()
+    return rows

@@ -73,6 +73,11 @@ class Settings(BaseModel):
     session_idle_seconds: float = Field(
         300.0, gt=0, description="An idle session's actor stops after this; it returns on demand."
     )
+    resume_interrupted: bool = Field(
+        False,
+        description="Resume the tasks a stopped server left live (after their INTERRUPTED "
+        "error), at the next start, in their sessions' order.",
+    )
     store_retry_seconds: float = Field(
         10.0, ge=0, description="How long writes wait out a locked or full database before failing."
     )
