@@ -23,7 +23,6 @@ from minidevin.actors.children import ToolActor
 from minidevin.actors.messages import RunTool, ToolDone
 from minidevin.api import Runtime
 from minidevin.run_view import HumanView
-from minidevin.runtime import agent
 from minidevin.runtime.events import Event
 from minidevin.runtime.providers.anthropic_messages import to_anthropic_tools
 from minidevin.runtime.tools import TOOLS, ToolContext, ToolError, ToolResult
@@ -77,7 +76,6 @@ def test_each_schema_is_generated_from_the_argument_model() -> None:
     # the Anthropic provider sends the same schema as `input_schema`
     anthropic = to_anthropic_tools(schemas)
     assert [t["input_schema"] for t in anthropic] == [s["function"]["parameters"] for s in schemas]
-    assert agent.tool_schemas() == schemas  # the old name still answers
 
 
 @pytest.mark.parametrize(
@@ -202,13 +200,6 @@ def test_control_tools_parse_to_what_the_task_needs() -> None:
     assert TOOLS.parse("ask_user", '{"question": "Why?"}').question == "Why?"
     assert TOOLS.runs_in("plan") == "task" and TOOLS.runs_in("terminal") == "tools"
     assert TOOLS.runs_in("browse") is None
-    # the names the TaskActor uses until it calls the registry itself
-    assert agent.EXECUTING_TOOLS == ("terminal", "editor")
-    assert agent.CONTROL_TOOLS == ("plan", "ask_user", "finish")
-    assert agent.plan_from_arguments({"steps": ["x"]})["steps"][0]["id"] == "step-1"
-    assert agent.finish_from_arguments({"summary": "s", "success": False})["success"] is False
-    with pytest.raises(ToolError, match="question"):
-        agent.question_from_arguments(agent.decode_arguments("{}"))
 
 
 def test_a_tool_is_declared_once_and_checked() -> None:

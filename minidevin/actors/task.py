@@ -52,6 +52,7 @@ from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
 from minidevin.runtime.task_history import TaskHistory
 from minidevin.runtime.tools import ToolError, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
+from minidevin.runtime.tools.registry import TOOLS
 from minidevin.runtime.usage import UsageMeter
 from minidevin.runtime.workspace import Snapshots, verify_working_directory
 
@@ -70,7 +71,7 @@ class TaskActor(pykka.ThreadingActor):
         self.cancel = CancelToken()
         # the conversation and the task's state: changed only by applying our own events
         self.history = TaskHistory()
-        self.tools = tuple(agent.tool_schemas())
+        self.tools = tuple(TOOLS.schemas())
         self.pending_calls: deque[ToolCall] = deque()
         self.running_call: ToolCall | None = None
         self.question_call: ToolCall | None = None
@@ -269,7 +270,7 @@ class TaskActor(pykka.ThreadingActor):
             if self.history.truncated and agent.is_cut_call(call):
                 self._record_result(call, agent.CUT_CALL_RESULT)
                 continue
-            if call.name in agent.EXECUTING_TOOLS:
+            if TOOLS.runs_in(call.name) == "tools":
                 self.running_call = call
                 assert self.tool_runner is not None
                 self.tool_runner.tell(RunTool(call.id, call.name, call.arguments))
@@ -283,26 +284,23 @@ class TaskActor(pykka.ThreadingActor):
             self._next_turn()
 
     def _control_tool(self, call: ToolCall) -> ToolResult:
+        """`plan`, `finish`, or a failed result (bad arguments, an unknown tool)."""
         try:
-            arguments = agent.decode_arguments(call.arguments)
-            if call.name == "plan":
-                plan = agent.plan_from_arguments(arguments)
-                self._emit(ev.PlanUpdate.model_validate({"plan": plan}))
-                return ToolResult(f"Plan updated ({len(plan['steps'])} steps).", True)
-            if call.name == "finish":
-                result = agent.finish_from_arguments(arguments)
-                self.pending_calls.clear()
-                self._end("completed", result=result)
-                return ToolResult("Task finished.", True)
+            arguments = TOOLS.parse(call.name, call.arguments)
         except ToolError as exc:
             return ToolResult(str(exc), False)
-        known = ", ".join((*agent.EXECUTING_TOOLS, *agent.CONTROL_TOOLS))
-        return ToolResult(f"unknown tool {call.name!r}; the tools are: {known}", False)
+        if call.name == "finish":
+            self.pending_calls.clear()
+            self._end("completed", result=arguments.result())
+            return ToolResult("Task finished.", True)
+        plan = arguments.to_plan()
+        self._emit(ev.PlanUpdate.model_validate({"plan": plan}))
+        return ToolResult(f"Plan updated ({len(plan['steps'])} steps).", True)
 
     def _ask(self, call: ToolCall) -> bool:
         """Put the question to the user; False (with a failed result) if it is malformed."""
         try:
-            question = agent.question_from_arguments(agent.decode_arguments(call.arguments))
+            question = TOOLS.parse("ask_user", call.arguments).question
         except ToolError as exc:
             self._record_result(call, ToolResult(str(exc), False))
             return False

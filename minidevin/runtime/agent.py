@@ -2,10 +2,9 @@
 
 The tools are declared in `tools.registry`: `plan`, `ask_user` and `finish` only
 change task state, so the TaskActor handles them itself; `terminal` and `editor`
-execute in a ToolActor. A turn the
-output-token limit cut off is no answer: its whole tool calls run, a call cut
-mid-arguments gets `CUT_CALL_RESULT` instead of running, and the next turn
-starts with `CONTINUE_MESSAGE`.
+execute in a ToolActor. A turn the output-token limit cut off is no answer: its
+whole tool calls run, a call cut mid-arguments gets `CUT_CALL_RESULT` instead of
+running, and the next turn starts with `CONTINUE_MESSAGE`.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ from typing import Any
 
 from minidevin.runtime.instructions import Instructions
 from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
-from minidevin.runtime.tools import TOOLS, ToolResult
-from minidevin.runtime.tools.base import decode_object
-from minidevin.runtime.tools.registry import STEP_STATUSES as STEP_STATUSES
+from minidevin.runtime.tools import ToolResult
 
 SYSTEM_PROMPT = """\
 You are minidevin, an autonomous software engineer working in the repository at {cwd}.
@@ -27,26 +24,6 @@ statuses up to date as you go, use `terminal` to run commands and `editor` to re
 files (paths are relative to the working directory), check your work by running it, and call
 `finish` with a short summary when you are done. Ask the user with `ask_user` only when you
 cannot proceed without an answer."""
-
-# The tools are declared in `tools.registry` (one `ToolSpec` each); the names below are
-# thin wrappers over it, kept while callers move to the registry itself.
-CONTROL_TOOLS = TOOLS.names_in("task")
-EXECUTING_TOOLS = TOOLS.names_in("tools")
-
-
-def tool_schemas() -> list[dict[str, Any]]:
-    """Every tool the model may call, as Chat Completions `tools` entries."""
-    return TOOLS.schemas()
-
-
-def initial_messages(
-    description: str, working_directory: Path, instructions: Instructions | None = None
-) -> list[dict[str, Any]]:
-    """The system prompt (with the repository's instructions, if any) and the task."""
-    return [
-        system_message(working_directory, instructions),
-        {"role": "user", "content": description},
-    ]
 
 
 def system_message(
@@ -106,24 +83,3 @@ def input_of(call: ToolCall) -> Any:
     except json.JSONDecodeError:
         return call.arguments
     return value
-
-
-def decode_arguments(raw: str) -> dict[str, Any]:
-    """Tool arguments as a dict; `ToolError` with a correctable message otherwise."""
-    return decode_object(raw)
-
-
-def plan_from_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """`{"steps": [{id, description, status}]}`; step ids are `step-N` by position."""
-    plan: dict[str, Any] = TOOLS.validate("plan", arguments).to_plan()
-    return plan
-
-
-def finish_from_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = TOOLS.validate("finish", arguments).result()
-    return result
-
-
-def question_from_arguments(arguments: dict[str, Any]) -> str:
-    question: str = TOOLS.validate("ask_user", arguments).question
-    return question
