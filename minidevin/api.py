@@ -29,7 +29,7 @@ from minidevin.actors.messages import StopAll, StopTask, SubmitTask, TaskSpec, U
 from minidevin.actors.session import SessionActor
 from minidevin.admission import TaskAdmission
 from minidevin.resume import check_resumable, resumed_limits
-from minidevin.runtime import records, schemas
+from minidevin.runtime import schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
@@ -41,7 +41,7 @@ from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.recovery import fail_interrupted_tasks
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.store import Store, secure_data_dir
+from minidevin.runtime.storage import new_id, open_store, secure_data_dir, task_detail
 from minidevin.runtime.task_stream import history_then_live
 from minidevin.runtime.tools.sandbox import sandbox_status
 from minidevin.runtime.workspace import Workspaces
@@ -61,9 +61,7 @@ class Runtime:
     ) -> None:
         self.settings = settings or Settings.from_env()
         use_host_logging()  # an embedding's structlog or `logging`, never stdout
-        self.store = Store(
-            self.settings.database_path, retry_seconds=self.settings.store_retry_seconds
-        )
+        self.store = open_store(self.settings)
         self.hub = EventHub(self.settings.subscriber_queue_size)
         self.providers = providers or ProviderRegistry(
             provider_env,
@@ -138,7 +136,7 @@ class Runtime:
     async def _resume_interrupted(self, rows: list[dict[str, Any]]) -> None:
         """Resume what a stopped server left live, oldest first (so in each session's order)."""
         for row in rows:
-            owner = await records.task_owner(self.store, row["id"])
+            owner = await self.store.task_owner(row["id"])
             try:
                 await self.resume_task(row["id"], owner=owner)
             except ApiError as exc:  # e.g. its working directory is gone: it stays failed
@@ -190,15 +188,15 @@ class Runtime:
         checked = await claim_working_directory(
             self.workspaces, user_id, str(working_directory), tenant=owner is not None
         )
-        return await records.insert_session(self.store, user_id, name, str(checked.path))
+        return await self.store.insert_session(user_id, name, str(checked.path))
 
     async def list_sessions(self, *, owner: str | None = None) -> list[schemas.SessionSummary]:
-        return await records.list_sessions(self.store, await self.owner(owner))
+        return await self.store.list_sessions(await self.owner(owner))
 
     async def get_session(
         self, session_id: str, *, owner: str | None = None
     ) -> schemas.SessionDetail:
-        detail = await records.session_detail(self.store, session_id, await self.owner(owner))
+        detail = await self.store.session_detail(session_id, await self.owner(owner))
         if detail is None:
             raise NotFound("session not found")
         return detail
@@ -213,11 +211,11 @@ class Runtime:
             finally:
                 ref.stop(block=False)
         await self.store.flush()
-        artifact_ids = await records.delete_session(self.store, session_id)
+        artifact_ids = await self.store.delete_session(session_id)
         remove_artifact_files(self.settings.artifacts_dir, artifact_ids)
 
     async def _session_row(self, session_id: str, owner: str | None) -> dict[str, Any]:
-        row = await records.session_row(self.store, session_id, await self.owner(owner))
+        row = await self.store.session_row(session_id, await self.owner(owner))
         if row is None:
             raise NotFound("session not found")
         return row
@@ -267,13 +265,12 @@ class Runtime:
             request = schemas.TaskRequest(description=request, **fields)
         session = await self._session_row(session_id, owner)
         model, identity = await self.admission.admit(session, request.model, await self.owner(None))
-        task_id = records.new_id()
+        task_id = new_id()
         created_at = utc_now()
         max_iterations = request.max_iterations or self.settings.max_iterations
-        insert = records.insert_task(
+        await self.store.insert_task(
             task_id, session_id, request, model, max_iterations, created_at
         )
-        await self.store.write(insert.sql, insert.params)
         spec = TaskSpec(
             task_id,
             session_id,
@@ -314,8 +311,8 @@ class Runtime:
                 session, row["model"], await self.owner(None)
             )
             max_iterations, max_cost_usd = resumed_limits(row, request)
-            newest = records.last_event(self.store, task_id)
-            await records.set_aside_artifacts(self.store, task_id)  # the earlier run's
+            newest = await self.store.last_event(task_id)
+            await self.store.set_aside_artifacts(task_id)  # the earlier run's
             spec = TaskSpec(
                 task_id,
                 row["session_id"],
@@ -347,13 +344,13 @@ class Runtime:
         self, session_id: str, *, owner: str | None = None
     ) -> list[schemas.TaskSummary]:
         await self._session_row(session_id, owner)
-        return await records.list_tasks(self.store, session_id)
+        return await self.store.list_tasks(session_id)
 
     async def get_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
-        return records.task_detail(await self._task_row(task_id, owner))
+        return task_detail(await self._task_row(task_id, owner))
 
     async def _task_row(self, task_id: str, owner: str | None) -> dict[str, Any]:
-        row = await records.task_row(self.store, task_id, await self.owner(owner))
+        row = await self.store.task_row(task_id, await self.owner(owner))
         if row is None:
             raise NotFound("task not found")
         return row
@@ -407,14 +404,14 @@ class Runtime:
         self, task_id: str, *, owner: str | None = None
     ) -> list[schemas.Artifact]:
         await self._task_row(task_id, owner)
-        return await records.list_artifacts(self.store, task_id)
+        return await self.store.list_artifacts(task_id)
 
     async def artifact_file(
         self, task_id: str, artifact_id: str, *, owner: str | None = None
     ) -> tuple[dict[str, Any], Path]:
         """The artifact's row and the path of its bytes."""
         await self._task_row(task_id, owner)
-        row = await records.artifact_row(self.store, task_id, artifact_id)
+        row = await self.store.artifact_row(task_id, artifact_id)
         path = artifact_path(self.settings.artifacts_dir, artifact_id) if row else None
         if row is None or path is None or not path.is_file():
             raise NotFound("artifact not found")

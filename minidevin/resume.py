@@ -14,7 +14,6 @@ from typing import Any
 
 from minidevin.runtime import schemas
 from minidevin.runtime.errors import Conflict
-from minidevin.runtime.store import decode_json
 
 RESUMABLE = frozenset({"failed", "stopped"})
 
@@ -32,6 +31,6 @@ def resumed_limits(row: dict[str, Any], request: schemas.ResumeRequest) -> tuple
     """The task's new total iteration limit and cost budget."""
     more_iterations = request.max_iterations or row["run_max_iterations"] or row["max_iterations"]
     more_cost = request.max_cost_usd or row["run_max_cost_usd"]
-    spent = float((decode_json(row["usage"]) or {}).get("cost_usd", 0.0))
+    spent = float((row["usage"] or {}).get("cost_usd", 0.0))
     budget = None if more_cost is None else round(spent + more_cost, 6)
     return row["iterations"] + more_iterations, budget

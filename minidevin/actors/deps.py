@@ -12,7 +12,7 @@ import pykka
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.providers.retry import RetryPolicy
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.store import Store
+from minidevin.runtime.storage import Store
 
 
 class TaskSlots:

@@ -31,7 +31,6 @@ from minidevin.actors.messages import (
     UserInput,
 )
 from minidevin.actors.task import TaskActor
-from minidevin.runtime import records
 from minidevin.runtime.event_types import Resumed, Status
 from minidevin.runtime.events import TaskEventLog
 
@@ -69,7 +68,7 @@ class SessionActor(pykka.ThreadingActor):
                     reply.set_result("conflict")
                     return
                 last_seq = spec.resume["last_seq"] if spec.resume is not None else 0
-                entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.submit, last_seq))
+                entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.append, last_seq))
                 if spec.resume is not None:
                     entry.events.emit(
                         Resumed(
@@ -161,7 +160,7 @@ class SessionActor(pykka.ThreadingActor):
         if not self._want_slot():
             return
         entry = self.waiting.popleft()
-        self.deps.store.submit(records.touch_session(self.session_id))
+        self.deps.store.touch_session(self.session_id)
         entry.events.emit(Status(status="running", message="Task started"))
         task = TaskActor.start(entry.spec, entry.events, self.deps, self.actor_ref)
         self.running = (entry, task)

@@ -59,14 +59,13 @@ def record_task_end(
         "messages": history.messages + history.pending,
     }
     try:
-        writes = write_task_artifacts(
+        rows = write_task_artifacts(
             deps.settings.artifacts_dir, spec.task_id, history.plan, patch, trajectory
         )
     except OSError as exc:
         log.error("artifacts_failed", task_id=spec.task_id, error=str(exc))
-        writes = []
-    for write in writes:
-        deps.store.submit(write)
+        rows = []
+    deps.store.add_artifacts(rows)
     if error is not None:
         events.emit(Error(error=error[1], code=error[0]))
     events.emit(Status.model_validate({"status": status, "message": message, "result": result}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from minidevin.actors.deps import Deps
 from minidevin.actors.messages import TaskSpec
-from minidevin.runtime import agent, event_types, records
+from minidevin.runtime import agent, event_types
 from minidevin.runtime.context import input_budget
 from minidevin.runtime.events import FINAL_STATUSES
 from minidevin.runtime.followups import EarlierTask, session_context
@@ -18,9 +18,7 @@ def load_history(spec: TaskSpec, deps: Deps) -> TaskHistory:
     if spec.resume is None:
         return TaskHistory()
     store = deps.store
-    return TaskHistory.rebuild(
-        store.call_blocking(lambda: records.events_after(store, spec.task_id, 0))
-    )
+    return TaskHistory.rebuild(store.call_blocking(lambda: store.events_after(spec.task_id, 0)))
 
 
 def interrupted_results(history: TaskHistory) -> list[event_types.EventBody]:
@@ -63,9 +61,9 @@ def earlier_tasks(spec: TaskSpec, deps: Deps) -> list[EarlierTask]:
 
     async def read() -> list[EarlierTask]:
         tasks = []
-        for row in await records.tasks_before(store, spec.session_id, spec.task_id):
+        for row in await store.tasks_before(spec.session_id, spec.task_id):
             if row["status"] in FINAL_STATUSES:
-                events = await records.events_after(store, row["id"], 0)
+                events = await store.events_after(row["id"], 0)
                 history = TaskHistory.rebuild(events)
                 tasks.append(EarlierTask(row["id"], row["description"], row["status"], history))
         return tasks

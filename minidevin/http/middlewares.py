@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from minidevin.http.errors import HTTP_CODES, error_response, validation_detail
 from minidevin.runtime.errors import ApiError
-from minidevin.runtime.store import StoreError
+from minidevin.runtime.storage import StoreError
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from minidevin.runtime import records, schemas
+from minidevin.runtime import schemas
 from minidevin.runtime.auth import (
     API_KEY_PREFIX,
     AuthError,
@@ -36,7 +36,7 @@ from minidevin.runtime.errors import (
 )
 from minidevin.runtime.events import utc_now
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.store import Store, StoreError
+from minidevin.runtime.storage import AlreadyExists, Store, new_id
 
 LOCAL_USER_EMAIL = f"local@{schemas.RESERVED_EMAIL_DOMAIN}"
 KEY_CACHE_SECONDS = 30.0  # a key row is read again after this (changes made elsewhere)
@@ -44,11 +44,6 @@ KEY_CACHE_SIZE = 10_000
 SINGLE_USER = (
     "registration is closed: commands run without a sandbox here, so this server serves one "
     "user (set MINIDEVIN_ALLOW_UNSANDBOXED_MULTIUSER=true to allow more)"
-)
-# every key a key created, and theirs: revoking a key revokes what it created
-_KEY_CHAIN = (
-    "WITH RECURSIVE chain(id) AS (SELECT ? UNION "
-    "SELECT k.id FROM api_keys k JOIN chain c ON k.parent_key_id = c.id) "
 )
 
 
@@ -101,11 +96,7 @@ class Accounts:
         return self.settings.allow_unsandboxed_multiuser or not commands_unsandboxed(self.settings)
 
     def has_users(self) -> bool:
-        return bool(
-            self.store.fetch_point(
-                "SELECT 1 FROM users WHERE email != ? LIMIT 1", (LOCAL_USER_EMAIL,)
-            )
-        )
+        return self.store.has_users_besides(LOCAL_USER_EMAIL)
 
     def registration_status(self) -> str:
         return "open" if self.registration_open_to_more() or not self.has_users() else "closed"
@@ -122,21 +113,17 @@ class Accounts:
             return await self._register(email, request)
 
     async def _register(self, email: str, request: schemas.RegisterRequest) -> schemas.User:
-        if await records.user_by_email(self.store, email) is not None:
+        if await self.store.user_by_email(email) is not None:
             raise Conflict("a user with this email already exists", code="EMAIL_TAKEN")
         password_hash = await hash_password(request.password, self.hashes)
         try:
-            return await records.insert_user(self.store, email, request.name, password_hash)
-        except StoreError as exc:  # a concurrent registration won the race
-            if "UNIQUE" in str(exc):
-                raise Conflict(
-                    "a user with this email already exists", code="EMAIL_TAKEN"
-                ) from None
-            raise
+            return await self.store.insert_user(email, request.name, password_hash)
+        except AlreadyExists:  # a concurrent registration won the race
+            raise Conflict("a user with this email already exists", code="EMAIL_TAKEN") from None
 
     async def login(self, request: schemas.LoginRequest) -> schemas.AccessToken:
         """Same answer and about the same time whether or not the email exists."""
-        user = await records.user_by_email(self.store, schemas.normalize_email(request.email))
+        user = await self.store.user_by_email(schemas.normalize_email(request.email))
         password_hash = user["password_hash"] if user else None
         ok = await verify_password(request.password, password_hash, self.hashes)
         if not ok or user is None:
@@ -157,12 +144,8 @@ class Accounts:
                 "DELETE /api/auth/api-keys/{key_id}"
             )
         now = time.time()
-        await self.store.write(
-            "DELETE FROM revoked_tokens WHERE expires_at < ?", (now,)
-        )  # (forget the ones that expired anyway)
-        await self.store.write(
-            "INSERT OR IGNORE INTO revoked_tokens (jti, user_id, expires_at) VALUES (?, ?, ?)",
-            (principal.credential, principal.user_id, principal.expires or now),
+        await self.store.revoke_token(
+            principal.credential, principal.user_id, principal.expires or now, now
         )
 
     async def change_password(
@@ -170,23 +153,14 @@ class Accounts:
     ) -> schemas.AccessToken:
         """New password; every token issued before is refused, and with
         `revoke_api_keys` every key too. Answers a fresh token."""
-        rows = self.store.fetch_point(
-            "SELECT password_hash FROM users WHERE id = ?", (principal.user_id,)
-        )
-        password_hash = rows[0]["password_hash"] if rows else None
+        password_hash = await self.store.password_hash(principal.user_id)
         if not await verify_password(request.current_password, password_hash, self.hashes):
             raise Forbidden("current_password is wrong", code="WRONG_PASSWORD")
         new_hash = await hash_password(request.new_password, self.hashes)
-        await self.store.write(
-            "UPDATE users SET password_hash = ?, token_version = token_version + 1 WHERE id = ?",
-            (new_hash, principal.user_id),
-        )
+        await self.store.set_password(principal.user_id, new_hash)
         version = await self._token_version(principal.user_id, fresh=True)
         if request.revoke_api_keys:
-            await self.store.write(
-                "UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
-                (utc_now(), principal.user_id),
-            )
+            await self.store.revoke_user_api_keys(principal.user_id, utc_now())
             self._evict_keys(lambda known: known.user_id == principal.user_id)
         return self._token_for(principal.user_id, version or 0)
 
@@ -214,41 +188,22 @@ class Accounts:
                 expiry = bound if expiry is None else min(expiry, bound)
         key = new_api_key()
         stored = schemas.ApiKey(
-            id=records.new_id(),
+            id=new_id(),
             name=request.name,
             created_at=utc_now(),
             expires_at=_iso(expiry) if expiry else None,
         )
-        await self.store.write(
-            "INSERT INTO api_keys (id, user_id, name, key_hash, prefix, created_at, expires_at, "
-            "parent_key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                stored.id,
-                user_id,
-                stored.name,
-                hash_api_key(key),
-                key[:8],
-                stored.created_at,
-                stored.expires_at,
-                parent,
-            ),
-        )
+        await self.store.insert_api_key(stored, user_id, hash_api_key(key), key[:8], parent)
         return schemas.ApiKeyCreated(**stored.model_dump(), key=key)
 
     async def list_api_keys(self, user_id: str) -> list[schemas.ApiKey]:
-        return await records.list_api_keys(self.store, user_id)
+        return await self.store.list_api_keys(user_id)
 
     async def revoke_api_key(self, user_id: str, key_id: str) -> None:
         """Revoke at once (and every key it created): the next request with it is refused."""
-        if not await records.revoke_api_key(self.store, user_id, key_id):
+        ids = await self.store.revoke_api_key(user_id, key_id, utc_now())
+        if ids is None:
             raise NotFound("API key not found")
-        chain = await self.store.fetch_all(_KEY_CHAIN + "SELECT id FROM chain", (key_id,))
-        ids = {row["id"] for row in chain}
-        await self.store.write(
-            _KEY_CHAIN + "UPDATE api_keys SET revoked_at = ? "
-            "WHERE id IN (SELECT id FROM chain) AND revoked_at IS NULL",
-            (key_id, utc_now()),
-        )
         self._evict_keys(lambda known: known.key_id in ids)
 
     def _evict_keys(self, predicate: Any) -> None:
@@ -261,12 +216,10 @@ class Accounts:
     async def _token_version(self, user_id: str, *, fresh: bool = False) -> int | None:
         """The user's token version (None: no such user), cached."""
         if fresh or user_id not in self._versions:
-            rows = self.store.fetch_point(
-                "SELECT token_version FROM users WHERE id = ?", (user_id,)
-            )
-            if not rows:
+            version = await self.store.token_version(user_id)
+            if version is None:
                 return None
-            self._versions[user_id] = rows[0]["token_version"]
+            self._versions[user_id] = version
         return self._versions[user_id]
 
     async def authenticate_token(self, token: str) -> Principal:
@@ -279,7 +232,7 @@ class Accounts:
             raise Unauthorized("invalid token")
         if claims.version != version:
             raise Unauthorized("token revoked (the password changed): log in again")
-        if self.store.fetch_point("SELECT 1 FROM revoked_tokens WHERE jti = ?", (claims.jti,)):
+        if await self.store.token_revoked(claims.jti):
             raise Unauthorized("token revoked (logged out): log in again")
         return Principal(claims.user_id, "jwt", claims.jti, claims.expires)
 
@@ -289,7 +242,7 @@ class Accounts:
         key_hash = hash_api_key(key)
         cached = self._keys.get(key_hash)
         if cached is None or cached.checked + KEY_CACHE_SECONDS < time.monotonic():
-            row = await records.api_key_by_hash(self.store, key_hash)
+            row = await self.store.api_key_by_hash(key_hash)
             if row is None or row["revoked_at"] is not None:
                 self._keys.pop(key_hash, None)
                 raise Unauthorized("invalid API key")
@@ -304,8 +257,8 @@ class Accounts:
 
     async def local_user_id(self) -> str:
         """The owner of sessions created through the embedding API without a user."""
-        row = await records.user_by_email(self.store, LOCAL_USER_EMAIL)
+        row = await self.store.user_by_email(LOCAL_USER_EMAIL)
         if row is not None:
             return row["id"]
         # (the Runtime serialises first calls, so there is no race to lose here)
-        return (await records.insert_user(self.store, LOCAL_USER_EMAIL, "local", None)).id
+        return (await self.store.insert_user(LOCAL_USER_EMAIL, "local", None)).id

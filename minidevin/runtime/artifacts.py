@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from minidevin.runtime import records
 from minidevin.runtime.events import utc_now
-from minidevin.runtime.store import Write
+from minidevin.runtime.storage import ArtifactRow, new_id
 
 TASK_ARTIFACTS = (
     # name, type, content type
@@ -29,7 +28,7 @@ def write_task_artifacts(
     plan: dict[str, Any],
     patch: str | Path,
     trajectory: dict[str, Any],
-) -> list[Write]:
+) -> list[ArtifactRow]:
     """Write a finished task's three artifact files; returns the rows to store.
 
     `patch` is the diff's text, or a file (written and synced already) moved in
@@ -41,9 +40,9 @@ def write_task_artifacts(
         "diff": patch if isinstance(patch, Path) else patch.encode(),
         "trajectory": json.dumps(trajectory, indent=2, default=str).encode(),
     }
-    writes = []
+    rows = []
     for name, type_, content_type in TASK_ARTIFACTS:
-        artifact_id = records.new_id()
+        artifact_id = new_id()
         data = contents[type_]
         path = artifact_path(artifacts_dir, artifact_id)
         if isinstance(data, Path):
@@ -58,12 +57,8 @@ def write_task_artifacts(
                 handle.flush()
                 os.fsync(handle.fileno())
             temporary.replace(path)
-        writes.append(
-            records.insert_artifact(
-                artifact_id, task_id, name, type_, content_type, size, utc_now()
-            )
-        )
-    return writes
+        rows.append(ArtifactRow(artifact_id, task_id, name, type_, content_type, size, utc_now()))
+    return rows
 
 
 def remove_artifact_files(artifacts_dir: Path, artifact_ids: list[str]) -> None:

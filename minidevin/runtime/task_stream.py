@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from minidevin.runtime import records
 from minidevin.runtime.events import Event
 from minidevin.runtime.hub import EventHub
-from minidevin.runtime.store import Store
+from minidevin.runtime.storage import Store
 
 
 async def history_then_live(
@@ -23,13 +22,13 @@ async def history_then_live(
     subscription = hub.subscribe(task_id)
     try:
         last = after
-        history = await records.events_after(store, task_id, after)
+        history = await store.events_after(task_id, after)
         for event in history:
             yield event
             last = event.seq
         if history and history[-1].is_final:
             return  # ended (a resume would append after it; the client may come back)
-        newest = records.last_event(store, task_id)
+        newest = await store.last_event(task_id)
         if newest is not None and newest.is_final and newest.seq <= last:
             return  # the client already saw the end (`after` at or past it)
         while True:

@@ -48,9 +48,8 @@ from typing import Any, TypeVar
 import structlog
 
 import minidevin
-from minidevin.runtime import records
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.store import Store
+from minidevin.runtime.storage import Store
 from minidevin.runtime.tools.paths import WorkspaceChanged, check_workspace, open_workspace
 
 log = structlog.get_logger(__name__)
@@ -188,12 +187,12 @@ class Workspaces:
             ):
                 raise _refused(reason, raw)
             path = str(checked.path)
-            for claim in await records.workspace_claims_around(self.store, path):
+            for claim in await self.store.workspace_claims_around(path):
                 if claim["user_id"] != user_id:
                     raise _refused("another user's working directory is on, in or around it", raw)
                 if claim["path"] != path:
                     raise _refused("another of the user's directories is in or around it", raw)
-            await records.put_workspace_claim(self.store, path, user_id, checked.identity)
+            await self.store.put_workspace_claim(path, user_id, checked.identity)
         try:
             await _in_own_thread(hand_over, checked, settings.sandbox_uid)
         except WorkspaceChanged:  # swapped between the check and the hand-over
@@ -206,7 +205,7 @@ class Workspaces:
         `WorkspaceChanged` if the directory is no longer that one. A session older than
         claims is checked (and claimed) as a new one would be (`WorkspaceError`).
         """
-        claim = await records.workspace_claim(self.store, path)
+        claim = await self.store.workspace_claim(path)
         if claim is not None and claim["user_id"] == user_id:
             identity = int(claim["st_dev"]), int(claim["st_ino"])
         else:

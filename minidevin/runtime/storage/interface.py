@@ -1,0 +1,247 @@
+"""The storage interface: what the runtime asks of a store, with no SQL in it.
+
+A store is two things behind one object:
+
+- a **repository** of domain methods (users, API keys, revoked tokens,
+  sessions, workspace claims, tasks, events, artifacts). Lookups are scoped
+  to an owner where the API needs it (`user_id`): another user's id reads as
+  missing, so no route can leak whether it exists. Rows come back as plain
+  dicts of decoded values (JSON columns as Python values) or as the API's
+  `schemas` models.
+- an **event sink**: `append(event)` queues an event from any thread without
+  blocking; the store commits queued events and writes in order, in batches,
+  applies each event's task-row projection (`runtime/projection.py`) in the
+  same transaction, and only then hands the events to `on_events_committed`.
+  `touch_session` and `add_artifacts` are queued in that same order.
+  `generation` grows after every committed change other than bare events (the
+  HTTP layer's read cache is current while it has not moved).
+
+A write the caller awaits raises `StoreError` if it cannot be committed
+(`AlreadyExists` for a duplicate unique value), which the HTTP layer answers
+as 503 `STORE_UNAVAILABLE`. A backend implements `Store`; `open_store` (in
+this package) picks one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from minidevin.runtime import schemas
+from minidevin.runtime.events import Event
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (newer schema, disk full, locked...)."""
+
+
+class AlreadyExists(StoreError):
+    """A write would duplicate a unique value (an email, a key hash...)."""
+
+
+def new_id() -> str:
+    """A new row id (ids are chosen by the caller, not the database)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    """An artifact file's metadata, stored beside its task."""
+
+    id: str
+    task_id: str
+    name: str
+    type: str
+    content_type: str
+    size: int
+    created_at: str
+
+
+class EventSink(Protocol):
+    """The ordered, batching write side: events and the writes queued with them."""
+
+    generation: int
+    on_events_committed: Callable[[list[Event]], None]
+
+    def append(self, event: Event) -> None:
+        """Queue an event from any thread; never blocks."""
+
+    async def flush(self) -> None:
+        """Wait until everything queued before this call is committed."""
+
+    def call_blocking(self, read: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+        """From another thread (an actor): run `read()` on the store's loop once
+        everything queued so far is committed, and wait for its answer."""
+        ...
+
+
+class Repository(Protocol):
+    """Domain reads and writes. Rows are dicts of decoded column values."""
+
+    # -- users, API keys, revoked tokens -----------------------------------------------
+    async def insert_user(
+        self, email: str, name: str, password_hash: str | None
+    ) -> schemas.User: ...
+    async def user_by_email(self, email: str) -> dict[str, Any] | None:
+        """id, email, name, password_hash, token_version, created_at."""
+        ...
+
+    def has_users_besides(self, email: str) -> bool:
+        """True if any user but the one with `email` exists (answered at once)."""
+        ...
+
+    async def password_hash(self, user_id: str) -> str | None: ...
+    async def token_version(self, user_id: str) -> int | None:
+        """The user's token version; None if there is no such user."""
+        ...
+
+    async def set_password(self, user_id: str, password_hash: str) -> None:
+        """New password hash; the token version goes up by one."""
+        ...
+
+    async def revoke_token(self, jti: str, user_id: str, expires_at: float, now: float) -> None:
+        """Refuse token `jti` from now on (and forget revocations expired by `now`)."""
+        ...
+
+    async def token_revoked(self, jti: str) -> bool: ...
+    async def insert_api_key(
+        self,
+        key: schemas.ApiKey,
+        user_id: str,
+        key_hash: str,
+        prefix: str,
+        parent_key_id: str | None,
+    ) -> None: ...
+    async def list_api_keys(self, user_id: str) -> list[schemas.ApiKey]:
+        """The user's live (unrevoked) keys, oldest first."""
+        ...
+
+    async def api_key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
+        """id, user_id, expires_at, revoked_at."""
+        ...
+
+    async def revoke_api_key(self, user_id: str, key_id: str, now: str) -> set[str] | None:
+        """Revoke the user's live key and every key it created (and theirs...);
+        the ids of that chain, or None if the user has no such live key."""
+        ...
+
+    async def revoke_user_api_keys(self, user_id: str, now: str) -> None: ...
+
+    # -- sessions and working directories -----------------------------------------------
+    async def insert_session(
+        self, user_id: str, name: str, working_directory: str
+    ) -> schemas.SessionCreated: ...
+    async def list_sessions(self, user_id: str) -> list[schemas.SessionSummary]: ...
+    async def session_row(self, session_id: str, user_id: str) -> dict[str, Any] | None:
+        """id, user_id, name, status, working_directory, created_at, updated_at."""
+        ...
+
+    async def session_detail(
+        self, session_id: str, user_id: str
+    ) -> schemas.SessionDetail | None: ...
+    def touch_session(self, session_id: str) -> None:
+        """Queue (in order with events, never blocking) a bump of its `updated_at`."""
+        ...
+
+    async def delete_session(self, session_id: str) -> list[str]:
+        """Delete a session with its tasks, events and artifact rows; its artifact ids."""
+        ...
+
+    async def workspace_claims_around(self, path: str) -> list[dict[str, Any]]:
+        """Claims (path, user_id) on `path`, on a directory containing it, or inside it."""
+        ...
+
+    async def workspace_claim(self, path: str) -> dict[str, Any] | None:
+        """path, user_id, st_dev, st_ino (as strings)."""
+        ...
+
+    async def put_workspace_claim(self, path: str, user_id: str, identity: tuple[int, int]) -> None:
+        """Claim `path` for `user_id`, or refresh the identity of their own claim on it."""
+        ...
+
+    # -- tasks, events, artifacts --------------------------------------------------------
+    async def insert_task(
+        self,
+        task_id: str,
+        session_id: str,
+        request: schemas.TaskRequest,
+        model: str,
+        max_iterations: int,
+        created_at: str,
+    ) -> None:
+        """A new task row, `queued`; afterwards only its events change it."""
+        ...
+
+    async def task_row(self, task_id: str, user_id: str) -> dict[str, Any] | None:
+        """Every column of the user's task (`plan`, `result`, `usage` decoded)."""
+        ...
+
+    async def task_owner(self, task_id: str) -> str | None:
+        """The user whose session holds the task (None: no such task)."""
+        ...
+
+    async def list_tasks(self, session_id: str) -> list[schemas.TaskSummary]: ...
+    async def tasks_before(self, session_id: str, task_id: str) -> list[dict[str, Any]]:
+        """id, description, status of the session's tasks created before `task_id`."""
+        ...
+
+    async def tasks_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
+        """Every column of the tasks in `statuses`, oldest first."""
+        ...
+
+    async def events_after(self, task_id: str, after: int) -> list[Event]:
+        """The task's committed events with `seq` above `after`, in order."""
+        ...
+
+    async def last_event(self, task_id: str) -> Event | None:
+        """The task's newest committed event (a final status is always the last)."""
+        ...
+
+    def add_artifacts(self, rows: Sequence[ArtifactRow]) -> None:
+        """Queue (in order with events, never blocking) the rows of written artifacts."""
+        ...
+
+    async def set_aside_artifacts(self, task_id: str) -> None:
+        """Before a task is resumed: its artifacts so far become `runN-<name>` (run 1, 2,
+        ...), so the new run's `plan.json`, `diff.patch` and `trajectory.json` take their
+        names."""
+        ...
+
+    async def list_artifacts(self, task_id: str) -> list[schemas.Artifact]: ...
+    async def artifact_row(self, task_id: str, artifact_id: str) -> dict[str, Any] | None:
+        """id, task_id, name, type, content_type, size, created_at."""
+        ...
+
+
+class Store(Repository, EventSink, Protocol):
+    """A storage backend: open it on the runtime's loop, close it to flush."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def task_detail(row: dict[str, Any]) -> schemas.TaskDetail:
+    """A task row (from `Repository.task_row`) as the API's task."""
+    result = row["result"]
+    return schemas.TaskDetail(
+        id=row["id"],
+        session_id=row["session_id"],
+        description=row["description"],
+        status=row["status"],
+        model=row["model"],
+        run_mode=row["run_mode"],
+        max_iterations=row["max_iterations"],
+        max_cost_usd=row["max_cost_usd"],
+        context=row["context"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        iterations=row["iterations"],
+        plan=schemas.Plan(**(row["plan"] or {"steps": []})),
+        result=schemas.TaskResult(**result) if result else None,
+        usage=schemas.Usage(**(row["usage"] or {})),
+    )

@@ -1,0 +1,342 @@
+"""`SqliteStore`: the storage interface's domain methods as SQLite statements.
+
+The engine below it (`sqlite_engine.py`) batches the writes, keeps the
+readers and the write generation; this module holds the SQL. Point lookups
+through an index (credentials, the session or task a request names) use the
+engine's `fetch_point`, right on the loop thread; scans use `fetch_all`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+from minidevin.runtime import schemas
+from minidevin.runtime.events import Event, utc_now
+from minidevin.runtime.storage.interface import ArtifactRow, new_id
+from minidevin.runtime.storage.sqlite_engine import SqliteEngine, Write, decode_json
+
+# every key a key created, and theirs: revoking a key revokes what it created
+_KEY_CHAIN = (
+    "WITH RECURSIVE chain(id) AS (SELECT ? UNION "
+    "SELECT k.id FROM api_keys k JOIN chain c ON k.parent_key_id = c.id) "
+)
+_TASK_JSON = ("plan", "result", "usage")
+
+
+def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return rows[0] if rows else None
+
+
+def _task(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is not None:
+        for name in _TASK_JSON:
+            row[name] = decode_json(row[name])
+    return row
+
+
+def _event(task_id: str, row: dict[str, Any]) -> Event:
+    return Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
+
+
+class SqliteStore(SqliteEngine):
+    """The `Store` on one SQLite file (WAL), migrated on open."""
+
+    # -- users, API keys, revoked tokens -----------------------------------------------
+
+    async def insert_user(self, email: str, name: str, password_hash: str | None) -> schemas.User:
+        user = schemas.User(id=new_id(), email=email, name=name, created_at=utc_now())
+        await self.write(
+            "INSERT INTO users (id, email, name, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            (user.id, user.email, user.name, password_hash, user.created_at),
+        )
+        return user
+
+    async def user_by_email(self, email: str) -> dict[str, Any] | None:
+        return _first(self.fetch_point("SELECT * FROM users WHERE email = ?", (email.strip(),)))
+
+    def has_users_besides(self, email: str) -> bool:
+        return bool(self.fetch_point("SELECT 1 FROM users WHERE email != ? LIMIT 1", (email,)))
+
+    async def password_hash(self, user_id: str) -> str | None:
+        rows = self.fetch_point("SELECT password_hash FROM users WHERE id = ?", (user_id,))
+        return rows[0]["password_hash"] if rows else None
+
+    async def token_version(self, user_id: str) -> int | None:
+        rows = self.fetch_point("SELECT token_version FROM users WHERE id = ?", (user_id,))
+        return rows[0]["token_version"] if rows else None
+
+    async def set_password(self, user_id: str, password_hash: str) -> None:
+        await self.write(
+            "UPDATE users SET password_hash = ?, token_version = token_version + 1 WHERE id = ?",
+            (password_hash, user_id),
+        )
+
+    async def revoke_token(self, jti: str, user_id: str, expires_at: float, now: float) -> None:
+        await self.write("DELETE FROM revoked_tokens WHERE expires_at < ?", (now,))
+        await self.write(
+            "INSERT OR IGNORE INTO revoked_tokens (jti, user_id, expires_at) VALUES (?, ?, ?)",
+            (jti, user_id, expires_at),
+        )
+
+    async def token_revoked(self, jti: str) -> bool:
+        return bool(self.fetch_point("SELECT 1 FROM revoked_tokens WHERE jti = ?", (jti,)))
+
+    async def insert_api_key(
+        self,
+        key: schemas.ApiKey,
+        user_id: str,
+        key_hash: str,
+        prefix: str,
+        parent_key_id: str | None,
+    ) -> None:
+        await self.write(
+            "INSERT INTO api_keys (id, user_id, name, key_hash, prefix, created_at, expires_at, "
+            "parent_key_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.id, user_id, key.name, key_hash, prefix, key.created_at, key.expires_at,
+             parent_key_id),
+        )  # fmt: skip
+
+    async def list_api_keys(self, user_id: str) -> list[schemas.ApiKey]:
+        rows = await self.fetch_all(
+            "SELECT id, name, created_at, expires_at FROM api_keys "
+            "WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at",
+            (user_id,),
+        )
+        return [schemas.ApiKey(**row) for row in rows]
+
+    async def api_key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
+        return _first(
+            self.fetch_point(
+                "SELECT id, user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ?",
+                (key_hash,),
+            )
+        )
+
+    async def revoke_api_key(self, user_id: str, key_id: str, now: str) -> set[str] | None:
+        live = await self.fetch_one(
+            "SELECT 1 FROM api_keys WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+            (key_id, user_id),
+        )
+        if live is None:
+            return None
+        await self.write(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ?",
+            (now, key_id, user_id),
+        )
+        chain = await self.fetch_all(_KEY_CHAIN + "SELECT id FROM chain", (key_id,))
+        await self.write(
+            _KEY_CHAIN + "UPDATE api_keys SET revoked_at = ? "
+            "WHERE id IN (SELECT id FROM chain) AND revoked_at IS NULL",
+            (key_id, now),
+        )
+        return {row["id"] for row in chain}
+
+    async def revoke_user_api_keys(self, user_id: str, now: str) -> None:
+        await self.write(
+            "UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            (now, user_id),
+        )
+
+    # -- sessions and working directories -----------------------------------------------
+
+    async def insert_session(
+        self, user_id: str, name: str, working_directory: str
+    ) -> schemas.SessionCreated:
+        now = utc_now()
+        session = schemas.SessionCreated(
+            id=new_id(), name=name, status="active", working_directory=working_directory,
+            created_at=now,
+        )  # fmt: skip
+        await self.write(
+            "INSERT INTO sessions (id, user_id, name, status, working_directory, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (session.id, user_id, name, session.status, working_directory, now, now),
+        )
+        return session
+
+    async def list_sessions(self, user_id: str) -> list[schemas.SessionSummary]:
+        rows = await self.fetch_all(
+            "SELECT s.id, s.name, s.status, s.created_at, s.updated_at, "
+            "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id) AS task_count "
+            "FROM sessions s WHERE s.user_id = ? ORDER BY s.created_at DESC",
+            (user_id,),
+        )
+        return [schemas.SessionSummary(**row) for row in rows]
+
+    async def session_row(self, session_id: str, user_id: str) -> dict[str, Any] | None:
+        return _first(
+            self.fetch_point(
+                "SELECT * FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id)
+            )
+        )
+
+    async def session_detail(self, session_id: str, user_id: str) -> schemas.SessionDetail | None:
+        rows = self.fetch_point(  # one session's tasks: a handful of rows through an index
+            "SELECT s.id, s.name, s.status, s.working_directory, s.created_at, s.updated_at, "
+            "t.id AS task_id, t.description, t.status AS task_status FROM sessions s "
+            "LEFT JOIN tasks t ON t.session_id = s.id WHERE s.id = ? AND s.user_id = ? "
+            "ORDER BY t.created_at",
+            (session_id, user_id),
+        )
+        if not rows:
+            return None
+        first = rows[0]
+        tasks = [
+            schemas.TaskBrief(
+                id=row["task_id"], description=row["description"], status=row["task_status"]
+            )
+            for row in rows
+            if row["task_id"] is not None
+        ]
+        fields = ("id", "name", "status", "working_directory", "created_at", "updated_at")
+        return schemas.SessionDetail(**{k: first[k] for k in fields}, tasks=tasks)
+
+    def touch_session(self, session_id: str) -> None:
+        self.submit(
+            Write("UPDATE sessions SET updated_at = ? WHERE id = ?", (utc_now(), session_id))
+        )
+
+    async def delete_session(self, session_id: str) -> list[str]:
+        artifacts = await self.fetch_all(
+            "SELECT a.id FROM artifacts a JOIN tasks t ON t.id = a.task_id WHERE t.session_id = ?",
+            (session_id,),
+        )
+        await self.write("DELETE FROM sessions WHERE id = ?", (session_id,))
+        return [row["id"] for row in artifacts]
+
+    async def workspace_claims_around(self, path: str) -> list[dict[str, Any]]:
+        ancestors = [path, *(str(parent) for parent in PurePosixPath(path).parents)]
+        marks = ", ".join("?" for _ in ancestors)
+        # beneath `path`: every string from "path/" up to (not including) "path0" ("0" follows "/")
+        return await self.fetch_all(
+            f"SELECT path, user_id FROM workspace_claims WHERE path IN ({marks}) "
+            "OR (path > ? AND path < ?)",
+            (*ancestors, path.rstrip("/") + "/", path.rstrip("/") + "0"),
+        )
+
+    async def workspace_claim(self, path: str) -> dict[str, Any] | None:
+        return await self.fetch_one(
+            "SELECT path, user_id, st_dev, st_ino FROM workspace_claims WHERE path = ?", (path,)
+        )
+
+    async def put_workspace_claim(self, path: str, user_id: str, identity: tuple[int, int]) -> None:
+        await self.write(
+            "INSERT INTO workspace_claims (path, user_id, st_dev, st_ino, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET st_dev = excluded.st_dev, "
+            "st_ino = excluded.st_ino WHERE workspace_claims.user_id = excluded.user_id",
+            (path, user_id, str(identity[0]), str(identity[1]), utc_now()),
+        )
+
+    # -- tasks, events, artifacts --------------------------------------------------------
+
+    async def insert_task(
+        self,
+        task_id: str,
+        session_id: str,
+        request: schemas.TaskRequest,
+        model: str,
+        max_iterations: int,
+        created_at: str,
+    ) -> None:
+        await self.write(
+            "INSERT INTO tasks (id, session_id, description, model, run_mode, max_iterations, "
+            "max_cost_usd, context, status, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+            (task_id, session_id, request.description, model, request.run_mode, max_iterations,
+             request.max_cost_usd, request.context, created_at),
+        )  # fmt: skip
+
+    async def task_row(self, task_id: str, user_id: str) -> dict[str, Any] | None:
+        return _task(
+            _first(
+                self.fetch_point(
+                    "SELECT t.* FROM tasks t JOIN sessions s ON s.id = t.session_id "
+                    "WHERE t.id = ? AND s.user_id = ?",
+                    (task_id, user_id),
+                )
+            )
+        )
+
+    async def task_owner(self, task_id: str) -> str | None:
+        row = await self.fetch_one(
+            "SELECT s.user_id FROM tasks t JOIN sessions s ON s.id = t.session_id WHERE t.id = ?",
+            (task_id,),
+        )
+        return None if row is None else row["user_id"]
+
+    async def list_tasks(self, session_id: str) -> list[schemas.TaskSummary]:
+        rows = await self.fetch_all(
+            "SELECT id, description, status, created_at, completed_at, iterations FROM tasks "
+            "WHERE session_id = ? ORDER BY created_at",
+            (session_id,),
+        )
+        return [schemas.TaskSummary(**row) for row in rows]
+
+    async def tasks_before(self, session_id: str, task_id: str) -> list[dict[str, Any]]:
+        return await self.fetch_all(
+            "SELECT id, description, status FROM tasks WHERE session_id = ? "
+            "AND rowid < (SELECT rowid FROM tasks WHERE id = ?) ORDER BY rowid",
+            (session_id, task_id),
+        )
+
+    async def tasks_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
+        marks = ", ".join("?" for _ in statuses)
+        rows = await self.fetch_all(
+            f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY created_at", tuple(statuses)
+        )
+        return [_task(row) or row for row in rows]
+
+    async def events_after(self, task_id: str, after: int) -> list[Event]:
+        rows = await self.fetch_all(
+            "SELECT seq, type, data, timestamp FROM events WHERE task_id = ? AND seq > ? "
+            "ORDER BY seq",
+            (task_id, after),
+        )
+        return [_event(task_id, row) for row in rows]
+
+    async def last_event(self, task_id: str) -> Event | None:
+        row = _first(
+            self.fetch_point(
+                "SELECT seq, type, data, timestamp FROM events WHERE task_id = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                (task_id,),
+            )
+        )
+        return None if row is None else _event(task_id, row)
+
+    def add_artifacts(self, rows: Sequence[ArtifactRow]) -> None:
+        for row in rows:
+            self.submit(
+                Write(
+                    "INSERT INTO artifacts (id, task_id, name, type, content_type, size, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row.id, row.task_id, row.name, row.type, row.content_type, row.size,
+                     row.created_at),
+                )
+            )  # fmt: skip
+
+    async def set_aside_artifacts(self, task_id: str) -> None:
+        rows = await self.fetch_all("SELECT name FROM artifacts WHERE task_id = ?", (task_id,))
+        names = {row["name"] for row in rows}
+        run = 1 + sum(1 for name in names if name.startswith("run") and name.endswith("-plan.json"))
+        await self.write(
+            "UPDATE artifacts SET name = ? || name WHERE task_id = ? AND name NOT LIKE 'run%-%'",
+            (f"run{run}-", task_id),
+        )
+
+    async def list_artifacts(self, task_id: str) -> list[schemas.Artifact]:
+        rows = await self.fetch_all(
+            "SELECT id, name, type, size, created_at FROM artifacts WHERE task_id = ? "
+            "ORDER BY created_at, name",
+            (task_id,),
+        )
+        return [schemas.Artifact(**row) for row in rows]
+
+    async def artifact_row(self, task_id: str, artifact_id: str) -> dict[str, Any] | None:
+        return _first(
+            self.fetch_point(
+                "SELECT * FROM artifacts WHERE id = ? AND task_id = ?", (artifact_id, task_id)
+            )
+        )
