@@ -55,6 +55,8 @@ class TaskHistory:
                 self.started = True
             case "session_context":
                 self.messages.extend(data["messages"])
+            case "user_message" if data.get("source") == "task":  # the description goes first
+                self.pending.insert(0, {"role": "user", "content": data["content"]})
             case "user_message":
                 self.pending.append({"role": "user", "content": data["content"]})
             case "resumed" if data.get("message"):
