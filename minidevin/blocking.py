@@ -112,6 +112,17 @@ class BlockingRuntime:
     def stop_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskStopped:
         return self._call(self.runtime.stop_task(task_id, owner=owner))
 
+    def resume_task(
+        self,
+        task_id: str,
+        request: schemas.ResumeRequest | None = None,
+        *,
+        owner: str | None = None,
+        **fields: Any,
+    ) -> schemas.TaskDetail:
+        """Continue a task that ended `failed` or `stopped` (`Conflict` for any other)."""
+        return self._call(self.runtime.resume_task(task_id, request, owner=owner, **fields))
+
     def send_input(self, task_id: str, content: str, *, owner: str | None = None) -> bool:
         return self._call(self.runtime.send_input(task_id, content, owner=owner))
 

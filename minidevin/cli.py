@@ -25,13 +25,32 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser(
         "run", help="run one task in this process and show it live", formatter_class=_RunHelp
     )
-    run.add_argument("task", help="what the agent should do")
-    run.add_argument("--dir", required=True, help="the working directory (a repository)")
+    run.add_argument("task", nargs="?", help="what the agent should do (not with --resume)")
+    run.add_argument("--dir", help="the working directory (a repository; not with --resume)")
     run.add_argument("--model", help="model id, e.g. gpt-4o or replay:PATH/trajectory.json")
-    run.add_argument("--max-iterations", type=_iterations, help="model turns at most (1-1000)")
+    run.add_argument(
+        "--max-iterations",
+        type=_iterations,
+        help="model turns at most (1-1000); with --resume, how many more",
+    )
+    run.add_argument(
+        "--max-cost-usd", type=_cost, help="cost budget in USD; with --resume, how much more"
+    )
+    run.add_argument(
+        "--resume",
+        metavar="TASK_ID",
+        help="continue a failed or stopped task of the data directory (same id, its "
+        "conversation rebuilt from its log; more iterations: --max-iterations, default "
+        "as many as it was created with; the summary of a failed run names its id)",
+    )
+    run.add_argument(
+        "--message", help="with --resume: a message for the model before its next turn"
+    )
     run.add_argument("--json", action="store_true", help="print one JSON event per line")
     run.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
     args = parser.parse_args(argv)
+    if args.command == "run" and (problem := _run_arguments_problem(args)):
+        run.error(problem)
     from minidevin.runtime.data_lock import DataDirInUse
 
     try:
@@ -58,6 +77,31 @@ class _RunHelp(argparse.HelpFormatter):
             if extra := default_help()[action.dest]:
                 text += f" ({extra})".replace("%", "%%")
         return text
+
+
+def _run_arguments_problem(args: argparse.Namespace) -> str | None:
+    """Why `minidevin run`'s arguments do not go together (None: they do)."""
+    if args.resume is not None:
+        given = [name for name in ("task", "dir", "model") if getattr(args, name) is not None]
+        if given:
+            shown = ["a task description" if name == "task" else f"--{name}" for name in given]
+            return f"--resume continues a task as it was: not with {', '.join(shown)}"
+        return None
+    if args.message is not None:
+        return "--message goes with --resume"
+    if args.task is None or args.dir is None:
+        return "a task description and --dir are required (or --resume TASK_ID)"
+    return None
+
+
+def _cost(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1_000_000:
+        raise argparse.ArgumentTypeError("must be above 0 and at most 1000000")
+    return value
 
 
 def _iterations(text: str) -> int:

@@ -4,7 +4,13 @@ Streams the model's text, each tool call and a shortened result, the plan when
 it changes, status changes, then a summary and the diff stat. Questions from
 `ask_user` are answered from stdin. Ctrl-C stops the task (status `stopped`)
 and exits 130; otherwise the exit code is 0 when the task completed with
-success, 1 when not. `--json` prints one event per line and nothing else.
+success, 1 when not, 2 when it could not start (a bad directory, model, setting,
+or a task to resume that is unknown or not failed/stopped). `--json` prints one
+event per line and nothing else.
+
+`--resume TASK_ID` continues a failed or stopped task of the data directory
+instead of creating one (`Runtime.resume_task`): it shows the events the task
+adds from there on, then the same summary.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from minidevin.api import Runtime
+from minidevin.resume import RESUMABLE
 from minidevin.run_view import HumanView, JsonView
 from minidevin.runtime.errors import ApiError
 from minidevin.runtime.hub import SlowSubscriber
@@ -44,7 +51,17 @@ def run_command(args: argparse.Namespace) -> int:
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
     try:
-        run = TaskRun(settings, args.task, args.dir, args.model, args.max_iterations, args.json)
+        run = TaskRun(
+            settings,
+            args.task or "",
+            args.dir or "",
+            args.model,
+            args.max_iterations,
+            args.json,
+            resume=args.resume,
+            message=args.message,
+            max_cost_usd=args.max_cost_usd,
+        )
         return asyncio.run(run.main())
     except KeyboardInterrupt:  # before the loop's handler was installed
         return EXIT_INTERRUPTED
@@ -102,12 +119,19 @@ class TaskRun:
         max_iterations: int | None,
         json_output: bool,
         out: TextIO | None = None,
+        *,
+        resume: str | None = None,
+        message: str | None = None,
+        max_cost_usd: float | None = None,
     ) -> None:
         self.settings = settings
         self.description = description
         self.directory = directory
         self.model = model
         self.max_iterations = max_iterations
+        self.resume = resume  # the id of a task to continue, instead of a new one
+        self.message = message
+        self.max_cost_usd = max_cost_usd
         self.view = JsonView(out or sys.stdout) if json_output else HumanView(out or sys.stdout)
         self.task_id: str | None = None
         self.interrupts = 0
@@ -129,32 +153,56 @@ class TaskRun:
             loop.remove_signal_handler(signal.SIGINT)
 
     async def _run(self) -> int:
+        after = 0  # the events shown start after this seq (a resumed task's new ones)
         try:
             if self.interrupts:
                 return EXIT_INTERRUPTED
-            name = f"run: {Path(self.directory).name or self.directory}"
-            session = await self.runtime.create_session(name, self.directory)
-            task = await self.runtime.create_task(
-                session.id, self.description, model=self.model, max_iterations=self.max_iterations
-            )
-        except (ApiError, ValueError) as exc:  # a bad directory, model or setting
+            if self.resume is not None:
+                after = await self._resume(self.resume)
+                task_id = self.resume
+            else:
+                name = f"run: {Path(self.directory).name or self.directory}"
+                session = await self.runtime.create_session(name, self.directory)
+                task = await self.runtime.create_task(
+                    session.id,
+                    self.description,
+                    model=self.model,
+                    max_iterations=self.max_iterations,
+                    max_cost_usd=self.max_cost_usd,
+                )
+                task_id = task.id
+        except (ApiError, ValueError) as exc:  # a bad directory, model, setting or task id
             print(f"minidevin: {getattr(exc, 'detail', exc)}", file=sys.stderr)
             return EXIT_USAGE
-        self.task_id = task.id
+        self.task_id = task_id
         if self.interrupts:
             self._spawn(self._stop())
-        await self._follow(task.id)
-        detail = await self.runtime.get_task(task.id)
+        await self._follow(task_id, after)
+        detail = await self.runtime.get_task(task_id)
         if isinstance(self.view, HumanView):
-            self.view.summary(detail, await self._patch(task.id))
+            self.view.summary(detail, await self._patch(task_id))
         if self.interrupts:
             return EXIT_INTERRUPTED
         success = detail.status == "completed" and detail.result is not None
         return EXIT_OK if success and detail.result.success else EXIT_FAILED
 
-    async def _follow(self, task_id: str) -> None:
-        """Show every event until the final status (resuming if cut off as too slow)."""
+    async def _resume(self, task_id: str) -> int:
+        """Continue the task; the seq of its last event before this run."""
         last = 0
+        if (await self.runtime.get_task(task_id)).status in RESUMABLE:  # ended: history only
+            async for event in self.runtime.events(task_id):
+                last = event.seq
+        await self.runtime.resume_task(
+            task_id,
+            message=self.message,
+            max_iterations=self.max_iterations,
+            max_cost_usd=self.max_cost_usd,
+        )
+        return last
+
+    async def _follow(self, task_id: str, after: int = 0) -> None:
+        """Show every event after `after` until the final status (again if cut off as slow)."""
+        last = after
         while True:
             try:
                 async for event in self.runtime.events(task_id, after=last):

@@ -68,6 +68,10 @@ class HumanView:
                 self._line(f"error {data.get('code', '')}: {data.get('error', '')}")
             case "turn_restart":
                 self._line(_clip(retry_line(data)))
+            case "resumed":
+                self._line(f"[resumed] up to {data.get('max_iterations')} iterations in all")
+                if data.get("message"):
+                    self._line(_clip(f"> {data['message']}"))
         self.out.flush()
 
     def answered(self, answer: str, echo: bool) -> None:
@@ -90,6 +94,8 @@ class HumanView:
             f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens"
         )
         self._line(format_diff_stat(patch) if patch.strip() else "No changes to the files.")
+        if detail.status in ("failed", "stopped"):
+            self._line(f"Continue it: minidevin run --resume {detail.id}")
         self.out.flush()
 
     def _tool_call(self, tool: str, arguments: Any) -> None:
