@@ -36,6 +36,7 @@ class TaskHistory:
     result: dict[str, Any] | None = None
     truncated: bool = False  # the latest model turn was cut off by its output limit
     started: bool = False  # it has a system prompt: the conversation began
+    inherited: int = 0  # messages of the session's earlier tasks it began with
     # the latest model turn's tool calls that have no result yet, in order
     open_calls: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -55,6 +56,7 @@ class TaskHistory:
                 self.started = True
             case "session_context":
                 self.messages.extend(data["messages"])
+                self.inherited = len(data["messages"])
             case "user_message" if data.get("source") == "task":  # the description goes first
                 self.pending.insert(0, {"role": "user", "content": data["content"]})
             case "user_message":
@@ -104,9 +106,9 @@ class TaskHistory:
         return (self.result or {}).get("summary")
 
     def closed_messages(self) -> list[dict[str, Any]]:
-        """The conversation without the system prompt, every tool call answered:
-        what a later task of the session is shown of this one."""
-        messages = [m for m in self.messages if m.get("role") != "system"]
+        """The conversation without the system prompt and the earlier tasks it began with,
+        every tool call answered: what a later task of the session is shown of this one."""
+        messages = [m for m in self.messages if m.get("role") != "system"][self.inherited :]
         messages += [
             {"role": "tool", "tool_call_id": call_id, "content": INTERRUPTED_OUTPUT}
             for call_id in self.open_calls
