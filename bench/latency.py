@@ -32,7 +32,7 @@ from bench.common import (
     wait_until,
 )
 from bench.models import PacedTokens
-from bench.store import sqlite_events_per_second, store_events_per_second
+from bench.store import sqlite_events_per_second, store_events_per_second, stored_events
 from minidevin.runtime.providers.registry import ProviderRegistry
 
 
@@ -60,7 +60,8 @@ async def stream(cfg: Config, load: Load) -> StreamRun:
     providers = ProviderRegistry({})
     model.register(providers)
     base = cfg.workdir / f"latency-{load.tasks}"
-    settings = bench_settings(base / "data", max_concurrent_tasks=max(8, load.tasks))
+    slots = max(8, load.tasks)  # (one bench user runs them all)
+    settings = bench_settings(base / "data", max_concurrent_tasks=slots, max_tasks_per_user=slots)
     async with InProcessServer(settings, providers) as server:
         ids = await asyncio.gather(
             *(server.new_task(base / f"w{i}", model.model_id) for i in range(load.tasks))
@@ -86,13 +87,13 @@ async def stream(cfg: Config, load: Load) -> StreamRun:
             result = await client.result(load.seconds * 3 + 60)
         finally:
             await client.kill()
-        row = await server.runtime.store.fetch_one("SELECT count(*) AS n FROM events")
+        stored = stored_events(server.runtime.settings.database_path)
     span = last[0] - first[0]
     return StreamRun(
         result,
         (last[1] - first[1]) / span,
         (last[2] - first[2]) / span,
-        int(row["n"]) if row else 0,
+        stored,
     )
 
 

@@ -1,8 +1,10 @@
-"""The store's capacity on its own (informational, beside item 6's figure under load).
+"""The SQLite store's capacity on its own (informational, beside item 6's figure under load).
 
-The `Store` (aiosqlite, one batching writer) is fed token events from another
-thread as fast as it takes them; the baseline is plain `sqlite3` inserting the
-same rows with the same pragmas and batch size, in one thread with no loop.
+The `SqliteStore` (aiosqlite, one batching writer) is fed token events from
+another thread as fast as it takes them, through the storage interface; the
+baseline is plain `sqlite3` inserting the same rows with the same pragmas and
+batch size, in one thread with no loop. (This module benchmarks the SQLite
+backend itself, so it may speak SQL.)
 """
 
 from __future__ import annotations
@@ -13,27 +15,24 @@ import threading
 import time
 from pathlib import Path
 
-from minidevin.runtime import records, schemas
+from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
-from minidevin.runtime.store import MAX_BATCH, Store, encode_json
+from minidevin.runtime.storage.sqlite import SqliteStore
+from minidevin.runtime.storage.sqlite_engine import MAX_BATCH, encode_json
 
 
 async def store_events_per_second(path: Path, count: int) -> float:
-    store = Store(path)
+    store = SqliteStore(path)
     await store.open()
     try:
-        await store.write(
-            "INSERT INTO users (id, email, name, password_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-            ("u", "cap@example.com", "cap", None, utc_now()),
-        )
-        session = await records.insert_session(store, "u", "cap", str(path.parent))
+        user = await store.insert_user("cap@example.com", "cap", None)
+        session = await store.insert_session(user.id, "cap", str(path.parent))
         request = schemas.TaskRequest(description="capacity")
-        write = records.insert_task("t", session.id, request, "m", 1, utc_now())
-        await store.write(write.sql, write.params)
+        await store.insert_task("t", session.id, request, "m", 1, utc_now())
         stamp = utc_now()
         events = [Event("t", seq, "token", {"content": "x "}, stamp) for seq in range(1, count + 1)]
         started = time.perf_counter()
-        feeder = threading.Thread(target=lambda: [store.submit(event) for event in events])
+        feeder = threading.Thread(target=lambda: [store.append(event) for event in events])
         feeder.start()
         await asyncio.to_thread(feeder.join)
         await store.flush()
@@ -64,3 +63,10 @@ def sqlite_events_per_second(path: Path, count: int) -> float:
     elapsed = time.perf_counter() - started
     conn.close()
     return count / elapsed
+
+
+def stored_events(path: Path) -> int:
+    """How many events the database at `path` holds (read beside the running store)."""
+    with sqlite3.connect(path) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(count)

@@ -19,7 +19,7 @@ from waiting import pids_running, until
 from minidevin.api import Runtime
 from minidevin.runtime.data_lock import LOCK_NAME, DataDirInUse, DataDirLock
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.store import StoreError
+from minidevin.runtime.storage import StoreError
 
 USER = {"email": "lock@example.com", "password": "password123", "name": "L"}
 ROOT = Path(__file__).resolve().parent.parent

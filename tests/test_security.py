@@ -16,10 +16,15 @@ from aiohttp.test_utils import TestClient
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
 from minidevin.http.keys import RUNTIME
+from minidevin.runtime.auth import hash_api_key, new_api_key
+from minidevin.runtime.events import utc_now
+from minidevin.runtime.schemas import ApiKey
 from minidevin.runtime.settings import Settings
+from minidevin.runtime.storage import new_id
 
 SECRET = "security-secret-" + "x" * 32
 PASSWORD = "correct horse battery"
+LAPSED = "2021-01-01T00:00:00Z"  # an expiry in the past
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -191,10 +196,14 @@ async def test_expired_api_keys_and_past_expiry_are_refused(serve: Any) -> None:
             headers=auth,
         )
     ).json()
-    await client.server.app[RUNTIME].store.write(  # the clock moves past the expiry
-        "UPDATE api_keys SET expires_at = '2021-01-01T00:00:00Z' WHERE id = ?", (created["id"],)
-    )
-    answer = await client.get("/api/sessions", headers={"X-API-Key": created["key"]})
+    assert (await client.get("/api/sessions", headers={"X-API-Key": created["key"]})).status == 200
+    # a key of that user whose expiry has passed since it was made (the store takes any)
+    store = client.server.app[RUNTIME].store
+    owner = await store.api_key_by_hash(hash_api_key(created["key"]))
+    lapsed = new_api_key()
+    stored = ApiKey(id=new_id(), name="lapsed", created_at=utc_now(), expires_at=LAPSED)
+    await store.insert_api_key(stored, owner["user_id"], hash_api_key(lapsed), lapsed[:8], None)
+    answer = await client.get("/api/sessions", headers={"X-API-Key": lapsed})
     assert answer.status == 401 and "expired" in (await answer.json())["detail"]
 
 

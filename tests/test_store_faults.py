@@ -1,21 +1,23 @@
-"""A locked database: writes wait, then fail clearly (503); reads keep working."""
+"""A locked or full database, on each backend: writes wait, then fail clearly (503);
+reads keep working. The faults are the backend's own (`store_backends.py`)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
+from store_backends import Backend, backend  # noqa: F401 (the fixture)
+
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
-from minidevin.runtime.settings import Settings
 
 
 async def test_a_locked_database_fails_writes_clearly_and_keeps_reads(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any,
+    tmp_path: Path,
+    backend: Backend,  # noqa: F811
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
+    settings = backend.settings(
         jwt_secret="f" * 40,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,
@@ -29,18 +31,13 @@ async def test_a_locked_database_fails_writes_clearly_and_keeps_reads(
     body = {"name": "before", "working_directory": str(tmp_path)}
     assert (await client.post("/api/sessions", json=body, headers=auth)).status == 201
 
-    other = sqlite3.connect(settings.database_path, isolation_level=None, timeout=0)
-    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
-    try:
+    with backend.write_lock_held():  # another process holds the write lock
         refused = await client.post("/api/sessions", json={**body, "name": "during"}, headers=auth)
         assert refused.status == 503
         error = await refused.json()
-        assert error["code"] == "STORE_UNAVAILABLE" and "locked" in error["detail"]
+        assert error["code"] == "STORE_UNAVAILABLE" and backend.locked_words in error["detail"]
         reads = await client.get("/api/sessions", headers=auth)
         assert reads.status == 200 and [s["name"] for s in await reads.json()] == ["before"]
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     after = await client.post("/api/sessions", json={**body, "name": "after"}, headers=auth)
     assert after.status == 201
     names = {s["name"] for s in await (await client.get("/api/sessions", headers=auth)).json()}
@@ -48,10 +45,11 @@ async def test_a_locked_database_fails_writes_clearly_and_keeps_reads(
 
 
 async def test_a_full_database_fails_writes_clearly_and_keeps_reads(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any,
+    tmp_path: Path,
+    backend: Backend,  # noqa: F811
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
+    settings = backend.settings(
         jwt_secret="f" * 40,
         rate_limit_authenticated=0,
         rate_limit_anonymous=0,
@@ -66,11 +64,7 @@ async def test_a_full_database_fails_writes_clearly_and_keeps_reads(
     body = {"name": "before", "working_directory": str(tmp_path)}
     assert (await client.post("/api/sessions", json=body, headers=auth)).status == 201
 
-    # SQLite's own size cap makes the disk "full" for this database: SQLITE_FULL
-    writer = runtime.store._writer
-    assert writer is not None
-    (pages,) = await (await writer.execute("PRAGMA page_count")).fetchone()  # type: ignore[misc]
-    await writer.execute(f"PRAGMA max_page_count = {pages}")
+    await backend.fill_up(runtime.store)
     big = {"name": "x" * 150, "working_directory": str(tmp_path)}
     refused = None
     for _ in range(200):  # fill the last free pages until a write no longer fits
@@ -79,10 +73,10 @@ async def test_a_full_database_fails_writes_clearly_and_keeps_reads(
             break
     assert refused is not None and refused.status == 503
     error = await refused.json()
-    assert error["code"] == "STORE_UNAVAILABLE" and "full" in error["detail"]
+    assert error["code"] == "STORE_UNAVAILABLE" and backend.full_words in error["detail"]
     reads = await client.get("/api/sessions", headers=auth)
     assert reads.status == 200 and "before" in {s["name"] for s in await reads.json()}
 
-    await writer.execute("PRAGMA max_page_count = 1073741823")  # space again
+    await backend.make_room(runtime.store)  # space again
     after = await client.post("/api/sessions", json={**body, "name": "after"}, headers=auth)
     assert after.status == 201

@@ -36,6 +36,7 @@ from waiting import until
 
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
+from minidevin.runtime.events import Event
 from minidevin.runtime.settings import Settings
 
 STALL = ScriptedTurn(text="Thinking very hard about it", stall=True)
@@ -142,21 +143,22 @@ async def test_subscribers_during_the_run_each_get_the_identical_sequence(
 class HistoryGate:
     """Holds the first history read of one task's events until the test releases it.
 
-    It wraps the real store's read method (the boundary between the runtime and
-    SQLite) and nothing else: the query runs unchanged once released.
+    It wraps the real store's history read (`events_after`, the boundary between
+    the runtime and its storage) and nothing else: the read runs unchanged once
+    released.
     """
 
     def __init__(self, runtime: Runtime, task_id: str) -> None:
         self.reached, self.release = asyncio.Event(), asyncio.Event()
-        self._read = runtime.store.fetch_all
+        self._read = runtime.store.events_after
         self._task_id, self._armed = task_id, True
 
-    async def fetch_all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        if self._armed and "FROM events" in sql and self._task_id in params:
+    async def events_after(self, task_id: str, after: int) -> list[Event]:
+        if self._armed and task_id == self._task_id:
             self._armed = False
             self.reached.set()
             await self.release.wait()
-        return await self._read(sql, params)
+        return await self._read(task_id, after)
 
 
 async def test_events_committed_between_subscribe_and_history_arrive_once(
@@ -189,7 +191,7 @@ async def test_events_committed_between_subscribe_and_history_arrive_once(
 
     await until(waiting, what="the first question")
     gate = HistoryGate(runtime, task["id"])
-    monkeypatch.setattr(runtime.store, "fetch_all", gate.fetch_all)
+    monkeypatch.setattr(runtime.store, "events_after", gate.events_after)
     ws = await client.ws_connect(ws_path(task["id"], user.token))
     await asyncio.wait_for(gate.reached.wait(), 10)  # subscribed, history not read yet
     assert runtime.hub.subscriber_count(task["id"]) == 1
