@@ -25,6 +25,7 @@ BENCHMARKS = {
     "latency": "bench.latency",  # items 2 and 6
     "fanout": "bench.fanout",  # item 3
     "stop": "bench.stop",  # item 5
+    "rebuild": "bench.rebuild",  # issue 11: the log's size, a conversation rebuilt from it
     "scale": "bench.scale",  # item 4 (last: 1,000 tasks ending at once load the machine)
 }
 ALIASES = {"store": "latency"}
