@@ -119,6 +119,8 @@ async def test_the_log_rebuilds_the_conversation_the_row_and_the_trajectory(
     events = await runtime.store.events_after(task_id, 0)
     assert [e.to_message() for e in events] == messages  # the stream is the stored log
     history = TaskHistory.rebuild(events)
+    size = sum(len(json.dumps(e.to_message())) for e in events)
+    print(f"the task's log: {len(events)} events, {size} bytes as WebSocket messages")
 
     # every stored event is one of the typed events
     for event in events:
