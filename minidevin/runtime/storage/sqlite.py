@@ -242,10 +242,11 @@ class SqliteStore(SqliteEngine):
     ) -> None:
         await self.write(
             "INSERT INTO tasks (id, session_id, description, model, run_mode, max_iterations, "
-            "max_cost_usd, context, status, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+            "max_cost_usd, context, status, created_at, run_max_iterations, run_max_cost_usd) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
             (task_id, session_id, request.description, model, request.run_mode, max_iterations,
-             request.max_cost_usd, request.context, created_at),
+             request.max_cost_usd, request.context, created_at, max_iterations,
+             request.max_cost_usd),
         )  # fmt: skip
 
     async def task_row(self, task_id: str, user_id: str) -> dict[str, Any] | None:
