@@ -1,10 +1,14 @@
 """What a task needs before it is handed to its session: a sandbox when one is required,
-a configured model, and the session's working directory still the one it claimed."""
+a configured model, the session's working directory still the one it claimed; and the
+`TaskSpec` it then runs with."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from minidevin.actors.messages import TaskSpec
+from minidevin.runtime import schemas
 from minidevin.runtime.errors import BadRequest, ValidationFailed
 from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry, UnknownModel
@@ -56,3 +60,27 @@ class TaskAdmission:
             raise ValidationFailed(f"model: {exc}") from None
         except ProviderError as exc:
             raise BadRequest(exc.message, code=exc.code) from None
+
+
+def new_spec(
+    task_id: str,
+    session: dict[str, Any],
+    request: schemas.TaskRequest,
+    model: str,
+    identity: tuple[int, int],
+    settings: Settings,
+) -> TaskSpec:
+    """What a new task runs with."""
+    return TaskSpec(
+        task_id,
+        session["id"],
+        request.description,
+        model,
+        request.run_mode,
+        request.max_iterations or settings.max_iterations,
+        Path(session["working_directory"]),
+        request.max_cost_usd,
+        user_id=session["user_id"],
+        workspace_identity=identity,
+        context=request.context,
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -27,14 +28,14 @@ import structlog
 from minidevin.actors.deps import Deps, TaskSlots
 from minidevin.actors.messages import StopAll, StopTask, SubmitTask, TaskSpec, UserInput
 from minidevin.actors.session import SessionActor
-from minidevin.admission import TaskAdmission
-from minidevin.resume import check_resumable, resumed_limits
+from minidevin.admission import TaskAdmission, new_spec
+from minidevin.resume import check_resumable, resume_interrupted, resumed_spec
 from minidevin.runtime import schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.data_lock import DataDirLock
-from minidevin.runtime.errors import ApiError, Conflict, NotFound, Unavailable
+from minidevin.runtime.errors import Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.logging import use_host_logging
@@ -83,7 +84,9 @@ class Runtime:
         self.admission = TaskAdmission(self.settings, self.providers, self.workspaces)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._data_lock = DataDirLock(self.settings.data_dir)
-        self._resuming: dict[str, asyncio.Lock] = {}
+        self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -124,7 +127,7 @@ class Runtime:
         if not boundary["uid_isolation"]:
             log.warning("uid_isolation_unavailable", reason=boundary["uid_isolation_reason"])
         if self.settings.resume_interrupted:
-            await self._resume_interrupted(interrupted)
+            await resume_interrupted(self, interrupted)
         log.info(
             "runtime_started",
             data_dir=str(self.settings.data_dir),
@@ -132,17 +135,6 @@ class Runtime:
             limits=boundary["limits"],
         )
         return self
-
-    async def _resume_interrupted(self, rows: list[dict[str, Any]]) -> None:
-        """Resume what a stopped server left live, oldest first (so in each session's order)."""
-        for row in rows:
-            owner = await self.store.task_owner(row["id"])
-            try:
-                await self.resume_task(row["id"], owner=owner)
-            except ApiError as exc:  # e.g. its working directory is gone: it stays failed
-                log.warning("resume_interrupted_failed", task_id=row["id"], error=exc.detail)
-            else:
-                log.info("task_resumed_after_restart", task_id=row["id"])
 
     async def close(self) -> None:
         """Stop every task (status `stopped`), stop the actors, flush the store."""
@@ -202,16 +194,17 @@ class Runtime:
         return detail
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> None:
-        await self._session_row(session_id, owner)
-        ref = self._sessions.pop(session_id, None)
-        self._submitted.pop(session_id, None)
-        if ref is not None:
-            try:
-                await self._ask(ref, StopAll, "Session deleted")
-            finally:
-                ref.stop(block=False)
-        await self.store.flush()
-        artifact_ids = await self.store.delete_session(session_id)
+        async with self._session_lock(session_id):  # no task is created or resumed meanwhile
+            await self._session_row(session_id, owner)
+            ref = self._sessions.pop(session_id, None)
+            self._submitted.pop(session_id, None)
+            if ref is not None:
+                try:
+                    await self._ask(ref, StopAll, "Session deleted")
+                finally:
+                    ref.stop(block=False)
+            await self.store.flush()
+            artifact_ids = await self.store.delete_session(session_id)
         remove_artifact_files(self.settings.artifacts_dir, artifact_ids)
 
     async def _session_row(self, session_id: str, owner: str | None) -> dict[str, Any]:
@@ -268,23 +261,13 @@ class Runtime:
         task_id = new_id()
         created_at = utc_now()
         max_iterations = request.max_iterations or self.settings.max_iterations
-        await self.store.insert_task(
-            task_id, session_id, request, model, max_iterations, created_at
-        )
-        spec = TaskSpec(
-            task_id,
-            session_id,
-            request.description,
-            model,
-            request.run_mode,
-            max_iterations,
-            Path(session["working_directory"]),
-            request.max_cost_usd,
-            user_id=session["user_id"],
-            workspace_identity=identity,
-            context=request.context,
-        )
-        status = await self._submit(spec)
+        async with self._session_lock(session_id):
+            await self._session_row(session_id, owner)  # (not deleted meanwhile)
+            await self.store.insert_task(
+                task_id, session_id, request, model, max_iterations, created_at
+            )
+            spec = new_spec(task_id, session, request, model, identity, self.settings)
+            status = await self._submit(spec)
         return schemas.TaskCreated(
             id=task_id, description=request.description, status=status, created_at=created_at
         )
@@ -302,35 +285,29 @@ class Runtime:
         `Conflict` (409) for a task that is live or completed.
         """
         request = request or schemas.ResumeRequest(**fields)
-        async with self._resuming.setdefault(task_id, asyncio.Lock()):  # one at a time
+        session_id = (await self._task_row(task_id, owner))["session_id"]
+        async with self._session_lock(session_id):  # one resume or create at a time, no delete
             await self.store.flush()
             row = await self._task_row(task_id, owner)
             check_resumable(row)
-            session = await self._session_row(row["session_id"], owner)
+            session = await self._session_row(session_id, owner)
             model, identity = await self.admission.admit(
                 session, row["model"], await self.owner(None)
             )
-            max_iterations, max_cost_usd = resumed_limits(row, request)
             newest = await self.store.last_event(task_id)
+            spec = resumed_spec(row, session, request, model, identity, newest)
             await self.store.set_aside_artifacts(task_id)  # the earlier run's
-            spec = TaskSpec(
-                task_id,
-                row["session_id"],
-                row["description"],
-                model,
-                row["run_mode"],
-                max_iterations,
-                Path(session["working_directory"]),
-                max_cost_usd,
-                user_id=session["user_id"],
-                workspace_identity=identity,
-                context=row["context"],
-                resume={"message": request.message, "last_seq": newest.seq if newest else 0},
-            )
             if await self._submit(spec) == "conflict":
-                raise Conflict("the task is live again already")
-        self._resuming.pop(task_id, None)
+                raise Conflict("the task is still live; try again once it has ended")
         return await self.get_task(task_id, owner=owner)
+
+    def _session_lock(self, session_id: str) -> asyncio.Lock:
+        """Held while a task is created or resumed in the session, and while it is deleted:
+        a task is never handed to a session that is going away."""
+        lock = self._session_locks.get(session_id)
+        if lock is None:
+            lock = self._session_locks[session_id] = asyncio.Lock()
+        return lock
 
     async def _submit(self, spec: TaskSpec) -> str:
         """Hand a task to its session actor: "running", "queued" (or "conflict")."""

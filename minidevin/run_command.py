@@ -41,7 +41,10 @@ def run_command(args: argparse.Namespace) -> int:
     """Entry point of `minidevin run` (arguments as `cli.py` parses them)."""
     from minidevin.runtime.logging import configure_logging
 
-    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    # one task runs here: the server's interrupted tasks are resumed by `serve`, not by it
+    overrides: dict[str, Any] = {"resume_interrupted": False}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
     try:
         settings = Settings.from_env(**overrides)
     except SettingsError as exc:

@@ -33,7 +33,6 @@ class TaskSpec:
     # the working directory's (st_dev, st_ino) as claimed: checked at start and every tool call
     workspace_identity: tuple[int, int] | None = None
     context: str = "session"  # "session": starts with the session's earlier tasks; "fresh"
-    created_at: str = ""  # (the earlier tasks of its session are those created before it)
     # a resumed task: its conversation is rebuilt from its log, whose `resumed` event is
     # emitted by its session; `max_iterations`/`max_cost_usd` are then the new totals
     resume: dict[str, Any] | None = None

@@ -54,7 +54,7 @@ class SessionActor(pykka.ThreadingActor):
         self.has_slot = False
         self.in_line = False  # asked for a slot and not yet granted
         self.parked = False  # the running task waits for a person, without a slot
-        self.resuming = False  # the running task got its answer and waits for a slot
+        self.answered_waits = False  # the running task got its answer and waits for a slot
         self.stop_all_replies: list[Future[None]] = []
         self.submitted = 0
         self.idle = False  # so the first idle moment is reported
@@ -88,23 +88,23 @@ class SessionActor(pykka.ThreadingActor):
                 self.has_slot = True
                 if self.running is None:
                     self._start_next()
-                elif self.resuming:
-                    self._resume()
+                elif self.answered_waits:
+                    self._unpark()
                 else:  # the running task is parked: it does not need it now
                     self._release_slot()
             case TaskParked(task_id=task_id) if self._is_running(task_id):
-                self.parked, self.resuming = True, False
+                self.parked, self.answered_waits = True, False
                 self._release_slot()
             case TaskWantsSlot(task_id=task_id) if self._is_running(task_id) and self.parked:
-                self.parked, self.resuming = False, True
+                self.parked, self.answered_waits = False, True
                 if self._want_slot():
-                    self._resume()
+                    self._unpark()
                 else:
                     self._show_queued(self.running[0])  # type: ignore[index]
             case TaskEnded(task_id=task_id):
                 if self._is_running(task_id):
                     self.running = None
-                    self.parked = self.resuming = False
+                    self.parked = self.answered_waits = False
                 self._start_next()
             case StopTask(task_id=task_id, reason=reason, reply=reply):
                 self._stop_task(task_id, reason, reply)
@@ -125,7 +125,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _report_idleness(self) -> None:
         """Tell the runtime when nothing is left to run (it may stop us to save a thread)."""
-        if self.in_line and not self.waiting and not self.resuming:
+        if self.in_line and not self.waiting and not self.answered_waits:
             # nothing to wait for: leave the line (unless a grant is already on its way)
             self.in_line = not self.deps.slots.leave_line(self.actor_ref)
         idle = self.running is None and not self.waiting
@@ -172,9 +172,9 @@ class SessionActor(pykka.ThreadingActor):
             self.in_line = not self.has_slot
         return self.has_slot
 
-    def _resume(self) -> None:
+    def _unpark(self) -> None:
         """The answered task has its slot again: let it go on."""
-        self.resuming = False
+        self.answered_waits = False
         self._tell_running(SlotGranted())
 
     def _show_queued(self, entry: _Entry) -> None:
@@ -194,8 +194,7 @@ class SessionActor(pykka.ThreadingActor):
         for entry in self.waiting:
             if entry.spec.task_id == task_id:
                 self.waiting.remove(entry)
-                entry.events.emit(Status(status="stopped", message=reason))
-                entry.events.close()
+                entry.events.emit(Status(status="stopped", message=reason), close=True)
                 if reply is not None:
                     reply.set_result("stopped")
                 if not self.waiting and self.running is None:

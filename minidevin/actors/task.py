@@ -95,6 +95,8 @@ class TaskActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         try:
             spec = self.spec
+            self.history = load_history(spec, self.deps)  # a resumed task's, from its log
+            self.meter.restore(self.history.usage)
             try:  # the directory the session was opened on, still (not a link swapped in)
                 verify_working_directory(spec.working_directory, spec.workspace_identity)
             except WorkspaceChanged as exc:
@@ -109,8 +111,6 @@ class TaskActor(pykka.ThreadingActor):
                 spec.task_id,
                 workspace_identity=spec.workspace_identity,
             )
-            self.history = load_history(spec, self.deps)  # a resumed task's, from its log
-            self.meter.restore(self.history.usage)
             opening = (  # a new task's first events, or a resumed one's unanswered calls
                 interrupted_results(self.history)
                 if self.history.started
@@ -228,19 +228,10 @@ class TaskActor(pykka.ThreadingActor):
         if self.ending is not None:
             return
         self.meter.add(turn.usage)
-        calls = [
-            ev.ModelToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in turn.tool_calls
-        ]
+        self._emit(ev.ModelTurnEvent.of(turn))
         self._emit(
-            ev.ModelTurnEvent(
-                content=turn.text,
-                tool_calls=calls,
-                finish_reason=turn.finish_reason,
-                truncated=turn.truncated,
-            )
+            ev.UsageUpdate(usage=self.meter.as_dict(), iteration=self.history.iterations + 1)
         )
-        usage = self.meter.as_dict()
-        self._emit(ev.UsageUpdate(usage=usage, iteration=self.history.iterations + 1))
         overspent = self.meter.over_budget(self.spec.max_cost_usd)
         if overspent is not None:
             self._end(
@@ -293,9 +284,11 @@ class TaskActor(pykka.ThreadingActor):
             self.pending_calls.clear()
             self._end("completed", result=arguments.result())
             return ToolResult("Task finished.", True)
-        plan = arguments.to_plan()
-        self._emit(ev.PlanUpdate.model_validate({"plan": plan}))
-        return ToolResult(f"Plan updated ({len(plan['steps'])} steps).", True)
+        if call.name == "plan":
+            plan = arguments.to_plan()
+            self._emit(ev.PlanUpdate.model_validate({"plan": plan}))
+            return ToolResult(f"Plan updated ({len(plan['steps'])} steps).", True)
+        return ToolResult(f"tool {call.name!r} is not available to this task", False)
 
     def _ask(self, call: ToolCall) -> bool:
         """Put the question to the user; False (with a failed result) if it is malformed."""

@@ -68,5 +68,5 @@ def record_task_end(
     deps.store.add_artifacts(rows)
     if error is not None:
         events.emit(Error(error=error[1], code=error[0]))
-    events.emit(Status.model_validate({"status": status, "message": message, "result": result}))
-    events.close()
+    final = Status.model_validate({"status": status, "message": message, "result": result})
+    events.emit(final, close=True)

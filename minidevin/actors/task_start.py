@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import structlog
+
 from minidevin.actors.deps import Deps
 from minidevin.actors.messages import TaskSpec
 from minidevin.runtime import agent, event_types
@@ -9,8 +11,11 @@ from minidevin.runtime.context import input_budget
 from minidevin.runtime.events import FINAL_STATUSES
 from minidevin.runtime.followups import EarlierTask, session_context
 from minidevin.runtime.instructions import instructions_for
-from minidevin.runtime.task_history import INTERRUPTED_OUTPUT, TaskHistory
+from minidevin.runtime.providers.base import ToolCall
+from minidevin.runtime.task_history import INTERRUPTED_OUTPUT, UNANSWERED_OUTPUT, TaskHistory
 from minidevin.runtime.tools import ToolContext
+
+log = structlog.get_logger(__name__)
 
 
 def load_history(spec: TaskSpec, deps: Deps) -> TaskHistory:
@@ -18,17 +23,27 @@ def load_history(spec: TaskSpec, deps: Deps) -> TaskHistory:
     if spec.resume is None:
         return TaskHistory()
     store = deps.store
-    return TaskHistory.rebuild(store.call_blocking(lambda: store.events_after(spec.task_id, 0)))
+    return TaskHistory.rebuild(store.call_blocking(lambda: store.task_log(spec.task_id)))
 
 
 def interrupted_results(history: TaskHistory) -> list[event_types.EventBody]:
-    """For a resumed task: a result for each call its end cut short, before the model goes on."""
-    return [
-        event_types.ToolResultEvent(
-            call_id=call["id"], tool=call["name"], output=INTERRUPTED_OUTPUT, success=False
+    """For a resumed task: a result for each call its end cut short, before the model goes
+    on (announced first with a `tool_call` if clients never saw one)."""
+    answers: list[event_types.EventBody] = []
+    for call in history.open_calls.values():
+        call_id, tool = call["id"], call["name"]
+        if call_id not in history.announced:
+            arguments = ToolCall(call_id, tool, call["arguments"])
+            answers.append(
+                event_types.ToolCallEvent(
+                    call_id=call_id, tool=tool, input=agent.input_of(arguments)
+                )
+            )
+        output = UNANSWERED_OUTPUT if tool == "ask_user" else INTERRUPTED_OUTPUT
+        answers.append(
+            event_types.ToolResultEvent(call_id=call_id, tool=tool, output=output, success=False)
         )
-        for call in history.open_calls.values()
-    ]
+    return answers
 
 
 def opening_events(spec: TaskSpec, deps: Deps, context: ToolContext) -> list[event_types.EventBody]:
@@ -62,10 +77,14 @@ def earlier_tasks(spec: TaskSpec, deps: Deps) -> list[EarlierTask]:
     async def read() -> list[EarlierTask]:
         tasks = []
         for row in await store.tasks_before(spec.session_id, spec.task_id):
-            if row["status"] in FINAL_STATUSES:
-                events = await store.events_after(row["id"], 0)
-                history = TaskHistory.rebuild(events)
-                tasks.append(EarlierTask(row["id"], row["description"], row["status"], history))
+            if row["status"] not in FINAL_STATUSES:
+                continue
+            try:
+                history = TaskHistory.rebuild(await store.task_log(row["id"]))
+            except (KeyError, TypeError, ValueError) as exc:  # a log this version cannot fold
+                log.warning("earlier_task_unreadable", task_id=row["id"], error=repr(exc))
+                continue
+            tasks.append(EarlierTask(row["id"], row["description"], row["status"], history))
         return tasks
 
     return store.call_blocking(read)

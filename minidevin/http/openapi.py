@@ -344,7 +344,7 @@ def _event_schemas(components: _Components) -> None:
             **schema.get("properties", {}),
             **STREAM_FIELDS,
         }
-        schema["required"] = ["type", *schema.get("required", []), *STREAM_FIELDS]
+        schema["required"] = ["type", *schema.get("required", []), "timestamp"]
         components._add(name, schema)
         names.append(name)
     refs = [{"$ref": REF.format(model=name)} for name in names]
@@ -357,10 +357,11 @@ def _event_schemas(components: _Components) -> None:
     )
 
 
+EVERY = "on every event of the log; not on an `error` answering a client message"
 STREAM_FIELDS: dict[str, Any] = {
     "timestamp": {"type": "string", "format": "date-time"},
-    "seq": {"type": "integer", "minimum": 1, "description": "The event's number in its task"},
-    "task_id": {"type": "string"},
+    "seq": {"type": "integer", "minimum": 1, "description": f"The event's number ({EVERY})"},
+    "task_id": {"type": "string", "description": f"The task's id ({EVERY})"},
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from minidevin.runtime.providers.base import ModelTurn
 from minidevin.runtime.schemas import Plan, TaskResult, TaskStatus, Usage
 
 
@@ -67,8 +68,9 @@ class PlanUpdate(EventBody):
 
 class Status(EventBody):
     type = "status"
-    summary = "The task's status changed; a final one (`completed`, `failed`, `stopped`) ends "
-    "the stream and carries the task's `result` when it has one."
+    summary = "The task's status changed. A final one (`completed`, `failed`, `stopped`) "
+    "carries the task's `result` when it has one, and ends the stream unless the task is "
+    "resumed (its log then goes on after it)."
     status: TaskStatus
     message: str
     result: TaskResult | None = None
@@ -130,6 +132,18 @@ class ModelTurnEvent(EventBody):
     tool_calls: list[ModelToolCall] = []
     finish_reason: str | None = None
     truncated: bool = False
+
+    @classmethod
+    def of(cls, turn: ModelTurn) -> ModelTurnEvent:
+        calls = [
+            ModelToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in turn.tool_calls
+        ]
+        return cls(
+            content=turn.text,
+            tool_calls=calls,
+            finish_reason=turn.finish_reason,
+            truncated=turn.truncated,
+        )
 
 
 class Resumed(EventBody):

@@ -65,12 +65,17 @@ class TaskEventLog:
         self._lock = threading.Lock()
         self._closed = False
 
-    def emit(self, body: EventBody) -> Event | None:
-        """Append an event; after `close()` (the task ended) this does nothing."""
+    def emit(self, body: EventBody, *, close: bool = False) -> Event | None:
+        """Append an event; after `close()` (the task ended) this does nothing.
+
+        With `close`, the log closes with this event, atomically: a final status is
+        the last event even while another thread (a model stream) still emits.
+        """
         data = event_data(body)
         with self._lock:
             if self._closed:
                 return None
+            self._closed = close
             self._seq += 1
             event = Event(self.task_id, self._seq, body.type, data, utc_now())
             self._sink(event)

@@ -31,6 +31,7 @@ def task_columns(event: Event) -> dict[str, Any] | None:
             return columns
         case "resumed":
             return {
+                "status": "queued",
                 "completed_at": None,
                 "result": None,
                 "max_iterations": data["max_iterations"],

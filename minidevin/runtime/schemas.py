@@ -196,7 +196,9 @@ class TaskRequest(Body):
 
 
 class ResumeRequest(Body):
-    message: Annotated[str, Field(min_length=1, max_length=20_000)] | None = None
+    message: (
+        Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_not_blank)] | None
+    ) = None
     max_iterations: Annotated[int, Field(ge=1, le=1000)] | None = None
     max_cost_usd: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] | None = None
 

@@ -22,6 +22,7 @@ INTERRUPTED_OUTPUT = (
     "Interrupted: the task ended before this call finished (it may not have run, or run "
     "only in part). Check the state of the workspace before repeating it."
 )
+UNANSWERED_OUTPUT = "Unanswered: the task ended before the user answered this question."
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TaskHistory:
     inherited: int = 0  # messages of the session's earlier tasks it began with
     # the latest model turn's tool calls that have no result yet, in order
     open_calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    announced: set[str] = field(default_factory=set)  # calls clients saw a `tool_call` of
 
     @classmethod
     def rebuild(cls, events: Iterable[Event]) -> TaskHistory:
@@ -68,7 +70,9 @@ class TaskHistory:
                 self.pending.clear()
             case "model_turn":
                 self._model_turn(data)
-            case "tool_result":
+            case "tool_call" if data.get("call_id"):
+                self.announced.add(data["call_id"])
+            case "tool_result" if data.get("call_id"):  # (a log from before call ids has none)
                 self.open_calls.pop(data["call_id"], None)
                 self.messages.append(
                     {"role": "tool", "tool_call_id": data["call_id"], "content": data["output"]}
@@ -99,6 +103,7 @@ class TaskHistory:
         self.messages.append(message)
         self.truncated = bool(data.get("truncated"))
         self.open_calls = {call["id"]: call for call in calls}
+        self.announced.clear()
 
     @property
     def summary(self) -> str | None:

@@ -197,6 +197,11 @@ class Repository(Protocol):
         """The task's committed events with `seq` above `after`, in order."""
         ...
 
+    async def task_log(self, task_id: str) -> list[Event]:
+        """The task's committed events but its streamed text (`token`, `turn_restart`),
+        in order: all a `TaskHistory` needs, a fraction of the log's rows."""
+        ...
+
     async def last_event(self, task_id: str) -> Event | None:
         """The task's newest committed event (a final status is always the last)."""
         ...

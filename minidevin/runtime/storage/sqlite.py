@@ -297,6 +297,14 @@ class SqliteStore(SqliteEngine):
         )
         return [_event(task_id, row) for row in rows]
 
+    async def task_log(self, task_id: str) -> list[Event]:
+        rows = await self.fetch_all(
+            "SELECT seq, type, data, timestamp FROM events WHERE task_id = ? "
+            "AND type NOT IN ('token', 'turn_restart') ORDER BY seq",
+            (task_id,),
+        )
+        return [_event(task_id, row) for row in rows]
+
     async def last_event(self, task_id: str) -> Event | None:
         row = _first(
             self.fetch_point(

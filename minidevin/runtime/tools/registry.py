@@ -118,9 +118,6 @@ class ToolRegistry:
     def names(self) -> tuple[str, ...]:
         return tuple(self._specs)
 
-    def names_in(self, runs_in: RunsIn) -> tuple[str, ...]:
-        return tuple(name for name, spec in self._specs.items() if spec.runs_in == runs_in)
-
     def schemas(self) -> list[dict[str, Any]]:
         """Every tool as a Chat Completions `tools` entry."""
         return [spec.schema() for spec in self._specs.values()]
@@ -148,10 +145,6 @@ class ToolRegistry:
         message for the model) for an unknown tool, bad JSON, a non-object, bad fields."""
         spec = self.spec(name)
         return spec.arguments.of(decode_object(raw_arguments, name), name)
-
-    def validate(self, name: str, arguments: Mapping[str, Any]) -> Any:
-        """Already-decoded arguments validated by the tool's model (`ToolError`)."""
-        return self.spec(name).arguments.of(arguments, name)
 
     def executors(self) -> dict[str, Executor]:
         """A fresh executor for each `"tools"` tool: what one ToolActor holds."""
