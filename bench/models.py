@@ -129,7 +129,8 @@ class SleepCommand:
         cancel: CancelToken,
     ) -> ModelTurn:
         cancel.raise_if_set()
-        if any(m["role"] == "tool" for m in messages):
+        own = max(i for i, m in enumerate(messages) if m["role"] == "user")  # after earlier tasks
+        if any(m["role"] == "tool" for m in messages[own:]):
             call = ToolCall("call-finish", "finish", '{"summary": "slept", "success": true}')
         else:
             call = ToolCall("call-sleep", "terminal", '{"command": "sleep 30"}')
