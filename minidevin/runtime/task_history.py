@@ -1,9 +1,11 @@
 """A task rebuilt from its log: the model conversation and the task's state, by folding events.
 
 The TaskActor keeps its conversation in a `TaskHistory` and changes it only by
-applying the events it emits, so what it sends the model is, at every moment,
-what folding the committed log gives on any thread or machine: resuming a task,
-rendering `trajectory.json` and a follow-up's context all read the same fold.
+applying the events it emits, so the conversation it sends the model is, at
+every moment, what folding the committed log gives on any thread or machine:
+resuming a task, rendering `trajectory.json` and a follow-up's context all read
+the same fold. (Its `status` can lag: the session emits `queued`/`running`
+itself; the task row, a projection of the whole log, is the status of record.)
 
 The conversation is in the OpenAI Chat Completions format (see
 `providers/base.py`). User messages wait in `pending` until the next
