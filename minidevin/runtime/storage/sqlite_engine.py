@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 # hashes...) at debug level: never let those through, whatever the log level
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
 MAX_BATCH = 2000
+INSERT_ROWS = 200  # events a statement (5 parameters each; SQLite allows 32,766)
 T = TypeVar("T")
 # SQLite errors worth waiting out: another process holds the lock, the disk is full
 TRANSIENT_ERRORS = ("locked", "busy", "full")
@@ -80,6 +81,9 @@ class SqliteEngine:
         self._reader: aiosqlite.Connection | None = None
         self._point_reader: sqlite3.Connection | None = None  # used on the loop thread only
         self._queue: asyncio.Queue[Write | Event] = asyncio.Queue()
+        self._pending: list[Write | Event] = []  # from other threads, not yet in `_queue`
+        self._pending_lock = threading.Lock()
+        self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -149,12 +153,30 @@ class SqliteEngine:
         self.submit(event)
 
     def submit(self, item: Write | Event) -> None:
-        """Queue a write or an event from any thread; never blocks."""
+        """Queue a write or an event from any thread; never blocks.
+
+        From another thread, items wait in `_pending` and the loop is woken once for
+        all that arrive before it takes them (not once an item: on a busy server
+        each wake-up is a syscall and a wait for the GIL, on both sides).
+        """
         if threading.get_ident() == self._loop_thread:
+            self._take_pending()  # (keep the order of what came before)
             self._queue.put_nowait(item)
-        else:
-            assert self._loop is not None, "store is not open"
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            return
+        assert self._loop is not None, "store is not open"
+        with self._pending_lock:
+            self._pending.append(item)
+            wake, self._wake_scheduled = not self._wake_scheduled, True
+        if wake:
+            self._loop.call_soon_threadsafe(self._take_pending)
+
+    def _take_pending(self) -> None:
+        """On the loop: move what other threads submitted to the writer's queue, in order."""
+        with self._pending_lock:
+            items, self._pending = self._pending, []
+            self._wake_scheduled = False
+        for item in items:
+            self._queue.put_nowait(item)
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue one statement and wait until it is committed."""
@@ -213,58 +235,14 @@ class SqliteEngine:
                 delay = min(delay * 2, 1.0)
 
     async def _commit(self, batch: list[Write | Event]) -> None:
-        assert self._writer is not None
-        await self._writer.execute("BEGIN IMMEDIATE")
-        projected = False
-        try:
-            events: list[tuple[str, int, str, str, str]] = []
-            for item in batch:
-                if isinstance(item, Event):
-                    events.append(
-                        (item.task_id, item.seq, item.type, encode_json(item.data), item.timestamp)
-                    )
-                    columns = task_columns(item)
-                    if columns is not None:  # the row follows its log, in the same commit
-                        await self._insert_events(events)
-                        events = []
-                        await self._project(item.task_id, columns)
-                        projected = True
-                    continue
-                if events:
-                    await self._insert_events(events)
-                    events = []
-                await self._writer.execute(item.sql, item.params)
-            if events:
-                await self._insert_events(events)
-            await self._writer.execute("COMMIT")
-            self._projected = projected
-        except BaseException:
-            if self._writer.in_transaction:
-                await self._writer.execute("ROLLBACK")
-            raise
+        """Commit `batch` in one transaction, in one hop to the writer connection's thread.
 
-    async def _insert_events(self, rows: list[tuple[str, int, str, str, str]]) -> None:
+        One hop, not one per statement: each hop waits for the loop and for that
+        thread to get the GIL, which the model threads of a busy server contend for.
+        """
         assert self._writer is not None
-        await self._writer.executemany(
-            "INSERT OR IGNORE INTO events (task_id, seq, type, data, timestamp) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows,
-        )
-
-    async def _project(self, task_id: str, columns: dict[str, Any]) -> None:
-        """Apply an event's projection (`runtime/projection.py`) to its task's row."""
-        assert self._writer is not None
-        assignments, values = [], []
-        for name, value in columns.items():
-            if isinstance(value, tuple) and value[0] is KEEP_FIRST:
-                assignments.append(f"{name} = COALESCE({name}, ?)")
-                value = value[1]
-            else:
-                assignments.append(f"{name} = ?")
-            values.append(encode_json(value) if name in JSON_COLUMNS else value)
-        await self._writer.execute(
-            f"UPDATE tasks SET {', '.join(assignments)} WHERE id = ?", (*values, task_id)
-        )
+        # (aiosqlite runs a callable on its connection's thread only through `_execute`)
+        self._projected = await self._writer._execute(_commit_batch, self._writer._conn, batch)
 
     def _finish(self, batch: list[Write | Event], error: Exception | None) -> None:
         events = [item for item in batch if isinstance(item, Event)]
@@ -309,6 +287,64 @@ class SqliteEngine:
             return [dict(row) for row in self._point_reader.execute(sql, params).fetchall()]
         except sqlite3.OperationalError as exc:
             raise StoreError(f"read failed: {exc}") from exc
+
+
+def _commit_batch(conn: sqlite3.Connection, batch: list[Write | Event]) -> bool:
+    """On the writer's thread: the batch's statements and events, each event's projection
+    applied after it (`runtime/projection.py`), one transaction. True if a row changed."""
+    conn.execute("BEGIN IMMEDIATE")
+    projected = False
+    try:
+        events: list[tuple[str, int, str, str | None, str]] = []
+        for item in batch:
+            if isinstance(item, Event):
+                events.append(
+                    (item.task_id, item.seq, item.type, encode_json(item.data), item.timestamp)
+                )
+                columns = task_columns(item)
+                if columns is not None:  # the row follows its log, in the same commit
+                    _insert_events(conn, events)
+                    events = []
+                    conn.execute(*_projection(item.task_id, columns))
+                    projected = True
+                continue
+            _insert_events(conn, events)
+            events = []
+            conn.execute(item.sql, item.params)
+        _insert_events(conn, events)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return projected
+
+
+def _insert_events(
+    conn: sqlite3.Connection, rows: list[tuple[str, int, str, str | None, str]]
+) -> None:
+    """Insert events, up to `INSERT_ROWS` a statement (`executemany` takes and gives back
+    the GIL once a row, and waits for it each time on a busy server)."""
+    for start in range(0, len(rows), INSERT_ROWS):
+        chunk = rows[start : start + INSERT_ROWS]
+        conn.execute(
+            "INSERT OR IGNORE INTO events (task_id, seq, type, data, timestamp) VALUES "
+            + ",".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+            [value for row in chunk for value in row],
+        )
+
+
+def _projection(task_id: str, columns: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The UPDATE that applies an event's projection to its task's row."""
+    assignments, values = [], []
+    for name, value in columns.items():
+        if isinstance(value, tuple) and value[0] is KEEP_FIRST:
+            assignments.append(f"{name} = COALESCE({name}, ?)")
+            value = value[1]
+        else:
+            assignments.append(f"{name} = ?")
+        values.append(encode_json(value) if name in JSON_COLUMNS else value)
+    return f"UPDATE tasks SET {', '.join(assignments)} WHERE id = ?", (*values, task_id)
 
 
 def _store_error(error: Exception) -> StoreError:
