@@ -154,6 +154,10 @@ def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
         "rate_limit_authenticated": 0,
         "rate_limit_anonymous": 0,
         "log_level": "warning",
+        # one bench user on one address holds every socket: the per-user and per-address
+        # caps (protections, not costs) would refuse them
+        "max_websockets_per_user": 100_000,
+        "max_connections_per_address": 100_000,
         **overrides,
     }
     # the benches' tasks all belong to one user: the per-user cap would hold them back
