@@ -61,6 +61,15 @@ class Settings(BaseModel):
     provider_retry_total: float = Field(
         120.0, ge=0, description="Cap of all backoff delays of one turn together."
     )
+    provider_max_retry_delay: float = Field(
+        120.0, ge=0, description="Longest provider Retry-After honoured (longer: the turn fails)."
+    )
+    provider_stall_seconds: float = Field(
+        60.0, gt=0, description="A model stream silent this long is retried as a stalled turn."
+    )
+    max_turn_output_bytes: int = Field(
+        1 << 20, ge=1024, description="A model turn's text and tool arguments, at most."
+    )
     azure_deployments: tuple[str, ...] = Field(
         (), description="Azure OpenAI deployment names, listed as `azure/<name>` models."
     )
@@ -156,6 +165,9 @@ class Settings(BaseModel):
     )
     subscriber_queue_size: int = Field(
         10_000, ge=10, description="Events a WebSocket may lag behind before it is cut off (4008)."
+    )
+    ws_send_timeout: float = Field(
+        10.0, gt=0, description="A WebSocket send that does not finish in this is cut (4008/abort)."
     )
     cors_origins: tuple[str, ...] = Field(
         DEFAULT_CORS_ORIGINS, description="Comma-separated browser origins allowed; `*` for any."
