@@ -29,7 +29,7 @@ from minidevin.actors.deps import Deps, TaskSlots
 from minidevin.actors.messages import StopAll, StopTask, SubmitTask, TaskSpec, UserInput
 from minidevin.actors.session import SessionActor
 from minidevin.admission import TaskAdmission, new_spec
-from minidevin.resume import check_resumable, resume_interrupted, resumed_spec
+from minidevin.resume import check_resumable, restart_queue, resumed_spec
 from minidevin.runtime import schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
@@ -40,7 +40,7 @@ from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.providers.registry import ProviderRegistry
-from minidevin.runtime.recovery import fail_interrupted_tasks
+from minidevin.runtime.recovery import recover_tasks
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import new_id, open_store, secure_data_dir, task_detail
 from minidevin.runtime.task_stream import history_then_live
@@ -110,7 +110,7 @@ class Runtime:
         secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
         tokens = TokenIssuer(secret, self.settings.jwt_ttl_seconds)
         self.accounts = Accounts(self.store, tokens, self.settings)
-        interrupted = await fail_interrupted_tasks(self.store, self.settings.data_dir)
+        recovered = await recover_tasks(self.store, self.settings.data_dir)
         # no task is live yet: snapshots a previous process left are garbage
         await asyncio.to_thread(shutil.rmtree, self.settings.snapshots_dir, True)
         sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop
@@ -126,8 +126,9 @@ class Runtime:
         boundary = await asyncio.to_thread(sandbox.as_health, self.settings.sandbox)
         if not boundary["uid_isolation"]:
             log.warning("uid_isolation_unavailable", reason=boundary["uid_isolation_reason"])
-        if self.settings.resume_interrupted:
-            await resume_interrupted(self, interrupted)
+        # the queue a stopped server left runs again, in order (and what was live goes
+        # on too with `MINIDEVIN_RESUME_INTERRUPTED`)
+        await restart_queue(self, recovered, resume=self.settings.resume_interrupted)
         log.info(
             "runtime_started",
             data_dir=str(self.settings.data_dir),

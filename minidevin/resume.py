@@ -6,6 +6,11 @@ rebuilt from the log. It may take `max_iterations` more model turns (default:
 as many as it was created with) and spend `max_cost_usd` more (default: its
 original budget again; none if it had none). A completed task is continued by
 a follow-up task in its session instead.
+
+At start (`restart_queue`), tasks a stopped server left queued are handed back
+to their sessions, in creation order, with their ids and logs; the ones it left
+live (failed `INTERRUPTED`) are resumed among them when
+`MINIDEVIN_RESUME_INTERRUPTED` is on.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import structlog
 
 from minidevin.actors.messages import TaskSpec
 from minidevin.runtime import schemas
-from minidevin.runtime.errors import ApiError, Conflict
-from minidevin.runtime.events import Event
+from minidevin.runtime.errors import ApiError, Conflict, NotFound
+from minidevin.runtime.event_types import Error, Status
+from minidevin.runtime.events import Event, TaskEventLog
+from minidevin.runtime.recovery import Recovered
 
 if TYPE_CHECKING:
     from minidevin.api import Runtime
@@ -71,9 +78,74 @@ def resumed_limits(row: dict[str, Any], request: schemas.ResumeRequest) -> tuple
     return row["iterations"] + more_iterations, budget
 
 
+async def restart_queue(runtime: Runtime, recovered: Recovered, *, resume: bool) -> None:
+    """Hand back to their sessions the tasks left queued (and, with `resume`, resume the
+    ones left live), oldest first: each session runs them in the order they were created."""
+    rows = [(row, True) for row in recovered.queued]
+    if resume:
+        rows += [(row, False) for row in recovered.interrupted]
+    rows.sort(key=lambda pair: pair[0]["created_at"])  # (stable: ties keep their order)
+    for row, queued in rows:
+        if queued:
+            await requeue(runtime, row)
+        else:
+            await resume_interrupted(runtime, [row])
+
+
+async def requeue(runtime: Runtime, row: dict[str, Any]) -> None:
+    """Queue again a task that never started (same id, its log goes on); if it cannot
+    run any more (e.g. its working directory is gone), it ends `failed` saying why."""
+    store = runtime.store
+    newest = await store.last_event(row["id"])
+    try:
+        owner = await store.task_owner(row["id"])
+        session = await store.session_row(row["session_id"], owner or "")
+        if owner is None or session is None:
+            raise NotFound("its session is gone")
+        model, identity = await runtime.admission.admit(
+            session, row["model"], await runtime.owner(None)
+        )
+    except ApiError as exc:
+        events = TaskEventLog(row["id"], store.append, newest.seq if newest else 0)
+        reason = f"The queued task cannot run after the server restart: {exc.detail}"
+        events.emit(Error(error=reason, code="REQUEUE_FAILED"))
+        events.emit(Status(status="failed", message="Task could not be queued again"))
+        await store.flush()
+        log.warning("requeue_failed", task_id=row["id"], error=exc.detail)
+        return
+    spec = requeued_spec(row, session, model, identity, newest)
+    status = await runtime._submit(spec)  # (at start: nothing else submits meanwhile)
+    log.info("task_requeued_after_restart", task_id=row["id"], status=status)
+
+
+def requeued_spec(
+    row: dict[str, Any],
+    session: dict[str, Any],
+    model: str,
+    identity: tuple[int, int],
+    newest: Event | None,
+) -> TaskSpec:
+    """A queued task's spec again, from its row (its limits as its log last set them)."""
+    return TaskSpec(
+        row["id"],
+        row["session_id"],
+        row["description"],
+        model,
+        row["run_mode"],
+        row["max_iterations"],
+        Path(session["working_directory"]),
+        row["max_cost_usd"],
+        user_id=session["user_id"],
+        workspace_identity=identity,
+        context=row["context"],
+        resume={"message": None, "last_seq": newest.seq if newest else 0},
+        requeued=True,
+    )
+
+
 async def resume_interrupted(runtime: Runtime, rows: list[dict[str, Any]]) -> None:
-    """`MINIDEVIN_RESUME_INTERRUPTED`: resume what a stopped server left live, oldest
-    first (so in each session's order); a task that cannot go on stays failed."""
+    """`MINIDEVIN_RESUME_INTERRUPTED`: resume what a stopped server left live, in the order
+    given; a task that cannot go on stays failed."""
     for row in rows:
         owner = await runtime.store.task_owner(row["id"])
         try:

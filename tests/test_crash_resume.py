@@ -1,5 +1,6 @@
 """`kill -9` of a real server while a task's command runs, then a restart on the same data
-directory: with `MINIDEVIN_RESUME_INTERRUPTED=true` the session's live tasks go on, in order."""
+directory: the task queued behind the killed one stays queued and runs after the restart;
+with `MINIDEVIN_RESUME_INTERRUPTED=true` the killed one goes on first, in the session's order."""
 
 from __future__ import annotations
 
@@ -153,23 +154,33 @@ async def test_interrupted_tasks_are_resumed_at_the_next_start_in_order(
     assert messages[1]["content"] == FIRST
     assert messages[2]["tool_calls"][0]["id"] == messages[3]["tool_call_id"] == call["call_id"]
     assert messages[3]["content"] == INTERRUPTED_OUTPUT
-    # the queued task, resumed too, ran after it
+    # the queued task was never failed nor resumed: queued again, it ran after the first
     last_user = [m for m in scripted.requests[2]["messages"] if m["role"] == "user"][-1]
     assert last_user["content"] == SECOND
-    assert [e["type"] for e in second if e["type"] == "resumed"] == ["resumed"]
+    assert [e["seq"] for e in second] == list(range(1, len(second) + 1))
+    kinds = [(e["type"], e.get("status") or e.get("code")) for e in second]
+    assert kinds[:3] == [("status", "queued"), ("status", "queued"), ("status", "running")]
+    assert not any(kind in (("resumed", None), ("error", "INTERRUPTED")) for kind in kinds)
     assert second[-1]["type"] == "status" and second[-1]["status"] == "completed"
+    assert second[2]["timestamp"] >= first[-1]["timestamp"]  # (it started once the first ended)
     resumed = [entry["task_id"] for entry in logs if entry["event"] == "task_resumed_after_restart"]
-    assert resumed == [crashed.task["id"], crashed.queued["id"]]
+    assert resumed == [crashed.task["id"]]
+    requeued = [entry["task_id"] for entry in logs if entry["event"] == "task_requeued_after_restart"]
+    assert requeued == [crashed.queued["id"]]
 
 
 async def test_without_the_setting_interrupted_tasks_stay_failed(
     tmp_path: Path, scripted: ScriptedOpenAIServer
 ) -> None:
     crashed = await Interrupted(tmp_path, resume=False).crash(scripted)
-    scripted.script([finish("never"), finish("never")])
+    scripted.script([finish("The queued one, done")])
     server = crashed.restart()
     try:
-        assert crashed.statuses(server) == ["failed", "failed"]
+
+        def ended() -> bool:
+            return crashed.statuses(server) == ["failed", "completed"]
+
+        await until(ended, 30, lambda: f"the queued task to run: {crashed.statuses(server)}")
         first = await crashed.log(server, crashed.task["id"])
         logs = server.logs()
     finally:
@@ -179,4 +190,6 @@ async def test_without_the_setting_interrupted_tasks_stay_failed(
     assert first[-2]["code"] == "INTERRUPTED" and first[-1]["status"] == "failed"
     assert not any(e["type"] == "resumed" for e in first)
     assert not any(entry["event"] == "task_resumed_after_restart" for entry in logs)
-    assert len(scripted.requests) == 1
+    assert len(scripted.requests) == 2  # the queued task's, not the failed one's
+    last_user = [m for m in scripted.requests[1]["messages"] if m["role"] == "user"][-1]
+    assert last_user["content"] == SECOND

@@ -36,6 +36,9 @@ class TaskSpec:
     # a resumed task: its conversation is rebuilt from its log, whose `resumed` event is
     # emitted by its session; `max_iterations`/`max_cost_usd` are then the new totals
     resume: dict[str, Any] | None = None
+    # a task still queued when the server stopped, handed back at the next start: its log
+    # goes on from `resume["last_seq"]` with no `resumed` event (nothing of it changed)
+    requeued: bool = False
 
 
 # -- asyncio side -> SessionActor ---------------------------------------------------

@@ -69,7 +69,7 @@ class SessionActor(pykka.ThreadingActor):
                     return
                 last_seq = spec.resume["last_seq"] if spec.resume is not None else 0
                 entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.append, last_seq))
-                if spec.resume is not None:
+                if spec.resume is not None and not spec.requeued:
                     entry.events.emit(
                         Resumed(
                             message=spec.resume.get("message"),
@@ -77,7 +77,13 @@ class SessionActor(pykka.ThreadingActor):
                             max_cost_usd=spec.max_cost_usd,
                         )
                     )
-                queued = "Task resumed" if spec.resume is not None else "Task queued"
+                queued = (
+                    "Task queued again after a server restart"
+                    if spec.requeued
+                    else "Task resumed"
+                    if spec.resume is not None
+                    else "Task queued"
+                )
                 entry.events.emit(Status(status="queued", message=queued))
                 self.waiting.append(entry)
                 self._start_next()
