@@ -33,6 +33,7 @@ from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.providers.base import Model, ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.providers.retry import RetryPolicy, stream_with_retries
+from minidevin.runtime.providers.streaming import split_delta
 from minidevin.runtime.tools import TOOLS, ToolContext, ToolRegistry, ToolResult
 from minidevin.runtime.tools.environment import command_environment
 from minidevin.runtime.tools.paths import WorkspaceChanged
@@ -43,7 +44,8 @@ log = structlog.get_logger(__name__)
 
 
 class ModelActor(pykka.ThreadingActor):
-    """Streams one model turn at a time; publishes each text delta as a `token` event."""
+    """Streams one model turn at a time; publishes each text delta as `token` events
+    (of at most 256 KiB of text each: `streaming.split_delta`)."""
 
     def __init__(
         self,
@@ -76,7 +78,7 @@ class ModelActor(pykka.ThreadingActor):
                 self.model,
                 messages,
                 tools,
-                on_token=lambda text: self.events.emit(Token(content=text)),
+                on_token=self._publish,
                 cancel=self.cancel,
                 policy=self.policy,
                 on_retry=self._announce_retry,
@@ -89,6 +91,11 @@ class ModelActor(pykka.ThreadingActor):
         except Exception as exc:  # a crash here fails the task, not the session
             log.exception("model_actor_crashed", model=self.model_id)
             return ModelTurnFailed("PROVIDER_ERROR", f"model call crashed: {type(exc).__name__}")
+
+    def _publish(self, text: str) -> None:
+        """One `token` event per delta; a long one in pieces a WebSocket message carries."""
+        for piece in split_delta(text):
+            self.events.emit(Token(content=piece))
 
     def on_stop(self) -> None:
         """Release the model's HTTP connections with the actor, not at garbage collection."""

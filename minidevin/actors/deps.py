@@ -122,4 +122,7 @@ class Deps:
             base_delay=s.provider_retry_base_delay,
             max_delay=s.provider_retry_max_delay,
             max_total=s.provider_retry_total,
+            max_retry_after=s.provider_max_retry_delay,
+            stall_seconds=s.provider_stall_seconds,
+            max_output_bytes=s.max_turn_output_bytes,
         )

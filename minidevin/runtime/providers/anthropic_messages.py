@@ -23,7 +23,12 @@ import httpx2
 
 from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.providers.base import ModelTurn, ProviderError, TokenSink, ToolCall, Usage
-from minidevin.runtime.providers.streaming import consume_stream, provider_error
+from minidevin.runtime.providers.streaming import (
+    admit_output,
+    check_admitted,
+    consume_stream,
+    provider_error,
+)
 
 _MalformedStream = json.JSONDecodeError | UnicodeDecodeError
 _TransportFailure = httpx2.HTTPError | httpx2.StreamError
@@ -201,6 +206,7 @@ class _TurnBuilder:
             if delta.type == "text_delta":
                 self._add_text(delta.text)
             elif delta.type == "input_json_delta" and event.index in self._calls:
+                check_admitted(delta.partial_json, admit_output(delta.partial_json))
                 self._calls[event.index].arguments.append(delta.partial_json)
         elif kind == "message_delta":
             self._finish_reason = event.delta.stop_reason or self._finish_reason
@@ -209,8 +215,11 @@ class _TurnBuilder:
             self._stopped = True
 
     def _add_text(self, text: str) -> None:
-        self._text.append(text)
-        self._on_token(text)
+        kept = admit_output(text)  # (the turn's output cap)
+        if kept:
+            self._text.append(kept)
+            self._on_token(kept)
+        check_admitted(text, kept)
 
     def _take_usage(self, usage: Any) -> None:
         """Counts in `message_start` and `message_delta` are cumulative: the latest wins."""

@@ -32,7 +32,12 @@ from minidevin.runtime.providers.base import (
     ToolCall,
     Usage,
 )
-from minidevin.runtime.providers.streaming import consume_stream, provider_error
+from minidevin.runtime.providers.streaming import (
+    admit_output,
+    check_admitted,
+    consume_stream,
+    provider_error,
+)
 
 _MalformedStream = json.JSONDecodeError | UnicodeDecodeError
 _CONTEXT_HINTS = ("context_length", "context length", "maximum context", "too many tokens")
@@ -81,8 +86,11 @@ class _TurnBuilder:
                 continue
             delta = choice.delta
             if delta.content:
-                self._text.append(delta.content)
-                self._on_token(delta.content)
+                kept = admit_output(delta.content)  # (the turn's output cap)
+                if kept:
+                    self._text.append(kept)
+                    self._on_token(kept)
+                check_admitted(delta.content, kept)
             for call_delta in delta.tool_calls or ():
                 call = self._calls.setdefault(call_delta.index, _PartialCall())
                 if call_delta.id:
@@ -92,6 +100,7 @@ class _TurnBuilder:
                     if function.name:
                         call.name = function.name
                     if function.arguments:
+                        check_admitted(function.arguments, admit_output(function.arguments))
                         call.arguments.append(function.arguments)
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
