@@ -59,8 +59,12 @@ class Runtime:
         *,
         provider_env: Mapping[str, str] | None = None,
         providers: ProviderRegistry | None = None,
+        restart_queue: bool = True,
     ) -> None:
+        """`restart_queue=False`: tasks a stopped server left queued stay queued, untouched
+        (for the next server), instead of running in this runtime."""
         self.settings = settings or Settings.from_env()
+        self._restart_queue = restart_queue
         use_host_logging()  # an embedding's structlog or `logging`, never stdout
         self.store = open_store(self.settings)
         self.hub = EventHub(self.settings.subscriber_queue_size)
@@ -128,7 +132,8 @@ class Runtime:
             log.warning("uid_isolation_unavailable", reason=boundary["uid_isolation_reason"])
         # the queue a stopped server left runs again, in order (and what was live goes
         # on too with `MINIDEVIN_RESUME_INTERRUPTED`)
-        await restart_queue(self, recovered, resume=self.settings.resume_interrupted)
+        if self._restart_queue:
+            await restart_queue(self, recovered, resume=self.settings.resume_interrupted)
         log.info(
             "runtime_started",
             data_dir=str(self.settings.data_dir),

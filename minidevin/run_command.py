@@ -146,7 +146,8 @@ class TaskRun:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         try:
-            async with Runtime(self.settings) as self.runtime:
+            # (a server's queued tasks wait for the server, not run here)
+            async with Runtime(self.settings, restart_queue=False) as self.runtime:
                 try:
                     return await self._run()
                 finally:

@@ -165,7 +165,9 @@ async def test_interrupted_tasks_are_resumed_at_the_next_start_in_order(
     assert second[2]["timestamp"] >= first[-1]["timestamp"]  # (it started once the first ended)
     resumed = [entry["task_id"] for entry in logs if entry["event"] == "task_resumed_after_restart"]
     assert resumed == [crashed.task["id"]]
-    requeued = [entry["task_id"] for entry in logs if entry["event"] == "task_requeued_after_restart"]
+    requeued = [
+        entry["task_id"] for entry in logs if entry["event"] == "task_requeued_after_restart"
+    ]
     assert requeued == [crashed.queued["id"]]
 
 
