@@ -43,6 +43,7 @@ from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.recovery import recover_tasks
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import new_id, open_store, secure_data_dir, task_detail
+from minidevin.runtime.storage.open_errors import data_dir_error
 from minidevin.runtime.task_stream import history_then_live
 from minidevin.runtime.tools.sandbox import sandbox_status
 from minidevin.runtime.workspace import Workspaces
@@ -98,7 +99,10 @@ class Runtime:
         """Lock the data directory (or raise `DataDirInUse`), open the store, recover."""
         self._loop = asyncio.get_running_loop()
         # first of all: a directory another runtime holds is neither read nor changed
-        await asyncio.to_thread(self._data_lock.acquire)
+        try:
+            await asyncio.to_thread(self._data_lock.acquire)
+        except OSError as exc:  # a read-only or unusable directory: `StoreError`, one line
+            raise data_dir_error(self.settings.data_dir, exc) from None
         try:
             return await self._start_owned()
         except BaseException:
@@ -108,7 +112,10 @@ class Runtime:
             raise
 
     async def _start_owned(self) -> Runtime:
-        await asyncio.to_thread(secure_data_dir, self.settings.data_dir)  # 0700, files 0600
+        try:
+            await asyncio.to_thread(secure_data_dir, self.settings.data_dir)  # 0700, files 0600
+        except OSError as exc:
+            raise data_dir_error(self.settings.data_dir, exc) from None
         self.store.on_events_committed = self.hub.publish
         await self.store.open()
         secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)

@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run" and (problem := _run_arguments_problem(args)):
         run.error(problem)
+    from minidevin.runtime.auth import SecretFileError
     from minidevin.runtime.data_lock import DataDirInUse
+    from minidevin.runtime.storage.interface import StoreError
 
     try:
         if args.command == "serve":
@@ -60,10 +62,16 @@ def main(argv: list[str] | None = None) -> int:
             from minidevin.run_command import run_command
 
             return run_command(args)
-    except DataDirInUse as exc:  # another process owns the data directory: one line, exit 1
-        print(f"minidevin: {exc}", file=sys.stderr)
+    # another process owns the data directory, the store cannot be opened (locked, read-only,
+    # corrupt), the secret file is damaged: one line, exit 1 (a supervisor sees it and retries)
+    except (DataDirInUse, StoreError, SecretFileError) as exc:
+        print(f"minidevin: {_one_line(exc)}", file=sys.stderr)
         return 1
     return 2
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 class _RunHelp(argparse.HelpFormatter):

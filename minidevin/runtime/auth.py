@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +21,8 @@ import jwt
 
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it
 API_KEY_PREFIX = "md_"
+JWT_SECRET_NAME = "jwt_secret"
+SECRET_MIN_BYTES = 32  # (what MINIDEVIN_JWT_SECRET must have too)
 # A real hash of a random password: login verifies against it when the email is
 # unknown, so both answers take the same time.
 _DUMMY_HASH = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt()).decode()
@@ -121,19 +125,78 @@ async def verify_password(
     return ok and password_hash is not None and bool(data)
 
 
+class SecretFileError(RuntimeError):
+    """A secret file the server keeps for itself is missing its content or unreadable."""
+
+
 def load_jwt_secret(data_dir: Path, configured: str | None) -> str:
-    """The configured secret, else one generated once under the data dir (mode 0600)."""
+    """The configured secret, else the one kept under the data dir (mode 0600),
+    generated and written atomically at the first start.
+
+    An empty, short or damaged file raises `SecretFileError` naming it: a server
+    must not start with a secret that no token can be checked against.
+    """
     if configured:
         return configured
-    path = data_dir / "jwt_secret"
-    if path.exists():
+    path = data_dir / JWT_SECRET_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(48)
+        try:
+            write_private_file(path, secret.encode())
+        except OSError as exc:
+            raise SecretFileError(f"cannot write {path}: {_reason(exc)}") from None
+        return secret
+    except OSError as exc:
+        raise SecretFileError(f"cannot read {path}: {_reason(exc)}") from None
+    try:
         path.chmod(0o600)  # (older versions may have left it readable)
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    except OSError as exc:
+        raise SecretFileError(f"cannot make {path} private: {_reason(exc)}") from None
+    return _valid_secret(path, data)
+
+
+def _valid_secret(path: Path, data: bytes) -> str:
+    """The secret in `data` (the file `path`), or `SecretFileError` saying what is wrong."""
+    fix = (
+        "restore it, or delete it to have a new one generated (signed-in users must "
+        "sign in again), or set MINIDEVIN_JWT_SECRET"
+    )
+    text = data.strip()
+    if not text:
+        raise SecretFileError(f"{path} is empty (a write lost in a crash?): {fix}")
+    if len(text) < SECRET_MIN_BYTES or not all(0x21 <= byte <= 0x7E for byte in text):
+        raise SecretFileError(f"{path} is corrupt (not a secret this server wrote): {fix}")
+    return text.decode("ascii")
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write `path` (0600) atomically: a temporary file beside it, fsync, rename over
+    `path`, fsync of the directory. After a crash there is the old file or the new one,
+    whole, never an empty or partial one."""
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:  # (mkstemp: mode 0600)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+
+
+def _reason(error: OSError) -> str:
+    return (error.strerror or str(error)).lower()
 
 
 class TokenIssuer:

@@ -12,6 +12,7 @@ lets them run beside writes). Only the storage package uses this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import structlog
 from minidevin.runtime.events import Event
 from minidevin.runtime.projection import KEEP_FIRST, task_columns
 from minidevin.runtime.storage.interface import AlreadyExists, StoreError
+from minidevin.runtime.storage.open_errors import OPEN_TIMEOUT_MAX, open_problem
 from minidevin.runtime.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger(__name__)
@@ -92,28 +94,77 @@ class SqliteEngine:
     # -- lifecycle ---------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _private_file(self.path)
+        """Open and migrate the database, or raise `StoreError` saying why it cannot be.
+
+        A lock another process holds is waited out for `open_timeout` seconds (the
+        store's retry time, at most `OPEN_TIMEOUT_MAX`); a read-only or corrupt
+        database fails at once. Nothing stays open after a failure (an unclosed
+        connection's thread would keep the process from exiting).
+        """
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        started, delay = time.monotonic(), 0.05
+        while True:
+            try:
+                await self._open_once()
+                break
+            except (sqlite3.Error, OSError) as exc:
+                await self._close_connections()
+                waited = time.monotonic() - started
+                if not _transient(exc) or waited + delay > self.open_timeout:
+                    raise StoreError(open_problem(self.path, exc, waited)) from None
+                log.warning("store_open_retrying", error=str(exc), waited=round(waited, 2))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except BaseException:
+                await self._close_connections()
+                raise
+        self._writer_task = asyncio.create_task(self._write_forever(), name="store-writer")
+
+    @property
+    def open_timeout(self) -> float:
+        return min(self.retry_seconds, OPEN_TIMEOUT_MAX)
+
+    async def _open_once(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_file(self.path)
         self._writer = await self._connect()
         await self._migrate(self._writer)
+        # can this process write at all (no other holds the lock, the file is writable)?
+        await self._writer.execute("BEGIN IMMEDIATE")
+        await self._writer.execute("ROLLBACK")
         self._reader = await self._connect()
         self._point_reader = sqlite3.connect(self.path, isolation_level=None)
         self._point_reader.row_factory = sqlite3.Row
         self._point_reader.execute("PRAGMA busy_timeout=200")
-        self._writer_task = asyncio.create_task(self._write_forever(), name="store-writer")
+
+    async def _close_connections(self) -> None:
+        """Close whatever connections are open (each, whatever the others do)."""
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        if self._point_reader is not None:
+            with contextlib.suppress(Exception):
+                self._point_reader.close()
+        self._reader = self._writer = self._point_reader = None
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            "foreign_keys=ON",
-            "busy_timeout=200",  # short: the writer waits out locks itself, in steps
-        ):
-            await conn.execute(f"PRAGMA {pragma}")
+        try:
+            conn.row_factory = aiosqlite.Row
+            for pragma in (
+                "busy_timeout=200",  # short: the writer waits out locks itself, in steps
+                "journal_mode=WAL",
+                "synchronous=NORMAL",
+                "foreign_keys=ON",
+            ):
+                await conn.execute(f"PRAGMA {pragma}")
+            # the schema parses (a damaged first page or schema fails here, not later)
+            await conn.execute("SELECT count(*) FROM sqlite_master")
+        except BaseException:
+            await conn.close()
+            raise
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
@@ -135,16 +186,13 @@ class SqliteEngine:
 
     async def close(self) -> None:
         if self._writer_task is not None:
-            await self.flush()
-            self._writer_task.cancel()
-            await asyncio.gather(self._writer_task, return_exceptions=True)
-            self._writer_task = None
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        if self._point_reader is not None:
-            self._point_reader.close()
-        self._reader = self._writer = self._point_reader = None
+            try:
+                await self.flush()
+            finally:  # (a flush that failed still closes: open connections keep a process)
+                self._writer_task.cancel()
+                await asyncio.gather(self._writer_task, return_exceptions=True)
+                self._writer_task = None
+        await self._close_connections()
 
     # -- writing -----------------------------------------------------------
 
@@ -352,3 +400,10 @@ def _store_error(error: Exception) -> StoreError:
     if isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error):
         return AlreadyExists(f"write failed: {error}")
     return StoreError(f"write failed: {error}")
+
+
+def _transient(error: BaseException) -> bool:
+    """A failure worth waiting out at open: a lock another process holds (a full disk)."""
+    return isinstance(error, sqlite3.OperationalError) and any(
+        word in str(error) for word in TRANSIENT_ERRORS
+    )
