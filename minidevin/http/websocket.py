@@ -2,6 +2,15 @@
 
 Close codes: 1000 the task ended; 1001 the server is shutting down; 4008 the
 client fell too far behind (reconnect with `?after=<last seq>`).
+
+Deadlines: every send (an event, a reply, a close frame) must be taken by the
+client within `MINIDEVIN_WS_SEND_TIMEOUT`. A client that does not drain is cut:
+its transport is aborted (its buffers are full, so no close frame could reach
+it), which frees its descriptor, its coroutines, its hub subscription and its
+place in the per-user count at once. After the handler returns, a transport
+still flushing its last bytes past the deadline is aborted too, so a stall
+just after the final event holds nothing either. A slow reader whose every
+send completes in time gets every event and the 1000 close.
 Client messages: `{"type": "stop"}` and `{"type": "input", "content": "..."}`.
 
 Limits: each client message counts against its user's rate limit (the REST
@@ -14,8 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
-from typing import Any
+import struct
+import sys
+import termios
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -31,7 +45,6 @@ CLOSE_TASK_ENDED = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_SLOW = 4008
 CLOSE_INTERNAL_ERROR = 1011
-CLOSE_HANDSHAKE_TIMEOUT = 5.0
 routes = web.RouteTableDef()
 log = structlog.get_logger(__name__)
 RATE_LIMITER = web.AppKey("websocket_rate_limiter", FixedWindowLimiter)  # the REST limiter
@@ -68,34 +81,150 @@ async def task_stream(request: web.Request) -> web.StreamResponse:
             open_per_user[user] -= 1
 
 
+class _Transport(Protocol):
+    def abort(self) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+# Linux: bytes in a socket's send queue the peer has not acknowledged (SIOCOUTQ)
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None
+
+
+class _Cutter:
+    """Sends and closes under the send deadline; aborts the transport when one is missed.
+
+    The deadline is on progress: it starts with each send and starts again
+    whenever the client takes some of the bytes waiting for it, so a slow reader
+    may take longer than it over one large message, but a client that takes
+    nothing for that long is cut within it.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, transport: _Transport, timeout: float) -> None:
+        self.ws, self.transport, self.timeout = ws, transport, timeout
+        self.cut = False
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Send one message; False (and the socket cut) if the client did not drain in time."""
+        return await self._within_deadline(self.ws.send_json(message), "send")
+
+    async def close(self, code: int, message: bytes) -> None:
+        """The closing handshake, bounded by the deadline (an abort if the frame cannot go)."""
+        await self._within_deadline(self.ws.close(code=code, message=message), "close")
+
+    async def _within_deadline(self, operation: Awaitable[Any], stage: str) -> bool:
+        loop = asyncio.get_running_loop()
+        check_every = self.timeout / 4
+
+        def check(deadline: asyncio.Timeout, buffered: int, due: float) -> None:
+            nonlocal watch
+            now, late = self._unsent(), loop.time() - due
+            when = deadline.when()
+            assert when is not None
+            if now < buffered:  # the client took some: the deadline starts again
+                deadline.reschedule(loop.time() + self.timeout)
+            elif late > check_every / 2:  # our own loop was busy: that time is not the client's
+                deadline.reschedule(when + late)
+            watch = loop.call_later(check_every, check, deadline, now, loop.time() + check_every)
+
+        try:
+            async with asyncio.timeout(self.timeout) as deadline:
+                watch = loop.call_later(
+                    check_every,
+                    check,
+                    deadline,
+                    self._unsent(),
+                    loop.time() + check_every,
+                )
+                try:
+                    await operation
+                finally:
+                    watch.cancel()
+        except TimeoutError:
+            self.abort(stage)
+            return False
+        return True
+
+    def reap(self) -> None:
+        """After the handler: a closed transport still flushing keeps its descriptor until
+        the client reads the rest; abort it once the client takes nothing for the deadline."""
+        loop = asyncio.get_running_loop()
+        check_every = self.timeout / 4
+
+        def check(unsent: int, idle: float) -> None:
+            if self.transport.get_write_buffer_size() == 0:
+                return  # flushed: asyncio closes the socket (the kernel sends the rest)
+            now = self._unsent()
+            idle = 0.0 if now < unsent else idle + check_every
+            if idle >= self.timeout:
+                self.abort("flush")
+            else:
+                loop.call_later(check_every, check, now, idle)
+
+        loop.call_later(check_every, check, self._unsent(), 0.0)
+
+    def _unsent(self) -> int:
+        """Bytes not yet taken by the client: ours, plus the kernel's not yet acknowledged."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if _OUTQ is not None and sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0" * 4))[0]
+        return unsent
+
+    def abort(self, stage: str) -> None:
+        if not self.cut:
+            self.cut = True
+            log.warning("websocket_stalled_cut", stage=stage, timeout=self.timeout)
+        self.transport.abort()
+
+
 async def _serve(
     request: web.Request, runtime: Runtime, task_id: str, after: int, user: str
 ) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
+    # (no close timeout of aiohttp's own: the cutter bounds the closing handshake on progress)
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20, timeout=3600.0)
     await ws.prepare(request)
+    transport = request.transport
+    assert transport is not None  # (prepare just wrote the handshake on it)
+    cutter = _Cutter(ws, transport, runtime.settings.ws_send_timeout)
     request.app[WEBSOCKETS].add(ws)
-    closing = asyncio.Event()  # set when the pump begins the closing handshake
-    pump = asyncio.create_task(_send_events(ws, runtime, task_id, after, user, closing))
+    pump = asyncio.create_task(_send_events(cutter, runtime, task_id, after, user))
+    receive: asyncio.Task[Any] | None = None
     try:
-        async for message in ws:
+        while True:
+            receive = receive or asyncio.create_task(ws.receive())
+            await asyncio.wait({receive, pump}, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                break  # the pump is done: close below, with no read pending
+            message, receive = receive.result(), None
             if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 try:
                     _count(request, runtime, user)
                     reply = await _client_message(runtime, task_id, user, message.data)
                 except ApiError as exc:  # e.g. the session no longer answers
                     reply = _error(exc.detail, exc.code)
-                if reply is not None:
-                    await ws.send_json(reply)
-            elif message.type == WSMsgType.ERROR:
-                break
+                if reply is not None and not await cutter.send(reply):
+                    break
+            elif message.type not in (WSMsgType.PING, WSMsgType.PONG):
+                break  # closed by the client, or an error
+        if receive is not None:
+            receive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receive
+        if pump.done() and not pump.cancelled() and (closing := pump.result()) is not None:
+            # The closing handshake with nobody else reading: the close frame goes after
+            # the last event, then the client's own close frame is awaited, and only then
+            # the connection ends (a client that sees its end first reports 1006).
+            await cutter.close(*closing)
     finally:
-        if closing.is_set():  # let the pump finish the closing handshake it started
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(pump), CLOSE_HANDSHAKE_TIMEOUT)
+        if receive is not None and not receive.done():
+            receive.cancel()
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pump
         request.app[WEBSOCKETS].discard(ws)
+        cutter.reap()
     return ws
 
 
@@ -119,27 +248,22 @@ def _after(request: web.Request) -> int:
 
 
 async def _send_events(
-    ws: web.WebSocketResponse,
-    runtime: Runtime,
-    task_id: str,
-    after: int,
-    owner: str,
-    closing: asyncio.Event,
-) -> None:
+    cutter: _Cutter, runtime: Runtime, task_id: str, after: int, owner: str
+) -> tuple[int, bytes] | None:
+    """Send the task's events; the close (code, reason) to send, or None if the client is gone."""
     try:
-        async for event in runtime.events(task_id, after=after, owner=owner):
-            await ws.send_json(event.to_message())
-        closing.set()
-        await ws.close(code=CLOSE_TASK_ENDED, message=b"task ended")
+        async with contextlib.aclosing(runtime.events(task_id, after=after, owner=owner)) as events:
+            async for event in events:
+                if not await cutter.send(event.to_message()):
+                    return None  # cut: the subscription ends with this generator
+        return CLOSE_TASK_ENDED, b"task ended"
     except SlowSubscriber:
-        closing.set()
-        await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: reconnect with ?after=<seq>")
+        return CLOSE_TOO_SLOW, b"too slow: reconnect with ?after=<seq>"
     except (ConnectionResetError, RuntimeError):
-        pass  # the client went away
+        return None  # the client went away
     except Exception:
         log.exception("websocket_pump_failed", task_id=task_id)
-        closing.set()
-        await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"internal error")
+        return CLOSE_INTERNAL_ERROR, b"internal error"
 
 
 async def _client_message(
@@ -172,6 +296,11 @@ def _error(detail: str, code: str) -> dict[str, Any]:
 
 async def close_all(app: web.Application) -> None:
     """On shutdown: close every WebSocket with 1001 (going away)."""
-    for ws in set(app[WEBSOCKETS]):
+    timeout = app[RUNTIME].settings.ws_send_timeout
+
+    async def close(ws: web.WebSocketResponse) -> None:
         with contextlib.suppress(Exception):
-            await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+            async with asyncio.timeout(timeout):  # (a stalled client is aborted by its handler)
+                await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+
+    await asyncio.gather(*(close(ws) for ws in set(app[WEBSOCKETS])))
