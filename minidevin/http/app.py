@@ -7,6 +7,7 @@ from aiohttp import web
 from minidevin.api import Runtime
 from minidevin.http import openapi, routes, websocket
 from minidevin.http.access import access_middleware
+from minidevin.http.idempotency import idempotency_middleware
 from minidevin.http.keys import READ_CACHE, RUNTIME, WEBSOCKETS
 from minidevin.http.middlewares import cors_middleware, errors_middleware
 from minidevin.http.ratelimit import FixedWindowLimiter, add_rate_headers
@@ -22,6 +23,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Applicat
             cors_middleware(settings.cors_origins),
             errors_middleware,
             access_middleware(limiter),
+            idempotency_middleware(),  # inside access: keys are per user
         ],
         client_max_size=settings.max_body_bytes,
     )

@@ -221,6 +221,28 @@ class Repository(Protocol):
         """id, task_id, name, type, content_type, size, created_at."""
         ...
 
+    # -- idempotency keys ----------------------------------------------------------------
+    async def remembered_response(
+        self, user_id: str, key: str, since: float
+    ) -> dict[str, Any] | None:
+        """fingerprint, status, body (bytes), created_at of the response remembered for
+        the user under `key` at `since` (a Unix time) or later; None if there is none."""
+        ...
+
+    async def remember_response(
+        self,
+        user_id: str,
+        key: str,
+        fingerprint: str,
+        status: int,
+        body: bytes,
+        now: float,
+        forget_before: float,
+    ) -> None:
+        """Remember a response under the user's `key` (replacing an expired one), and
+        forget every response remembered before `forget_before`."""
+        ...
+
 
 class Store(Repository, EventSink, Protocol):
     """A storage backend: open it on the runtime's loop, close it to flush."""

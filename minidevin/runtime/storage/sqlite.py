@@ -349,3 +349,34 @@ class SqliteStore(SqliteEngine):
                 "SELECT * FROM artifacts WHERE id = ? AND task_id = ?", (artifact_id, task_id)
             )
         )
+
+    # -- idempotency keys ----------------------------------------------------------------
+
+    async def remembered_response(
+        self, user_id: str, key: str, since: float
+    ) -> dict[str, Any] | None:
+        return _first(
+            self.fetch_point(
+                "SELECT fingerprint, status, body, created_at FROM idempotency_keys "
+                "WHERE user_id = ? AND key = ? AND created_at >= ?",
+                (user_id, key, since),
+            )
+        )
+
+    async def remember_response(
+        self,
+        user_id: str,
+        key: str,
+        fingerprint: str,
+        status: int,
+        body: bytes,
+        now: float,
+        forget_before: float,
+    ) -> None:
+        # queued first, committed with the insert: expired keys go as new ones come
+        self.submit(Write("DELETE FROM idempotency_keys WHERE created_at < ?", (forget_before,)))
+        await self.write(
+            "INSERT OR REPLACE INTO idempotency_keys (user_id, key, fingerprint, status, body, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (user_id, key, fingerprint, status, body, now),
+        )

@@ -104,6 +104,20 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN run_max_iterations INTEGER;
     ALTER TABLE tasks ADD COLUMN run_max_cost_usd REAL;
     """,
+    # 6: the responses to `POST`s sent with an `Idempotency-Key`, per user, for a day: `key`
+    # is a digest of the client's key and `body` is sealed with a key derived from it
+    """
+    CREATE TABLE idempotency_keys (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (user_id, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
