@@ -3,6 +3,7 @@ stalled streams retried. Real SDKs against the scripted providers on 127.0.0.1."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -201,7 +202,8 @@ async def test_a_stalled_stream_is_abandoned_and_the_turn_retried(
     openai_server.script([stalled, ScriptedTurn(text="all good")])
     settings = make_settings(tmp_path, provider_stall_seconds=0.3)
     started = time.monotonic()
-    events, detail = await run_task(settings, openai_env(openai_server), tmp_path)
+    async with asyncio.timeout(10):  # (unwatched, the stream would hang for 600 s)
+        events, detail = await run_task(settings, openai_env(openai_server), tmp_path)
     assert time.monotonic() - started >= 0.3
     assert detail.status == "completed" and detail.result.summary == "all good"
     restart = next(e.data for e in events if e.type == "turn_restart")
