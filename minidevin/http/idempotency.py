@@ -21,7 +21,8 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -55,9 +56,9 @@ class KeySecrets:
     """What one user's `Idempotency-Key` derives: the row's key and the sealing keys."""
 
     key_id: str
-    _fingerprint: bytes
-    _cipher: bytes
-    _mac: bytes
+    _fingerprint: bytes = field(repr=False)
+    _cipher: bytes = field(repr=False)
+    _mac: bytes = field(repr=False)
 
     @classmethod
     def derive(cls, user_id: str, key: str) -> KeySecrets:
@@ -162,7 +163,7 @@ def idempotency_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
     return idempotency
 
 
-def _replay(remembered: dict, fingerprint: str, secrets: KeySecrets) -> web.Response:
+def _replay(remembered: dict[str, Any], fingerprint: str, secrets: KeySecrets) -> web.Response:
     if not hmac.compare_digest(remembered["fingerprint"], fingerprint):
         raise ApiError(
             f"this {HEADER} was used for another request (another body or route) "
