@@ -255,3 +255,33 @@ async def test_expired_keys_are_forgotten_and_pruned(settings: Settings) -> None
         assert (await store.remembered_response(user.id, "new", now - day))["body"] == b"y"
     finally:
         await store.close()
+
+
+async def test_a_retried_input_is_delivered_once(
+    settings: Settings, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script(
+        [
+            ScriptedTurn(tool_calls=[("ask_user", {"question": "Proceed?"})]),
+            ScriptedTurn(tool_calls=[("finish", {"summary": "ok", "success": True})]),
+        ]
+    )
+    async with serve(settings, openai_server) as client:
+        user = await sign_up(client)
+        session = await create_session(client, user, directory(tmp_path, "w"))
+        task = await expect_json(await post_task(client, user, session["id"], None), 201)
+
+        async def status_is(status: str) -> bool:
+            return (await get_task(client, user, task["id"]))["status"] == status
+
+        await until(lambda: status_is("waiting_input"), what="the task asks")
+        path, headers = f"/api/tasks/{task['id']}/input", keyed(user, "answer-1")
+        answers = [await client.post(path, json={"content": "Yes"}, headers=headers)]
+        await until(lambda: status_is("completed"), what="the task completes")
+        answers.append(await client.post(path, json={"content": "Yes"}, headers=headers))
+        assert [await expect_json(answer, 202) for answer in answers] == [
+            {"id": task["id"], "delivered": True}
+        ] * 2
+        assert answers[1].headers["Idempotent-Replayed"] == "true"  # (not 409: not running)
+        said = [m for r in openai_server.requests for m in r["messages"] if m["content"] == "Yes"]
+        assert len(said) == 1
