@@ -161,7 +161,8 @@ class SqliteEngine:
             ):
                 await conn.execute(f"PRAGMA {pragma}")
             # the schema parses (a damaged first page or schema fails here, not later)
-            await conn.execute("SELECT count(*) FROM sqlite_master")
+            # (read to the end: a statement left open would pin this connection's snapshot)
+            await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
         except BaseException:
             await conn.close()
             raise
