@@ -197,6 +197,11 @@ class Repository(Protocol):
         """The task's committed events with `seq` above `after`, in order."""
         ...
 
+    async def events_page(self, task_id: str, after: int, limit: int) -> list[Event]:
+        """At most `limit` of the task's committed events with `seq` above `after`, in
+        order: one page of a replay (keyset on `seq`, an index range scan)."""
+        ...
+
     async def task_log(self, task_id: str) -> list[Event]:
         """The task's committed events but its streamed text (`token`, `turn_restart`),
         in order: all a `TaskHistory` needs, a fraction of the log's rows."""

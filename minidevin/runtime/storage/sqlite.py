@@ -297,6 +297,14 @@ class SqliteStore(SqliteEngine):
         )
         return [_event(task_id, row) for row in rows]
 
+    async def events_page(self, task_id: str, after: int, limit: int) -> list[Event]:
+        rows = await self.fetch_all(
+            "SELECT seq, type, data, timestamp FROM events WHERE task_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (task_id, after, limit),
+        )
+        return [_event(task_id, row) for row in rows]
+
     async def task_log(self, task_id: str) -> list[Event]:
         rows = await self.fetch_all(
             "SELECT seq, type, data, timestamp FROM events WHERE task_id = ? "
