@@ -39,6 +39,7 @@ from minidevin.runtime.errors import Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber
 from minidevin.runtime.logging import use_host_logging
+from minidevin.runtime.pagination import Page, check_limit, decode_cursor
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.recovery import recover_tasks
 from minidevin.runtime.settings import Settings
@@ -195,8 +196,13 @@ class Runtime:
         )
         return await self.store.insert_session(user_id, name, str(checked.path))
 
-    async def list_sessions(self, *, owner: str | None = None) -> list[schemas.SessionSummary]:
-        return await self.store.list_sessions(await self.owner(owner))
+    async def list_sessions(
+        self, *, owner: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Page[schemas.SessionSummary]:
+        """The user's sessions, newest first: all of them, or pages of `limit` (1 to 500)
+        from `cursor` (a page's `next_cursor`; 422 when not one)."""
+        limit, after = check_limit(limit), decode_cursor("sessions", cursor)
+        return await self.store.list_sessions(await self.owner(owner), limit=limit, after=after)
 
     async def get_session(
         self, session_id: str, *, owner: str | None = None
@@ -331,10 +337,17 @@ class Runtime:
         return str(status)
 
     async def list_tasks(
-        self, session_id: str, *, owner: str | None = None
-    ) -> list[schemas.TaskSummary]:
+        self,
+        session_id: str,
+        *,
+        owner: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[schemas.TaskSummary]:
+        """The session's tasks, oldest first: all of them, or pages as `list_sessions`."""
+        limit, after = check_limit(limit), decode_cursor("tasks", cursor)
         await self._session_row(session_id, owner)
-        return await self.store.list_tasks(session_id)
+        return await self.store.list_tasks(session_id, limit=limit, after=after)
 
     async def get_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
         return task_detail(await self._task_row(task_id, owner))

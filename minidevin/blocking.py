@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from minidevin.api import Runtime
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event
+from minidevin.runtime.pagination import Page
 from minidevin.runtime.settings import Settings
 
 T = TypeVar("T")
@@ -81,8 +82,10 @@ class BlockingRuntime:
     ) -> schemas.SessionCreated:
         return self._call(self.runtime.create_session(name, working_directory, owner=owner))
 
-    def list_sessions(self, *, owner: str | None = None) -> list[schemas.SessionSummary]:
-        return self._call(self.runtime.list_sessions(owner=owner))
+    def list_sessions(
+        self, *, owner: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Page[schemas.SessionSummary]:
+        return self._call(self.runtime.list_sessions(owner=owner, limit=limit, cursor=cursor))
 
     def get_session(self, session_id: str, *, owner: str | None = None) -> schemas.SessionDetail:
         return self._call(self.runtime.get_session(session_id, owner=owner))
@@ -103,8 +106,17 @@ class BlockingRuntime:
     ) -> schemas.TaskCreated:
         return self._call(self.runtime.create_task(session_id, request, owner=owner, **fields))
 
-    def list_tasks(self, session_id: str, *, owner: str | None = None) -> list[schemas.TaskSummary]:
-        return self._call(self.runtime.list_tasks(session_id, owner=owner))
+    def list_tasks(
+        self,
+        session_id: str,
+        *,
+        owner: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[schemas.TaskSummary]:
+        return self._call(
+            self.runtime.list_tasks(session_id, owner=owner, limit=limit, cursor=cursor)
+        )
 
     def get_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
         return self._call(self.runtime.get_task(task_id, owner=owner))

@@ -89,6 +89,15 @@ AFTER = Param(
     "Resume after this event seq (the last one received); 0 replays the whole history",
     {"type": "string", "pattern": "^[0-9]{1,18}$", "default": "0"},
 )
+LIMIT = Param(
+    "limit",
+    "query",
+    "At most this many items (1 to 500); the next page's cursor comes in the `X-Next-Cursor` "
+    'header and a `Link: <...>; rel="next"` header, both absent on the last page',
+    {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+)
+CURSOR = Param("cursor", "query", "Start after the previous page: its `X-Next-Cursor` (opaque)")
+PAGED = (LIMIT, CURSOR)
 AUTH = (401, 429, 500, 503)  # (authenticating reads the store)
 BODY = (413, 422)
 
@@ -157,7 +166,8 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get", "/api/sessions", "list_sessions", "List your sessions", "sessions", 200,
-        schemas.SessionSummary, many=True, errors=AUTH,
+        schemas.SessionSummary, many=True, errors=(*AUTH, 422), query=PAGED,
+        description="Newest first, in pages of `limit` (default 100).",
     ),
     Operation(
         "post", "/api/sessions", "create_session", "Create a session", "sessions", 201,
@@ -180,7 +190,8 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get", "/api/sessions/{session_id}/tasks", "list_tasks", "List a session's tasks",
-        "tasks", 200, schemas.TaskSummary, many=True, errors=(*AUTH, 404),
+        "tasks", 200, schemas.TaskSummary, many=True, errors=(*AUTH, 404, 422), query=PAGED,
+        description="Oldest first, in pages of `limit` (default 100).",
     ),
     Operation(
         "post", "/api/sessions/{session_id}/tasks", "create_task",

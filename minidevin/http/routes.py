@@ -17,6 +17,7 @@ from minidevin.http.ratelimit import RATE_HEADERS, RateLimited
 from minidevin.runtime import schemas
 from minidevin.runtime.auth import HashBusy
 from minidevin.runtime.errors import ApiError, BadRequest, ValidationFailed
+from minidevin.runtime.pagination import Page, parse_limit
 from minidevin.runtime.providers.base import ProviderError
 from minidevin.runtime.providers.registry import PROVIDERS
 from minidevin.runtime.tools.sandbox import sandbox_status
@@ -181,9 +182,29 @@ async def list_providers(request: web.Request) -> web.Response:
 # -- sessions -----------------------------------------------------------------------------
 
 
+def paged(request: web.Request, rows: Page[Any]) -> web.Response:
+    """The page as today's JSON array; the next page's cursor in `X-Next-Cursor` and a
+    `Link: <...>; rel="next"` (both absent on the last page)."""
+    response = reply(rows)
+    if rows.next_cursor is not None:
+        following = request.rel_url.update_query(cursor=rows.next_cursor)
+        response.headers["X-Next-Cursor"] = rows.next_cursor
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return response
+
+
+def page_query(request: web.Request) -> dict[str, Any]:
+    """`limit` (default 100, 1 to 500) and `cursor` from the query; 422 when invalid."""
+    return {
+        "limit": parse_limit(request.query.get("limit")),
+        "cursor": request.query.get("cursor"),
+    }
+
+
 @routes.get("/api/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
-    return reply(await request.app[RUNTIME].list_sessions(owner=owner(request)))
+    runtime = request.app[RUNTIME]
+    return paged(request, await runtime.list_sessions(owner=owner(request), **page_query(request)))
 
 
 @routes.post("/api/sessions")
@@ -219,8 +240,10 @@ async def delete_session(request: web.Request) -> web.Response:
 
 @routes.get("/api/sessions/{session_id}/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    return reply(await runtime.list_tasks(request.match_info["session_id"], owner=owner(request)))
+    runtime, session_id = request.app[RUNTIME], request.match_info["session_id"]
+    return paged(
+        request, await runtime.list_tasks(session_id, owner=owner(request), **page_query(request))
+    )
 
 
 @routes.post("/api/sessions/{session_id}/tasks")

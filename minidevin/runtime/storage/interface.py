@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event
+from minidevin.runtime.pagination import Page
 
 T = TypeVar("T")
 
@@ -135,7 +136,14 @@ class Repository(Protocol):
     async def insert_session(
         self, user_id: str, name: str, working_directory: str
     ) -> schemas.SessionCreated: ...
-    async def list_sessions(self, user_id: str) -> list[schemas.SessionSummary]: ...
+    async def list_sessions(
+        self, user_id: str, *, limit: int | None = None, after: tuple[str, int] | None = None
+    ) -> Page[schemas.SessionSummary]:
+        """The user's sessions, newest first: at most `limit`, those past `after`
+        ((created_at, rowid) of the last session of the previous page); the page's
+        `next_cursor` reads on (None: no more)."""
+        ...
+
     async def session_row(self, session_id: str, user_id: str) -> dict[str, Any] | None:
         """id, user_id, name, status, working_directory, created_at, updated_at."""
         ...
@@ -184,7 +192,14 @@ class Repository(Protocol):
         """The user whose session holds the task (None: no such task)."""
         ...
 
-    async def list_tasks(self, session_id: str) -> list[schemas.TaskSummary]: ...
+    async def list_tasks(
+        self, session_id: str, *, limit: int | None = None, after: tuple[str, int] | None = None
+    ) -> Page[schemas.TaskSummary]:
+        """The session's tasks, oldest first: at most `limit`, those past `after`
+        ((created_at, rowid) of the last task of the previous page); the page's
+        `next_cursor` reads on (None: no more)."""
+        ...
+
     async def tasks_before(self, session_id: str, task_id: str) -> list[dict[str, Any]]:
         """id, description, status of the session's tasks created before `task_id`."""
         ...

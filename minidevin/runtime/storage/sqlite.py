@@ -14,6 +14,7 @@ from typing import Any
 
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
+from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id
 from minidevin.runtime.storage.sqlite_engine import SqliteEngine, Write, decode_json
 
@@ -156,14 +157,18 @@ class SqliteStore(SqliteEngine):
         )
         return session
 
-    async def list_sessions(self, user_id: str) -> list[schemas.SessionSummary]:
+    async def list_sessions(
+        self, user_id: str, *, limit: int | None = None, after: tuple[str, int] | None = None
+    ) -> Page[schemas.SessionSummary]:
+        past = "AND (s.created_at, s.rowid) < (?, ?) " if after else ""
         rows = await self.fetch_all(
-            "SELECT s.id, s.name, s.status, s.created_at, s.updated_at, "
+            "SELECT s.rowid AS rowid, s.id, s.name, s.status, s.created_at, s.updated_at, "
             "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id) AS task_count "
-            "FROM sessions s WHERE s.user_id = ? ORDER BY s.created_at DESC",
-            (user_id,),
+            f"FROM sessions s WHERE s.user_id = ? {past}"
+            "ORDER BY s.created_at DESC, s.rowid DESC LIMIT ?",
+            (user_id, *(after or ()), -1 if limit is None else limit + 1),
         )
-        return [schemas.SessionSummary(**row) for row in rows]
+        return page("sessions", rows, limit, schemas.SessionSummary)
 
     async def session_row(self, session_id: str, user_id: str) -> dict[str, Any] | None:
         return _first(
@@ -267,13 +272,17 @@ class SqliteStore(SqliteEngine):
         )
         return None if row is None else row["user_id"]
 
-    async def list_tasks(self, session_id: str) -> list[schemas.TaskSummary]:
+    async def list_tasks(
+        self, session_id: str, *, limit: int | None = None, after: tuple[str, int] | None = None
+    ) -> Page[schemas.TaskSummary]:
+        past = "AND (created_at, rowid) > (?, ?) " if after else ""
         rows = await self.fetch_all(
-            "SELECT id, description, status, created_at, completed_at, iterations FROM tasks "
-            "WHERE session_id = ? ORDER BY created_at",
-            (session_id,),
+            "SELECT rowid AS rowid, id, description, status, created_at, completed_at, "
+            f"iterations FROM tasks WHERE session_id = ? {past}"
+            "ORDER BY created_at, rowid LIMIT ?",
+            (session_id, *(after or ()), -1 if limit is None else limit + 1),
         )
-        return [schemas.TaskSummary(**row) for row in rows]
+        return page("tasks", rows, limit, schemas.TaskSummary)
 
     async def tasks_before(self, session_id: str, task_id: str) -> list[dict[str, Any]]:
         return await self.fetch_all(
