@@ -26,6 +26,7 @@ BENCHMARKS = {
     "fanout": "bench.fanout",  # item 3
     "stop": "bench.stop",  # item 5
     "rebuild": "bench.rebuild",  # issue 11: the log's size, a conversation rebuilt from it
+    "replay": "bench.replay",  # issue 12 item 5: late subscribers to a long history
     "scale": "bench.scale",  # item 4 (last: 1,000 tasks ending at once load the machine)
 }
 ALIASES = {"store": "latency"}

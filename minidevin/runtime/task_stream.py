@@ -15,6 +15,7 @@ new subscriber reads straight through it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from minidevin.runtime.events import Event
@@ -22,19 +23,25 @@ from minidevin.runtime.hub import EventHub
 from minidevin.runtime.storage import Store
 
 HISTORY_PAGE = 500  # events per history read: one page of rows in memory per subscriber
+HISTORY_SLICE = 0.002  # seconds of sending history before the loop is let to run others
 
 
 async def history_then_live(
     store: Store, hub: EventHub, task_id: str, after: int = 0, page_size: int = HISTORY_PAGE
 ) -> AsyncIterator[Event]:
     subscription = hub.subscribe(task_id)
+    clock = asyncio.get_running_loop().time
     try:
         last, ended = after, False
         while True:
             page = await store.events_page(task_id, last, page_size)
+            sliced = clock()
             for event in page:
                 yield event
                 last, ended = event.seq, event.is_final
+                if clock() - sliced > HISTORY_SLICE:  # a send that needs no drain never
+                    await asyncio.sleep(0)  # yields: without this, a page holds the loop
+                    sliced = clock()
             if len(page) < page_size:
                 break  # the last page: what is committed after it arrives live
             del page  # one page at a time
