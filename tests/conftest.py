@@ -29,6 +29,13 @@ def _stop_actors() -> Iterator[None]:
 
 
 @pytest.fixture
+def scripted() -> Iterator[ScriptedOpenAIServer]:
+    """A scripted provider on its own thread: for tests that block on HTTP calls."""
+    with ScriptedOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
 async def openai_server() -> AsyncIterator[ScriptedOpenAIServer]:
     async with ScriptedOpenAIServer() as server:
         yield server

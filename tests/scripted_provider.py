@@ -62,6 +62,11 @@ class ScriptedTurn:
     chunk_delay: float = 0.0  # seconds between streamed chunks
 
 
+def finish(summary: str = "done") -> ScriptedTurn:
+    """A turn that calls `finish` with `summary`, successfully."""
+    return ScriptedTurn(tool_calls=[("finish", {"summary": summary, "success": True})])
+
+
 class ScriptedOpenAIServer(ScriptedServer[ScriptedTurn]):
     """Fake `POST /v1/chat/completions`; see the module docstring."""
 

@@ -11,27 +11,15 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from serve_process import ServeProcess
 from waiting import pids_running, until
 
 USER = {"email": "q@example.com", "password": "password123", "name": "Q"}
-
-
-@pytest.fixture
-def scripted() -> Iterator[ScriptedOpenAIServer]:
-    with ScriptedOpenAIServer() as server:  # own thread: the test may block on HTTP calls
-        yield server
-
-
-def finish(summary: str) -> ScriptedTurn:
-    return ScriptedTurn(tool_calls=[("finish", {"summary": summary, "success": True})])
 
 
 class Server:

@@ -8,13 +8,11 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from serve_process import ServeProcess
 from waiting import pids_running, until
 
@@ -22,16 +20,6 @@ from minidevin.runtime.task_history import INTERRUPTED_OUTPUT
 
 USER = {"email": "r@example.com", "password": "password123", "name": "R"}
 FIRST, SECOND = "run the long command", "wait your turn"
-
-
-@pytest.fixture
-def scripted() -> Iterator[ScriptedOpenAIServer]:
-    with ScriptedOpenAIServer() as server:  # own thread: the test may block on HTTP calls
-        yield server
-
-
-def finish(summary: str) -> ScriptedTurn:
-    return ScriptedTurn(tool_calls=[("finish", {"summary": summary, "success": True})])
 
 
 class Interrupted:

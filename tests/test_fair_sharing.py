@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from waiting import until
 
 from minidevin.api import Runtime
@@ -22,10 +22,6 @@ from minidevin.runtime.settings import Settings
 
 PASSWORD = "correct horse battery"
 TurnsFor = Callable[[str], list[ScriptedTurn]]
-
-
-def finish(summary: str) -> ScriptedTurn:
-    return ScriptedTurn(tool_calls=[("finish", {"summary": summary, "success": True})])
 
 
 def wait_for_gate() -> ScriptedTurn:

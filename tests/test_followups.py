@@ -23,7 +23,7 @@ from http_helpers import (
     serve,
     sign_up,
 )
-from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from waiting import until
 
 from minidevin.api import Runtime
@@ -69,10 +69,6 @@ def first_task_turns(command: str) -> list[ScriptedTurn]:
         ScriptedTurn(text="Looking at it.", tool_calls=[("terminal", {"command": command})]),
         ScriptedTurn(tool_calls=[("finish", {"summary": SUMMARY, "success": True})]),
     ]
-
-
-def finish(summary: str) -> ScriptedTurn:
-    return ScriptedTurn(tool_calls=[("finish", {"summary": summary, "success": True})])
 
 
 async def test_a_follow_up_starts_with_the_earlier_task_and_a_fresh_one_without(

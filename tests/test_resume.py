@@ -30,7 +30,7 @@ from http_helpers import (
     stream,
     ws_path,
 )
-from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from waiting import until
 
 from minidevin.api import Runtime
@@ -51,10 +51,6 @@ async def client(runtime: Runtime, aiohttp_client: Any) -> TestClient:
 
 def terminal(command: str) -> ScriptedTurn:
     return ScriptedTurn(text=f"Running {command}.", tool_calls=[("terminal", {"command": command})])
-
-
-def finish(summary: str = "done") -> ScriptedTurn:
-    return ScriptedTurn(tool_calls=[("finish", {"summary": summary, "success": True})])
 
 
 async def post_task(

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from waiting import pids_running, until
 
 from minidevin.api import Runtime
@@ -19,10 +19,6 @@ from minidevin.runtime.settings import Settings
 
 async def collect(runtime: Runtime, task_id: str) -> list[Event]:
     return [event async for event in runtime.events(task_id)]
-
-
-def finish(summary: str = "done") -> ScriptedTurn:
-    return ScriptedTurn(tool_calls=[("finish", {"summary": summary, "success": True})])
 
 
 async def test_stop_during_a_command_kills_its_whole_process_tree(
