@@ -88,7 +88,23 @@ class Settings(BaseModel):
         "error), at the next start, in their sessions' order.",
     )
     store_retry_seconds: float = Field(
-        10.0, ge=0, description="How long writes wait out a locked or full database before failing."
+        10.0,
+        ge=0,
+        description="How long writes wait out a locked or full database before failing; "
+        "a live task holds its events that long, then stops with STORE_UNAVAILABLE.",
+    )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Finished tasks older than this are deleted with their events and "
+        "artifacts; unset: keep forever.",
+    )
+    token_coalesce_ms: float = Field(
+        20.0,
+        ge=0,
+        le=20,
+        description="Token deltas of a turn arriving within this are logged as one `token` "
+        "event (the text is the same); 0: one event a delta.",
     )
     sandbox: str = Field(
         "auto",
