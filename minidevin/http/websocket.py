@@ -1,7 +1,14 @@
 """`/ws/tasks/{task_id}`: a task's events, history first, then live.
 
 Close codes: 1000 the task ended; 1001 the server is shutting down; 4008 the
-client fell too far behind (reconnect with `?after=<last seq>`).
+client fell too far behind (reconnect with `?after=<last seq>`); 1011 after an
+`error` message `STORE_UNAVAILABLE` (the store cannot commit for now: reconnect
+later with `?after=<last seq>`), or an internal error.
+
+Fan-out: an event's JSON text is computed once (`Event.wire`) and the same
+string goes to every subscriber. A send the transport takes at once (no drain
+needed) completes without a timer or a task; only a send that has to wait for
+the client runs under the deadline machinery below.
 
 Deadlines: every send (an event, a reply, a close frame) must be taken by the
 client within `MINIDEVIN_WS_SEND_TIMEOUT`. A client that does not drain is cut:
@@ -28,7 +35,7 @@ import json
 import struct
 import sys
 import termios
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, Protocol
 
 import structlog
@@ -39,7 +46,7 @@ from minidevin.http.errors import error_body
 from minidevin.http.keys import PRINCIPAL, RUNTIME, WEBSOCKETS
 from minidevin.http.ratelimit import FixedWindowLimiter
 from minidevin.runtime.errors import ApiError, ValidationFailed
-from minidevin.runtime.hub import SlowSubscriber
+from minidevin.runtime.hub import SlowSubscriber, StoreUnavailable
 
 CLOSE_TASK_ENDED = 1000
 CLOSE_GOING_AWAY = 1001
@@ -106,7 +113,24 @@ class _Cutter:
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Send one message; False (and the socket cut) if the client did not drain in time."""
-        return await self._within_deadline(self.ws.send_json(message), "send")
+        return await self.send_text(json.dumps(message))
+
+    async def send_text(self, text: str) -> bool:
+        """`send` of a message already serialized (the same string for every subscriber).
+
+        The send is started at once: when the transport takes the frame without a
+        drain (the common case) it is done with no timer armed; only a send that
+        must wait for the client is finished under the deadline.
+        """
+        operation = self.ws.send_str(text)
+        try:
+            pending = operation.send(None)
+        except StopIteration:
+            return True
+        except BaseException:
+            operation.close()
+            raise
+        return await self._within_deadline(_Resumed(operation, pending), "send")
 
     async def close(self, code: int, message: bytes) -> None:
         """The closing handshake, bounded by the deadline (an abort if the frame cannot go)."""
@@ -177,6 +201,32 @@ class _Cutter:
             self.cut = True
             log.warning("websocket_stalled_cut", stage=stage, timeout=self.timeout)
         self.transport.abort()
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine already started by hand (it yielded `pending`)."""
+
+    def __init__(self, operation: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self.operation, self.pending = operation, pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        operation, pending = self.operation, self.pending
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                operation.close()
+                raise
+            except BaseException as exc:  # (a cancel: the deadline, or the handler ending)
+                try:
+                    pending = operation.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = operation.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 async def _serve(
@@ -254,11 +304,15 @@ async def _send_events(
     try:
         async with contextlib.aclosing(runtime.events(task_id, after=after, owner=owner)) as events:
             async for event in events:
-                if not await cutter.send(event.to_message()):
+                if not await cutter.send_text(event.wire()):
                     return None  # cut: the subscription ends with this generator
         return CLOSE_TASK_ENDED, b"task ended"
     except SlowSubscriber:
         return CLOSE_TOO_SLOW, b"too slow: reconnect with ?after=<seq>"
+    except StoreUnavailable as exc:
+        if not await cutter.send(_error(str(exc), "STORE_UNAVAILABLE")):
+            return None
+        return CLOSE_INTERNAL_ERROR, b"store unavailable: reconnect with ?after=<seq>"
     except (ConnectionResetError, RuntimeError):
         return None  # the client went away
     except Exception:

@@ -9,13 +9,14 @@ ours), and a timestamp. The WebSocket message is the event's fields plus
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from minidevin.runtime.event_types import EventBody, event_data
+from minidevin.runtime.event_types import Error, EventBody, Status, event_data
 
 FINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
 
@@ -32,6 +33,16 @@ class Event:
     type: str
     data: dict[str, Any]
     timestamp: str
+    _wire: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def wire(self) -> str:
+        """The WebSocket message as JSON text, serialized once and cached: every
+        subscriber of a live event sends this same string."""
+        text = self._wire
+        if text is None:
+            text = json.dumps(self.to_message())
+            object.__setattr__(self, "_wire", text)
+        return text
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -49,6 +60,9 @@ class Event:
 
 
 EventSink = Callable[[Event], None]
+# waits while the store cannot commit; returns why the task must stop, or None to go on
+Backpressure = Callable[[], "str | None"]
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 
 class TaskEventLog:
@@ -58,28 +72,62 @@ class TaskEventLog:
     hand-off, so the sink sees events in `seq` order.
     """
 
-    def __init__(self, task_id: str, sink: EventSink, last_seq: int = 0) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        sink: EventSink,
+        last_seq: int = 0,
+        backpressure: Backpressure | None = None,
+    ) -> None:
         self.task_id = task_id
         self._sink = sink
         self._seq = last_seq
         self._lock = threading.Lock()
         self._closed = False
+        self._backpressure = backpressure
+        # told (on the emitting thread) when the log closed itself for a store outage
+        self.on_store_lost: Callable[[str], None] = lambda detail: None
 
-    def emit(self, body: EventBody, *, close: bool = False) -> Event | None:
+    def emit(self, body: EventBody, *, close: bool = False, wait: bool = True) -> Event | None:
         """Append an event; after `close()` (the task ended) this does nothing.
 
         With `close`, the log closes with this event, atomically: a final status is
         the last event even while another thread (a model stream) still emits.
+
+        Backpressure: while the store cannot commit, the emitting thread waits here
+        (other emitters of the task wait on the lock), up to the store's retry
+        window; past it, the log closes itself with an `error` STORE_UNAVAILABLE and
+        a `failed` status (held with the rest until the store commits again) and
+        this event is not logged. Events that must not wait (`close`, or `wait=False`:
+        a task's last events, what its session writes for it) are held at once, so a
+        task can always end and a session actor is never held up.
         """
         data = event_data(body)
         with self._lock:
             if self._closed:
                 return None
-            self._closed = close
-            self._seq += 1
-            event = Event(self.task_id, self._seq, body.type, data, utc_now())
-            self._sink(event)
-            return event
+            lost = None if close or not wait or self._backpressure is None else self._backpressure()
+            if lost is not None:
+                self._close_for_store(lost)
+            else:
+                self._closed = close
+                return self._append(body.type, data)
+        self.on_store_lost(lost)
+        return None
+
+    def _append(self, type_: str, data: dict[str, Any]) -> Event:
+        self._seq += 1
+        event = Event(self.task_id, self._seq, type_, data, utc_now())
+        self._sink(event)
+        return event
+
+    def _close_for_store(self, detail: str) -> None:
+        self._closed = True
+        for body in (
+            Error(error=detail, code=STORE_UNAVAILABLE),
+            Status(status="failed", message="Task stopped: the database could not be written"),
+        ):
+            self._append(body.type, event_data(body))
 
     def close(self) -> None:
         with self._lock:

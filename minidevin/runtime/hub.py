@@ -4,12 +4,20 @@ The store calls `publish` after each commit, so a subscriber only ever sees
 events that are on disk. Each subscriber has a bounded queue: one that does not
 keep up is cut off (`SlowSubscriber`) instead of slowing the task or others,
 and can resume from the last `seq` it saw.
+
+Cost per subscriber is kept to appending the batch to its queue and waking
+it: the events are the same objects for every subscriber, so their JSON text
+(`Event.wire`) is computed once, not once per subscriber.
+
+`interrupt` tells subscribers the store is unavailable (`StoreUnavailable` on
+their next `get`, their backlog dropped): they resume with `after=` later.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterable
 
 from minidevin.runtime.events import Event
 
@@ -18,14 +26,17 @@ class SlowSubscriber(Exception):
     """The subscriber's queue overflowed; resume with `after=<last seq seen>`."""
 
 
-_OVERFLOW = object()
+class StoreUnavailable(Exception):
+    """The store cannot commit for now; resume with `after=<last seq seen>` later."""
 
 
 class Subscription:
     def __init__(self, task_id: str, maxsize: int) -> None:
         self.task_id = task_id
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queue: deque[Event] = deque()
         self._maxsize = maxsize
+        self._failure: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
 
     def offer(self, events: list[Event]) -> None:
@@ -34,22 +45,39 @@ class Subscription:
         The check is per batch, so a reader that keeps up is never cut off
         just because one commit carried many events.
         """
-        if self.overflowed:
+        if self._failure is not None:
             return
-        if self._queue.qsize() >= self._maxsize:
+        if len(self._queue) >= self._maxsize:
             self.overflowed = True
-            self._queue = asyncio.Queue()  # drop the backlog: it resumes from the store
-            self._queue.put_nowait(_OVERFLOW)
+            self.fail(SlowSubscriber(f"subscriber fell more than {self._maxsize} events behind"))
             return
-        for event in events:
-            self._queue.put_nowait(event)
+        self._queue.extend(events)
+        self._wake()
+
+    def fail(self, error: Exception) -> None:
+        """End the subscription with `error` on the next `get` (the backlog is dropped:
+        the subscriber resumes from the store)."""
+        if self._failure is None:
+            self._failure = error
+            self._queue.clear()
+            self._wake()
 
     async def get(self) -> Event:
-        item = await self._queue.get()
-        if item is _OVERFLOW:
-            raise SlowSubscriber(f"subscriber fell more than {self._maxsize} events behind")
-        assert isinstance(item, Event)
-        return item
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._queue:
+                return self._queue.popleft()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class EventHub:
@@ -77,6 +105,17 @@ class EventHub:
         for task_id, task_events in by_task.items():
             for subscription in self._subscribers[task_id]:
                 subscription.offer(task_events)
+
+    def interrupt(self, task_ids: Iterable[str] | None, detail: str) -> int:
+        """Every current subscriber of `task_ids` (None: of every task) gets
+        `StoreUnavailable(detail)` on its next `get`; returns how many were told."""
+        chosen = list(self._subscribers) if task_ids is None else list(task_ids)
+        told = 0
+        for task_id in chosen:
+            for subscription in self._subscribers.get(task_id, ()):
+                subscription.fail(StoreUnavailable(detail))
+                told += 1
+        return told
 
     def subscriber_count(self, task_id: str | None = None) -> int:
         if task_id is not None:
