@@ -42,6 +42,7 @@ from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.pagination import Page, check_limit, decode_cursor
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.recovery import recover_tasks
+from minidevin.runtime.retention import RetentionSweeper
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import new_id, open_store, secure_data_dir, task_detail
 from minidevin.runtime.storage.open_errors import data_dir_error
@@ -90,6 +91,7 @@ class Runtime:
         self.admission = TaskAdmission(self.settings, self.providers, self.workspaces)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._data_lock = DataDirLock(self.settings.data_dir)
+        self.retention: RetentionSweeper | None = None
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -142,6 +144,14 @@ class Runtime:
         # on too with `MINIDEVIN_RESUME_INTERRUPTED`)
         if self._restart_queue:
             await restart_queue(self, recovered, resume=self.settings.resume_interrupted)
+        if self.settings.retention_days is not None:  # old finished tasks go, in the background
+            self.retention = RetentionSweeper(
+                self.store,
+                self.settings.artifacts_dir,
+                self.settings.retention_days,
+                lock_for=self._session_lock,
+            )
+            self.retention.start()
         log.info(
             "runtime_started",
             data_dir=str(self.settings.data_dir),
@@ -159,6 +169,8 @@ class Runtime:
         for ref in self._sessions.values():
             ref.stop(block=False)
         self._sessions.clear()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.store.close()
         if hasattr(self, "accounts"):
             self.accounts.close()  # (the password hashing threads)

@@ -1,4 +1,5 @@
-"""`minidevin serve` (the REST + WebSocket server) and `minidevin run` (one task, live)."""
+"""`minidevin serve` (the REST + WebSocket server), `minidevin run` (one task, live) and
+`minidevin db vacuum` (reclaim the database's free space, offline)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--json", action="store_true", help="print one JSON event per line")
     run.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
+    db = commands.add_parser("db", help="maintain the data directory's database (offline)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    vacuum = db_commands.add_parser(
+        "vacuum",
+        help="reclaim the space of deleted rows (while no server uses the data directory)",
+    )
+    vacuum.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
     args = parser.parse_args(argv)
     if args.command == "run" and (problem := _run_arguments_problem(args)):
         run.error(problem)
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             from minidevin.run_command import run_command
 
             return run_command(args)
+        if args.command == "db":
+            return db_vacuum_command(args)
     # another process owns the data directory, the store cannot be opened (locked, read-only,
     # corrupt), the secret file is damaged: one line, exit 1 (a supervisor sees it and retries)
     except (DataDirInUse, StoreError, SecretFileError) as exc:
@@ -151,6 +161,41 @@ def serve_command(args: argparse.Namespace) -> int:
     finally:
         for sock in listeners:
             sock.close()
+    return 0
+
+
+def db_vacuum_command(args: argparse.Namespace) -> int:
+    """`minidevin db vacuum`: checkpoint and `VACUUM` the database, holding the data
+    directory's lock (`DataDirInUse` while a server or `run` holds it)."""
+    import sqlite3
+
+    from minidevin.runtime.data_lock import DataDirLock
+    from minidevin.runtime.settings import Settings, SettingsError
+    from minidevin.runtime.storage.sqlite_retention import database_bytes, vacuum
+
+    overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as exc:
+        print(f"minidevin: {exc}", file=sys.stderr)
+        return 2
+    path = settings.database_path
+    if not path.is_file():
+        print(f"minidevin: no database at {path}", file=sys.stderr)
+        return 1
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()
+    try:
+        before = database_bytes(path)
+        try:
+            vacuum(path)
+        except sqlite3.Error as exc:
+            print(f"minidevin: cannot vacuum {path}: {_one_line(exc)}", file=sys.stderr)
+            return 1
+        after = database_bytes(path)
+    finally:
+        lock.release()
+    print(f"{path}: {before} bytes before, {after} bytes after ({before - after} reclaimed)")
     return 0
 
 

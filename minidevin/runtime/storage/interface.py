@@ -71,6 +71,10 @@ class EventSink(Protocol):
     def append(self, event: Event) -> None:
         """Queue an event from any thread; never blocks."""
 
+    def wait_for_room(self) -> str | None:
+        """From an emitting thread, before an event: wait while the store cannot commit,
+        up to its retry window. None to go on; past the window, why the task must stop."""
+
     async def flush(self) -> None:
         """Wait until everything queued before this call is committed."""
 
@@ -261,6 +265,31 @@ class Repository(Protocol):
     ) -> None:
         """Remember a response under the user's `key` (replacing an expired one), and
         forget every response remembered before `forget_before`."""
+        ...
+
+    async def forget_responses(self, before: float) -> None:
+        """Forget every response remembered before `before` (a Unix time)."""
+        ...
+
+    # -- retention (`runtime/retention.py`) ---------------------------------------------
+    async def expired_tasks(self, before: str, limit: int) -> list[dict[str, Any]]:
+        """id, session_id of up to `limit` tasks in a final status (completed, failed,
+        stopped) that ended (or, with no end, were created) before `before` (ISO 8601)."""
+        ...
+
+    async def task_expired(self, task_id: str, before: str) -> bool:
+        """Is the task in a final status, ended before `before`?"""
+        ...
+
+    async def delete_events_batch(self, task_id: str, limit: int) -> int:
+        """Delete the task's oldest `limit` events at most (one short transaction);
+        returns how many went (0: none is left)."""
+        ...
+
+    async def delete_expired_task(self, task_id: str, before: str) -> list[str] | None:
+        """Delete the task (its remaining events, its artifact rows) if it is still
+        final and ended before `before`; returns its artifact ids (their files are the
+        caller's to remove), or None if it was not deleted."""
         ...
 
 

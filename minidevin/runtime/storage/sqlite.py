@@ -16,7 +16,8 @@ from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
 from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id
-from minidevin.runtime.storage.sqlite_engine import SqliteEngine, Write, decode_json
+from minidevin.runtime.storage.sqlite_batch import Write, decode_json
+from minidevin.runtime.storage.sqlite_retention import SqliteRetention
 
 # every key a key created, and theirs: revoking a key revokes what it created
 _KEY_CHAIN = (
@@ -41,7 +42,7 @@ def _event(task_id: str, row: dict[str, Any]) -> Event:
     return Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
 
 
-class SqliteStore(SqliteEngine):
+class SqliteStore(SqliteRetention):
     """The `Store` on one SQLite file (WAL), migrated on open."""
 
     # -- users, API keys, revoked tokens -----------------------------------------------
