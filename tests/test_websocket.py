@@ -135,7 +135,7 @@ async def test_subscribers_during_the_run_each_get_the_identical_sequence(
     assert sequences[0] == sequences[1] == sequences[2]
     check_sequence(sequences[0], task["id"])
     assert sequences[0][-1]["status"] == "completed"
-    assert len([m for m in sequences[0] if m["type"] == "token"]) > 5
+    assert len([m for m in sequences[0] if m["type"] == "token"]) >= 3  # (a turn's deltas: one)
     late, _ = await stream(client, task["id"], user.token)
     assert late == sequences[0]
 

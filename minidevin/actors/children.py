@@ -33,7 +33,7 @@ from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.providers.base import Model, ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.providers.retry import RetryPolicy, stream_with_retries
-from minidevin.runtime.providers.streaming import split_delta
+from minidevin.runtime.token_coalescer import TokenCoalescer
 from minidevin.runtime.tools import TOOLS, ToolContext, ToolRegistry, ToolResult
 from minidevin.runtime.tools.environment import command_environment
 from minidevin.runtime.tools.paths import WorkspaceChanged
@@ -44,8 +44,10 @@ log = structlog.get_logger(__name__)
 
 
 class ModelActor(pykka.ThreadingActor):
-    """Streams one model turn at a time; publishes each text delta as `token` events
-    (of at most 256 KiB of text each: `streaming.split_delta`)."""
+    """Streams one model turn at a time; publishes its text as `token` events (of at
+    most 256 KiB of text each: `streaming.split_delta`), consecutive deltas joined
+    within the policy's `token_coalesce_ms` (`runtime/token_coalescer.py`). Buffered
+    text is flushed before any other event of the turn, at its end, and on a stop."""
 
     def __init__(
         self,
@@ -64,6 +66,8 @@ class ModelActor(pykka.ThreadingActor):
         self.cancel = cancel
         self.policy = policy
         self.model: Model | None = None
+        self.tokens = TokenCoalescer(self._emit_token, policy.token_coalesce_ms / 1000)
+        self._unregister_flush = cancel.on_cancel(self.tokens.flush)  # before the stop's events
 
     def on_receive(self, message: Any) -> None:
         match message:
@@ -71,6 +75,12 @@ class ModelActor(pykka.ThreadingActor):
                 self.parent.tell(self._stream(list(messages), list(tools)))
 
     def _stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
+        try:
+            return self._turn(messages, tools)
+        finally:
+            self.tokens.flush()  # the turn's text before its outcome (told by the caller)
+
+    def _turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
         try:
             if self.model is None:
                 self.model = self.providers.create(self.model_id)
@@ -93,12 +103,16 @@ class ModelActor(pykka.ThreadingActor):
             return ModelTurnFailed("PROVIDER_ERROR", f"model call crashed: {type(exc).__name__}")
 
     def _publish(self, text: str) -> None:
-        """One `token` event per delta; a long one in pieces a WebSocket message carries."""
-        for piece in split_delta(text):
-            self.events.emit(Token(content=piece))
+        """A text delta: joined with its neighbours, cut in pieces a WebSocket message carries."""
+        self.tokens.add(text)
+
+    def _emit_token(self, piece: str) -> None:
+        self.events.emit(Token(content=piece))
 
     def on_stop(self) -> None:
         """Release the model's HTTP connections with the actor, not at garbage collection."""
+        self._unregister_flush()
+        self.tokens.flush()
         close = getattr(self.model, "close", None)
         if callable(close):
             try:
@@ -108,6 +122,7 @@ class ModelActor(pykka.ThreadingActor):
 
     def _announce_retry(self, attempt: int, delay: float, error: ProviderError) -> None:
         """Tell clients the turn restarts: tokens streamed since the last turn are void."""
+        self.tokens.flush()
         self.events.emit(
             TurnRestart(
                 attempt=attempt,

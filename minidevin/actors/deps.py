@@ -125,4 +125,5 @@ class Deps:
             max_retry_after=s.provider_max_retry_delay,
             stall_seconds=s.provider_stall_seconds,
             max_output_bytes=s.max_turn_output_bytes,
+            token_coalesce_ms=s.token_coalesce_ms,
         )

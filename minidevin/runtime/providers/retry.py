@@ -32,6 +32,7 @@ class RetryPolicy:
     max_retry_after: float = 120.0  # longest server Retry-After waited out
     stall_seconds: float | None = None  # a stream silent this long is retried
     max_output_bytes: int | None = None  # text and tool-call arguments of one turn
+    token_coalesce_ms: float = 0.0  # text deltas within this are one `token` event
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before attempt `attempt + 1` (attempts count from 1)."""
