@@ -4,9 +4,10 @@ Reads one JSON config line on stdin, prints `{"ready": true}` once every
 socket is subscribed (it received a first message, or for `echo` is open),
 then one JSON line of results when every socket is done.
 
-- `events`: read each of `urls` until the server closes it; a `token`'s
+- `events`: read each of `urls` until the server closes it; a token's
   latency is its receive time minus the creation time (perf_counter ns) in
-  its text; checks each socket saw every seq from 1 to the final status.
+  its text (a coalesced `token` event carries several: each counts); checks
+  each socket saw every seq from 1 to the final status.
 - `echo`: `sockets` sockets to `url`, each sending `count` timestamps at
   `rate`/s; the figure is the round trip.
 
@@ -169,9 +170,10 @@ async def events(config: dict[str, Any]) -> dict[str, Any]:
             if not first.done():
                 first.set_result(None)
             state["seqs"].append(data["seq"])
-            if data["type"] == "token":
-                state["tokens"] += 1
-                latencies.append((received - int(data["content"])) / 1000)
+            if data["type"] == "token":  # (coalesced: several creation times in one)
+                for stamp in data["content"].split():
+                    state["tokens"] += 1
+                    latencies.append((received - int(stamp)) / 1000)
             elif data["type"] == "status":
                 state["final"] = data["status"]
 
