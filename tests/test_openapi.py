@@ -37,6 +37,7 @@ from waiting import wait_for
 from minidevin.api import Runtime
 from minidevin.http.access import PUBLIC_PATHS
 from minidevin.http.app import create_app
+from minidevin.http.idempotency import IDEMPOTENT_ROUTES
 from minidevin.http.openapi import OPENAPI_PATH, OPERATIONS, build_document
 from minidevin.runtime.settings import Settings
 
@@ -127,6 +128,31 @@ def test_statuses_errors_and_the_websocket_are_described() -> None:
     stream = paths["/ws/tasks/{task_id}"]["get"]
     assert "upgrade" in stream["description"].lower()
     assert {p["name"] for p in stream["parameters"]} == {"task_id", "token", "after"}
+
+
+def test_idempotency_keys_and_pages_are_described() -> None:
+    paths = DOCUMENT["paths"]
+    idempotent = {(method.lower(), path) for method, path in IDEMPOTENT_ROUTES}
+    assert len(idempotent) == 5
+    for path, item in paths.items():
+        for method, operation in item.items():
+            headers = [p for p in operation.get("parameters", []) if p["in"] == "header"]
+            success = min(operation["responses"])
+            replayed = operation["responses"][success].get("headers", {}).get("Idempotent-Replayed")
+            if (method, path) in idempotent:
+                (header,) = headers
+                assert header["name"] == "Idempotency-Key" and not header["required"]
+                assert header["schema"]["maxLength"] == 255
+                assert "IDEMPOTENCY_KEY_REUSED" in header["description"]
+                assert replayed["schema"] == {"type": "string", "enum": ["true"]}
+                assert {"409", "422"} <= set(operation["responses"])
+            else:
+                assert headers == [] and replayed is None, (method, path)
+    for path in ("/api/sessions", "/api/sessions/{session_id}/tasks"):
+        operation = paths[path]["get"]
+        names = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+        assert names == {"limit", "cursor"}
+        assert set(operation["responses"]["200"]["headers"]) == {"X-Next-Cursor", "Link"}
 
 
 async def test_the_document_is_served_without_credentials(

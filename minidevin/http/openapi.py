@@ -17,6 +17,14 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from minidevin import __version__
+from minidevin.http.idempotency import (
+    HEADER,
+    IDEMPOTENT_ROUTES,
+    MAX_KEY_LENGTH,
+    REPLAYED,
+    TTL_SECONDS,
+    WAIT_SECONDS,
+)
 from minidevin.runtime import schemas
 from minidevin.runtime.event_types import EVENT_TYPES
 from minidevin.runtime.providers.registry import PROVIDERS
@@ -45,7 +53,7 @@ routes = web.RouteTableDef()
 @dataclass(frozen=True)
 class Param:
     name: str
-    location: Literal["path", "query"]
+    location: Literal["path", "query", "header"]
     description: str
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
     required: bool = False
@@ -98,6 +106,34 @@ LIMIT = Param(
 )
 CURSOR = Param("cursor", "query", "Start after the previous page: its `X-Next-Cursor` (opaque)")
 PAGED = (LIMIT, CURSOR)
+PAGE_HEADERS = {
+    "X-Next-Cursor": {
+        "description": "The next page's `cursor`; absent on the last page",
+        "schema": {"type": "string"},
+    },
+    "Link": {
+        "description": 'The next page\'s URL, as `<...>; rel="next"`; absent on the last page',
+        "schema": {"type": "string"},
+    },
+}
+IDEMPOTENCY_KEY = Param(
+    HEADER,
+    "header",
+    f"Makes a retry safe: the same key from the same user within {TTL_SECONDS // 3600} hours "
+    f"answers the first request's response again (with `{REPLAYED}: true`) and does nothing "
+    "else; the same key with another body or route is 422 `IDEMPOTENCY_KEY_REUSED`; while the "
+    "first request is still being answered a retry waits for it (409 `CONFLICT` after "
+    f"{WAIT_SECONDS:g} s). Only successes are remembered. 1 to {MAX_KEY_LENGTH} visible ASCII "
+    "characters (a UUID will do).",
+    {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[!-~]+$"},
+)
+REPLAYED_HEADERS = {
+    REPLAYED: {
+        "description": f"`true` when this is the remembered response to an earlier request "
+        f"with the same `{HEADER}`; absent otherwise",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 AUTH = (401, 429, 500, 503)  # (authenticating reads the store)
 BODY = (413, 422)
 
@@ -285,6 +321,8 @@ class _Components:
 def _parameters(operation: Operation) -> list[dict[str, Any]]:
     names = [part[1:-1] for part in operation.path.split("/") if part.startswith("{")]
     params = [Param(name, "path", PATH_PARAMETERS[name], required=True) for name in names]
+    if _idempotent(operation):
+        params.append(IDEMPOTENCY_KEY)
     return [
         {
             "name": param.name,
@@ -295,6 +333,10 @@ def _parameters(operation: Operation) -> list[dict[str, Any]]:
         }
         for param in [*params, *operation.query]
     ]
+
+
+def _idempotent(operation: Operation) -> bool:
+    return (operation.method.upper(), operation.path) in IDEMPOTENT_ROUTES
 
 
 def _success(operation: Operation, components: _Components) -> dict[str, Any]:
@@ -308,13 +350,18 @@ def _success(operation: Operation, components: _Components) -> dict[str, Any]:
         if operation.many:
             schema = {"type": "array", "items": schema}
         answer["content"] = {"application/json": {"schema": schema}}
+    if LIMIT in operation.query:
+        answer["headers"] = PAGE_HEADERS
+    if _idempotent(operation):
+        answer["headers"] = REPLAYED_HEADERS
     return answer
 
 
 def _operation(operation: Operation, components: _Components) -> dict[str, Any]:
     error = components.ref(schemas.ErrorBody, "serialization")
     responses = {str(operation.status): _success(operation, components)}
-    for status in sorted(operation.errors):
+    errors = {*operation.errors, *((409, 422) if _idempotent(operation) else ())}
+    for status in sorted(errors):
         responses[str(status)] = {
             "description": ERRORS[status],
             "content": {"application/json": {"schema": error}},
