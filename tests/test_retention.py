@@ -180,3 +180,33 @@ async def test_the_runtime_sweeps_at_start_only_with_the_setting(
         assert count(db, "events", old) == 0
         keys = db.execute("SELECT key FROM idempotency_keys").fetchall()
         assert keys == [("fresh",)]
+
+
+async def test_a_task_resumed_while_the_sweep_waits_for_its_session_stays(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.responder = respond
+    session = await runtime.create_session("s", tmp_path)
+    task_id = await finished_task(runtime, session.id, "old")
+    with database(runtime.settings) as db:
+        age(db, task_id, "stopped")
+        events = count(db, "events", task_id)
+        session_lock, asked = asyncio.Lock(), asyncio.Event()
+
+        def lock_for(session_id: str) -> asyncio.Lock:
+            assert session_id == session.id
+            asked.set()  # the sweep found the task and now waits for its session
+            return session_lock
+
+        async with session_lock:  # (as `Runtime.resume_task` holds it)
+            sweeping = asyncio.create_task(
+                sweep(runtime.store, runtime.settings.artifacts_dir, 1.0, lock_for=lock_for)
+            )
+            await asyncio.wait_for(asked.wait(), 10)
+            db.execute("UPDATE tasks SET status = 'running', completed_at = NULL WHERE id = ?",
+                       (task_id,))  # fmt: skip
+        result = await sweeping
+        assert (result.tasks, result.events) == (0, 0)
+        assert count(db, "events", task_id) == events
+        assert (await runtime.get_task(task_id)).status == "running"
+        db.execute("UPDATE tasks SET status = 'stopped' WHERE id = ?", (task_id,))
