@@ -37,7 +37,9 @@ from waiting import until
 
 from minidevin.http.keys import RUNTIME
 from minidevin.runtime.events import Event
+from minidevin.runtime.providers.streaming import TOKEN_PIECE_BYTES
 from minidevin.runtime.settings import Settings
+from minidevin.runtime.token_coalescer import TokenCoalescer
 
 WORDS = " ".join(f"w{i}" for i in range(200))  # the scripted server streams one delta a word
 DESCRIPTION = "Fix the failing test in test_calc.py"
@@ -72,6 +74,18 @@ def test_the_wire_form_is_the_message_serialized_once() -> None:
     assert json.loads(event.wire()) == event.to_message()
     assert event.wire() == json.dumps(event.to_message())
     assert event.wire() is event.wire()  # cached: computed once for every subscriber
+
+
+def test_coalesced_text_is_still_cut_into_pieces_a_message_carries() -> None:
+    emitted: list[str] = []
+    coalescer = TokenCoalescer(emitted.append, 0.02)
+    deltas = ["é" * 1000] * 300 + ["x" * 700_000, "tail"]  # many small, one huge, one small
+    for delta in deltas:
+        coalescer.add(delta)
+    coalescer.flush()
+    assert "".join(emitted) == "".join(deltas)
+    assert all(len(piece.encode()) <= TOKEN_PIECE_BYTES for piece in emitted)
+    assert len(emitted) < 20  # joined, not one a delta
 
 
 async def test_many_subscribers_get_identical_bytes_and_every_seq(
