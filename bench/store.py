@@ -18,7 +18,8 @@ from pathlib import Path
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
 from minidevin.runtime.storage.sqlite import SqliteStore
-from minidevin.runtime.storage.sqlite_engine import MAX_BATCH, encode_json
+from minidevin.runtime.storage.sqlite_batch import encode_json
+from minidevin.runtime.storage.sqlite_engine import MAX_BATCH
 
 
 async def store_events_per_second(path: Path, count: int) -> float:

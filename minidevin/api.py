@@ -37,7 +37,7 @@ from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.data_lock import DataDirLock
 from minidevin.runtime.errors import Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
-from minidevin.runtime.hub import EventHub, SlowSubscriber
+from minidevin.runtime.hub import EventHub, SlowSubscriber, StoreUnavailable
 from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.pagination import Page, check_limit, decode_cursor
 from minidevin.runtime.providers.registry import ProviderRegistry
@@ -114,12 +114,22 @@ class Runtime:
             self._data_lock.release()
             raise
 
+    def _store_down(self, detail: str) -> None:
+        """The store has been down past its retry window: live subscribers are told."""
+        self.hub.store_down = detail
+        self.hub.interrupt(None, detail)
+
+    def _store_back(self) -> None:
+        self.hub.store_down = None
+
     async def _start_owned(self) -> Runtime:
         try:
             await asyncio.to_thread(secure_data_dir, self.settings.data_dir)  # 0700, files 0600
         except OSError as exc:
             raise data_dir_error(self.settings.data_dir, exc) from None
         self.store.on_events_committed = self.hub.publish
+        self.store.outage.on_expired = self._store_down
+        self.store.outage.on_recovered = self._store_back
         await self.store.open()
         secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
         tokens = TokenIssuer(secret, self.settings.jwt_ttl_seconds)
@@ -410,6 +420,10 @@ class Runtime:
                 async for event in self.events(task_id, after=last, owner=owner):
                     last = event.seq
             except SlowSubscriber:  # cut off for lagging: resume where we were
+                continue
+            except StoreUnavailable:  # resume once the store commits again
+                while self.hub.store_down is not None:
+                    await asyncio.sleep(0.5)
                 continue
             return await self.get_task(task_id, owner=owner)
 

@@ -155,6 +155,13 @@ class MakeDiff:
 
 
 @dataclass(frozen=True)
+class StoreLost:
+    """The task's log closed itself: the store was down past its retry window."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
 class DiffMade:
     patch: Path | None  # the patch file, or None without a diff
 

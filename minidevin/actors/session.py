@@ -68,14 +68,18 @@ class SessionActor(pykka.ThreadingActor):
                     reply.set_result("conflict")
                     return
                 last_seq = spec.resume["last_seq"] if spec.resume is not None else 0
-                entry = _Entry(spec, TaskEventLog(spec.task_id, self.deps.store.append, last_seq))
+                events = TaskEventLog(
+                    spec.task_id, self.deps.store.append, last_seq, self.deps.store.wait_for_room
+                )
+                entry = _Entry(spec, events)
                 if spec.resume is not None and not spec.requeued:
                     entry.events.emit(
                         Resumed(
                             message=spec.resume.get("message"),
                             max_iterations=spec.max_iterations,
                             max_cost_usd=spec.max_cost_usd,
-                        )
+                        ),
+                        wait=False,
                     )
                 queued = (
                     "Task queued again after a server restart"
@@ -84,7 +88,7 @@ class SessionActor(pykka.ThreadingActor):
                     if spec.resume is not None
                     else "Task queued"
                 )
-                entry.events.emit(Status(status="queued", message=queued))
+                entry.events.emit(Status(status="queued", message=queued), wait=False)
                 self.waiting.append(entry)
                 self._start_next()
                 running = self.running is not None and self.running[0] is entry
@@ -167,7 +171,7 @@ class SessionActor(pykka.ThreadingActor):
             return
         entry = self.waiting.popleft()
         self.deps.store.touch_session(self.session_id)
-        entry.events.emit(Status(status="running", message="Task started"))
+        entry.events.emit(Status(status="running", message="Task started"), wait=False)
         task = TaskActor.start(entry.spec, entry.events, self.deps, self.actor_ref)
         self.running = (entry, task)
 
@@ -185,7 +189,8 @@ class SessionActor(pykka.ThreadingActor):
 
     def _show_queued(self, entry: _Entry) -> None:
         entry.events.emit(
-            Status(status="queued", message="Input received; waiting for a free task slot")
+            Status(status="queued", message="Input received; waiting for a free task slot"),
+            wait=False,
         )
 
     def _release_slot(self) -> None:

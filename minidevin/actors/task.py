@@ -31,6 +31,7 @@ from minidevin.actors.messages import (
     SlotGranted,
     SnapshotTaken,
     StopTask,
+    StoreLost,
     StreamTurn,
     TakeSnapshot,
     TaskEnded,
@@ -84,6 +85,9 @@ class TaskActor(pykka.ThreadingActor):
         self.context_budget = input_budget(deps.providers.resolve(spec.model).context_window)
         self.context_shrunk = False
         self.stop_replies: list[Future[str | None]] = []
+        self.snapshot_failed = False  # no "before" tree: the diff cannot be made
+        self.released = False
+        events.on_store_lost = self._store_lost  # (called on whichever thread emitted)
         self.snapshots = Snapshots(
             spec.working_directory,
             deps.settings.snapshots_dir / f"{spec.task_id}.git",
@@ -148,7 +152,7 @@ class TaskActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         match message:
             case SnapshotTaken(tree=tree):
-                self.base_tree = tree
+                self.base_tree, self.snapshot_failed = tree, tree is None
                 if self.ending is None:
                     self._next_turn()
             case ModelTurnDone(turn=turn):
@@ -184,7 +188,9 @@ class TaskActor(pykka.ThreadingActor):
                     self._set_status("running", "Input received")
                     self._continue()
             case DiffMade(patch=patch):
-                self._finalize(patch or "")
+                self._finalize(patch)  # (None: the diff could not be made)
+            case StoreLost(detail=detail):
+                self._abandon(detail)
             case ChildCrashed(child=child, error=error):
                 self._on_child_crash(child, error)
 
@@ -371,15 +377,35 @@ class TaskActor(pykka.ThreadingActor):
                 )
             )
         else:
-            self._finalize("")
+            self._finalize(None if self.snapshot_failed else "")
 
-    def _finalize(self, patch: str | Path) -> None:
+    def _finalize(self, patch: str | Path | None) -> None:
+        """Write the artifacts and the final events (`patch` None: the diff failed)."""
         if self.ending is None or self.events.closed:
             return
-        status = self.ending[0]
         if not patch:
             self.snapshots.discard()  # (a diff, when made, discarded it already)
         record_task_end(self.deps, self.spec, self.events, self.ending, patch, self.history)
+        self._release()
+
+    def _store_lost(self, detail: str) -> None:
+        """Any thread: the log closed itself, the store down past its retry window."""
+        self.cancel.cancel()  # the model stream and the command stop now
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(StoreLost(detail))
+
+    def _abandon(self, detail: str) -> None:
+        """The log ended the task (STORE_UNAVAILABLE, held until the store commits)."""
+        self.ending = ("failed", None, ("STORE_UNAVAILABLE", detail), "Task failed")
+        self.snapshots.discard()
+        self._release()
+
+    def _release(self) -> None:
+        """The log is closed: answer whoever waits, free the session's slot, stop."""
+        if self.released or self.ending is None:
+            return
+        self.released = True
+        status = self.ending[0]
         for reply in self.stop_replies:
             if not reply.done():
                 reply.set_result(status)

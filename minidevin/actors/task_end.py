@@ -39,15 +39,18 @@ def record_task_end(
     spec: TaskSpec,
     events: TaskEventLog,
     ending: Ending,
-    patch: str | Path,
+    patch: str | Path | None,
     history: TaskHistory,
 ) -> None:
     """Write the task's artifacts, emit its error and final status, close its log.
 
-    The final `status` event carries the result; the task row follows from it
+    `patch`: the diff (text or file), or None when it could not be made. The
+    final `status` event carries the result; the task row follows from it
     (`runtime/projection.py`). `trajectory.json` is rendered from the task's
-    history, the fold of its log. An artifact that cannot be written is
-    logged, and the task still ends.
+    history, the fold of its log. An artifact that cannot be written is named
+    in an `error` `ARTIFACTS_FAILED`, and a task that would have completed
+    fails instead: it never ends `completed` without what it promised. None of
+    these events waits for the store (a task can always end).
     """
     status, result, error, message = ending
     trajectory = {
@@ -58,15 +61,19 @@ def record_task_end(
         "instructions": history.instructions,  # the AGENTS.md files the system prompt holds
         "messages": history.messages + history.pending,
     }
-    try:
-        rows = write_task_artifacts(
-            deps.settings.artifacts_dir, spec.task_id, history.plan, patch, trajectory
-        )
-    except OSError as exc:
-        log.error("artifacts_failed", task_id=spec.task_id, error=str(exc))
-        rows = []
+    rows, failures = write_task_artifacts(
+        deps.settings.artifacts_dir, spec.task_id, history.plan, patch or "", trajectory
+    )
+    if patch is None:
+        failures.insert(0, "diff.patch: the diff could not be made")
     deps.store.add_artifacts(rows)
     if error is not None:
-        events.emit(Error(error=error[1], code=error[0]))
+        events.emit(Error(error=error[1], code=error[0]), wait=False)
+    if failures:
+        log.error("artifacts_failed", task_id=spec.task_id, failures=failures)
+        detail = "could not write the task's artifacts: " + "; ".join(failures)
+        events.emit(Error(error=detail, code="ARTIFACTS_FAILED"), wait=False)
+        if status == "completed":
+            status, message = "failed", "Task failed: its artifacts could not be written"
     final = Status.model_validate({"status": status, "message": message, "result": result})
     events.emit(final, close=True)

@@ -28,37 +28,52 @@ def write_task_artifacts(
     plan: dict[str, Any],
     patch: str | Path,
     trajectory: dict[str, Any],
-) -> list[ArtifactRow]:
-    """Write a finished task's three artifact files; returns the rows to store.
+) -> tuple[list[ArtifactRow], list[str]]:
+    """Write a finished task's three artifact files: the rows to store, and what failed.
 
     `patch` is the diff's text, or a file (written and synced already) moved in
     as the `diff.patch` artifact, so a large diff is never read into memory.
+    Each file is written on its own: one that cannot be (a full disk) is named
+    in the failures (`"diff.patch: [Errno 28] No space left on device"`), and
+    the others are still written.
     """
-    artifacts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     contents = {
-        "plan": json.dumps(plan, indent=2).encode(),
-        "diff": patch if isinstance(patch, Path) else patch.encode(),
-        "trajectory": json.dumps(trajectory, indent=2, default=str).encode(),
+        "plan": lambda: json.dumps(plan, indent=2).encode(),
+        "diff": lambda: patch if isinstance(patch, Path) else patch.encode(),
+        "trajectory": lambda: json.dumps(trajectory, indent=2, default=str).encode(),
     }
-    rows = []
+    rows, failures = [], []
     for name, type_, content_type in TASK_ARTIFACTS:
         artifact_id = new_id()
-        data = contents[type_]
         path = artifact_path(artifacts_dir, artifact_id)
-        if isinstance(data, Path):
-            size = data.stat().st_size
-            data.replace(path)
-        else:
-            size = len(data)
-            temporary = path.with_suffix(".tmp")
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(descriptor, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            temporary.replace(path)
+        try:
+            artifacts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            size = _write_file(path, contents[type_]())
+        except OSError as exc:
+            failures.append(f"{name}: {exc}")
+            continue
         rows.append(ArtifactRow(artifact_id, task_id, name, type_, content_type, size, utc_now()))
-    return rows
+    return rows, failures
+
+
+def _write_file(path: Path, data: bytes | Path) -> int:
+    """Put `data` (bytes, or a synced file moved in) at `path`, durably; its size."""
+    if isinstance(data, Path):
+        size = data.stat().st_size
+        data.replace(path)
+        return size
+    temporary = path.with_suffix(".tmp")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # (a full disk: free what was written)
+        raise
+    return len(data)
 
 
 def remove_artifact_files(artifacts_dir: Path, artifact_ids: list[str]) -> None:

@@ -95,23 +95,24 @@ class TaskEventLog:
         the last event even while another thread (a model stream) still emits.
 
         Backpressure: while the store cannot commit, the emitting thread waits here
-        (other emitters of the task wait on the lock), up to the store's retry
-        window; past it, the log closes itself with an `error` STORE_UNAVAILABLE and
-        a `failed` status (held with the rest until the store commits again) and
-        this event is not logged. Events that must not wait (`close`, or `wait=False`:
-        a task's last events, what its session writes for it) are held at once, so a
-        task can always end and a session actor is never held up.
+        (outside the lock), up to the store's retry window; past it, the log closes
+        itself with an `error` STORE_UNAVAILABLE and a `failed` status (held with the
+        rest until the store commits again) and this event is not logged. Events that
+        must not wait (`close`, or `wait=False`: a task's last events, what its
+        session writes for it) are held at once, so a task can always end (a stop
+        during an outage too) and a session actor is never held up.
         """
         data = event_data(body)
+        lost = None
+        if wait and not close and self._backpressure is not None and not self._closed:
+            lost = self._backpressure()  # (outside the lock: a stop's last events never wait)
         with self._lock:
             if self._closed:
                 return None
-            lost = None if close or not wait or self._backpressure is None else self._backpressure()
-            if lost is not None:
-                self._close_for_store(lost)
-            else:
+            if lost is None:
                 self._closed = close
                 return self._append(body.type, data)
+            self._close_for_store(lost)
         self.on_store_lost(lost)
         return None
 

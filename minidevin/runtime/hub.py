@@ -84,9 +84,13 @@ class EventHub:
     def __init__(self, queue_size: int) -> None:
         self.queue_size = queue_size
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        # why the store cannot commit, while it has been down past its retry window
+        self.store_down: str | None = None
 
     def subscribe(self, task_id: str) -> Subscription:
         subscription = Subscription(task_id, self.queue_size)
+        if self.store_down is not None:  # nothing new can come: told after the history
+            subscription.fail(StoreUnavailable(self.store_down))
         self._subscribers[task_id].add(subscription)
         return subscription
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event
 from minidevin.runtime.pagination import Page
+from minidevin.runtime.storage.outage import StoreOutage
 
 T = TypeVar("T")
 
@@ -67,6 +68,7 @@ class EventSink(Protocol):
 
     generation: int
     on_events_committed: Callable[[list[Event]], None]
+    outage: StoreOutage  # while it cannot commit: held events, backpressure, notices
 
     def append(self, event: Event) -> None:
         """Queue an event from any thread; never blocks."""

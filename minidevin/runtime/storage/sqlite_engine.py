@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,9 +26,10 @@ import aiosqlite
 import structlog
 
 from minidevin.runtime.events import Event
-from minidevin.runtime.projection import KEEP_FIRST, task_columns
 from minidevin.runtime.storage.interface import AlreadyExists, StoreError
 from minidevin.runtime.storage.open_errors import OPEN_TIMEOUT_MAX, open_problem
+from minidevin.runtime.storage.outage import StoreOutage, storage_unavailable
+from minidevin.runtime.storage.sqlite_batch import Write, commit_batch
 from minidevin.runtime.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger(__name__)
@@ -38,28 +37,9 @@ log = structlog.get_logger(__name__)
 # hashes...) at debug level: never let those through, whatever the log level
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
 MAX_BATCH = 2000
-INSERT_ROWS = 200  # events a statement (5 parameters each; SQLite allows 32,766)
 T = TypeVar("T")
-# SQLite errors worth waiting out: another process holds the lock, the disk is full
+# SQLite errors worth waiting out at open: another process holds the lock, the disk is full
 TRANSIENT_ERRORS = ("locked", "busy", "full")
-JSON_COLUMNS = frozenset({"plan", "result", "usage"})
-
-
-@dataclass(frozen=True)
-class Write:
-    """One statement for the writer; `done` (optional) learns when it committed."""
-
-    sql: str
-    params: Sequence[Any] = ()
-    done: asyncio.Future[None] | None = field(default=None, compare=False)
-
-
-def encode_json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
-def decode_json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 def _private_file(path: Path) -> None:
@@ -79,6 +59,8 @@ class SqliteEngine:
         # read cached at generation N is current while the generation is still N
         self.generation = 0
         self.on_events_committed: Callable[[list[Event]], None] = lambda events: None
+        self.outage = StoreOutage(retry_seconds)
+        self._held: list[Write | Event] = []  # the batch the writer retries while the store is down
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._point_reader: sqlite3.Connection | None = None  # used on the loop thread only
@@ -119,6 +101,7 @@ class SqliteEngine:
             except BaseException:
                 await self._close_connections()
                 raise
+        self._retry_now = asyncio.Event()
         self._writer_task = asyncio.create_task(self._write_forever(), name="store-writer")
 
     @property
@@ -189,6 +172,9 @@ class SqliteEngine:
         if self._writer_task is not None:
             try:
                 await self.flush()
+            except StoreError:
+                # (not acknowledged to anyone: the next start ends their tasks from the log)
+                log.error("store_closed_holding", events=self.held_events, held=len(self._held))
             finally:  # (a flush that failed still closes: open connections keep a process)
                 self._writer_task.cancel()
                 await asyncio.gather(self._writer_task, return_exceptions=True)
@@ -228,10 +214,26 @@ class SqliteEngine:
             self._queue.put_nowait(item)
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Queue one statement and wait until it is committed."""
+        """Queue one statement and wait until it is committed.
+
+        While the store is down, the writer tries again at once for it: past the
+        retry window it fails after that one attempt (`StoreError`), and it
+        succeeds as soon as the store is back.
+        """
         done = asyncio.get_running_loop().create_future()
         self.submit(Write(sql, params, done))
+        if self.outage.down:
+            self._retry_now.set()
         await done
+
+    def wait_for_room(self) -> str | None:
+        """From an emitting thread: wait while the store cannot commit (see `StoreOutage`).
+
+        On the loop's own thread, never waits (the writer runs there).
+        """
+        if threading.get_ident() == self._loop_thread:
+            return None
+        return self.outage.wait_for_room()
 
     def call_blocking(self, read: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
         """From another thread (an actor): run `read()` on the store's loop once everything
@@ -251,15 +253,14 @@ class SqliteEngine:
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            self._take_queued(batch, MAX_BATCH)
             try:
                 await self._commit_patiently(batch)
             except Exception as exc:
                 log.error("store_batch_failed", error=str(exc), size=len(batch))
-                for item in batch:  # isolate the bad statement; keep the rest
+                for item in batch:  # isolate the statement the database refuses; keep the rest
                     try:
-                        await self._commit([item])
+                        await self._commit_patiently([item])
                     except Exception as item_exc:
                         self._finish([item], item_exc)
                     else:
@@ -267,21 +268,56 @@ class SqliteEngine:
                 continue
             self._finish(batch, None)
 
+    def _take_queued(self, batch: list[Write | Event], limit: int | None = None) -> None:
+        while (limit is None or len(batch) < limit) and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+
     async def _commit_patiently(self, batch: list[Write | Event]) -> None:
-        """Commit; while the database is locked, busy or full, wait and try again."""
-        delay, started = 0.05, time.monotonic()
-        while True:
-            try:
-                await self._commit(batch)
-                return
-            except sqlite3.OperationalError as exc:
-                waited = time.monotonic() - started
-                transient = any(word in str(exc) for word in TRANSIENT_ERRORS)
-                if not transient or waited + delay > self.retry_seconds:
-                    raise
-                log.warning("store_write_retrying", error=str(exc), waited=round(waited, 2))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        """Commit `batch`; while the storage fails (locked, full, read-only), hold and retry.
+
+        Nothing held is dropped, however long the outage: what is queued meanwhile
+        joins the batch, in order. Past the retry window, the writes a caller awaits
+        are failed (and taken out), so requests get a 503 while events wait. Raises
+        only for a failure of a statement itself.
+        """
+        delay = 0.05
+        self._held = batch
+        try:
+            while True:
+                try:
+                    await self._commit(batch)
+                    break
+                except (sqlite3.Error, OSError) as exc:
+                    if not storage_unavailable(exc):
+                        raise
+                    self.outage.begin(str(exc))
+                    if self.outage.expired():
+                        self._fail_awaited(batch)
+                    self._retry_now.clear()
+                    with contextlib.suppress(TimeoutError):  # (a new write cuts the wait)
+                        await asyncio.wait_for(self._retry_now.wait(), delay)
+                    delay = min(delay * 2, 1.0)
+                    self._take_queued(batch)
+            if self.outage.down:
+                self.outage.end(self.held_events, len(batch) - self.held_events)
+        finally:
+            self._held = []
+
+    @property
+    def held_events(self) -> int:
+        """Events the writer holds because the store cannot commit them yet."""
+        return sum(isinstance(item, Event) for item in self._held)
+
+    def _fail_awaited(self, batch: list[Write | Event]) -> None:
+        error = StoreError(f"write failed: {self.outage.detail()}")
+        kept: list[Write | Event] = []
+        for item in batch:
+            if isinstance(item, Write) and item.done is not None:
+                if not item.done.done():
+                    item.done.set_exception(error)
+            else:
+                kept.append(item)
+        batch[:] = kept
 
     async def _commit(self, batch: list[Write | Event]) -> None:
         """Commit `batch` in one transaction, in one hop to the writer connection's thread.
@@ -291,7 +327,7 @@ class SqliteEngine:
         """
         assert self._writer is not None
         # (aiosqlite runs a callable on its connection's thread only through `_execute`)
-        self._projected = await self._writer._execute(_commit_batch, self._writer._conn, batch)
+        self._projected = await self._writer._execute(commit_batch, self._writer._conn, batch)
 
     def _finish(self, batch: list[Write | Event], error: Exception | None) -> None:
         events = [item for item in batch if isinstance(item, Event)]
@@ -336,64 +372,6 @@ class SqliteEngine:
             return [dict(row) for row in self._point_reader.execute(sql, params).fetchall()]
         except sqlite3.OperationalError as exc:
             raise StoreError(f"read failed: {exc}") from exc
-
-
-def _commit_batch(conn: sqlite3.Connection, batch: list[Write | Event]) -> bool:
-    """On the writer's thread: the batch's statements and events, each event's projection
-    applied after it (`runtime/projection.py`), one transaction. True if a row changed."""
-    conn.execute("BEGIN IMMEDIATE")
-    projected = False
-    try:
-        events: list[tuple[str, int, str, str | None, str]] = []
-        for item in batch:
-            if isinstance(item, Event):
-                events.append(
-                    (item.task_id, item.seq, item.type, encode_json(item.data), item.timestamp)
-                )
-                columns = task_columns(item)
-                if columns is not None:  # the row follows its log, in the same commit
-                    _insert_events(conn, events)
-                    events = []
-                    conn.execute(*_projection(item.task_id, columns))
-                    projected = True
-                continue
-            _insert_events(conn, events)
-            events = []
-            conn.execute(item.sql, item.params)
-        _insert_events(conn, events)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return projected
-
-
-def _insert_events(
-    conn: sqlite3.Connection, rows: list[tuple[str, int, str, str | None, str]]
-) -> None:
-    """Insert events, up to `INSERT_ROWS` a statement (`executemany` takes and gives back
-    the GIL once a row, and waits for it each time on a busy server)."""
-    for start in range(0, len(rows), INSERT_ROWS):
-        chunk = rows[start : start + INSERT_ROWS]
-        conn.execute(
-            "INSERT OR IGNORE INTO events (task_id, seq, type, data, timestamp) VALUES "
-            + ",".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
-            [value for row in chunk for value in row],
-        )
-
-
-def _projection(task_id: str, columns: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    """The UPDATE that applies an event's projection to its task's row."""
-    assignments, values = [], []
-    for name, value in columns.items():
-        if isinstance(value, tuple) and value[0] is KEEP_FIRST:
-            assignments.append(f"{name} = COALESCE({name}, ?)")
-            value = value[1]
-        else:
-            assignments.append(f"{name} = ?")
-        values.append(encode_json(value) if name in JSON_COLUMNS else value)
-    return f"UPDATE tasks SET {', '.join(assignments)} WHERE id = ?", (*values, task_id)
 
 
 def _store_error(error: Exception) -> StoreError:
