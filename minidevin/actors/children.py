@@ -8,6 +8,7 @@ to the parent; a child never asks its parent.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,8 @@ class ToolActor(pykka.ThreadingActor):
             return result.path
         except Exception as exc:
             log.warning("diff_failed", error=str(exc))
-            out.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (its directory may be what failed)
+                out.unlink(missing_ok=True)
             return None
         finally:
             self.snapshots.discard()

@@ -62,10 +62,8 @@ def record_task_end(
         "messages": history.messages + history.pending,
     }
     rows, failures = write_task_artifacts(
-        deps.settings.artifacts_dir, spec.task_id, history.plan, patch or "", trajectory
+        deps.settings.artifacts_dir, spec.task_id, history.plan, patch, trajectory
     )
-    if patch is None:
-        failures.insert(0, "diff.patch: the diff could not be made")
     deps.store.add_artifacts(rows)
     if error is not None:
         events.emit(Error(error=error[1], code=error[0]), wait=False)

@@ -26,24 +26,28 @@ def write_task_artifacts(
     artifacts_dir: Path,
     task_id: str,
     plan: dict[str, Any],
-    patch: str | Path,
+    patch: str | Path | None,
     trajectory: dict[str, Any],
 ) -> tuple[list[ArtifactRow], list[str]]:
     """Write a finished task's three artifact files: the rows to store, and what failed.
 
     `patch` is the diff's text, or a file (written and synced already) moved in
-    as the `diff.patch` artifact, so a large diff is never read into memory.
+    as the `diff.patch` artifact, so a large diff is never read into memory;
+    None: the diff could not be made (no `diff.patch`, and that is a failure).
     Each file is written on its own: one that cannot be (a full disk) is named
     in the failures (`"diff.patch: [Errno 28] No space left on device"`), and
     the others are still written.
     """
     contents = {
         "plan": lambda: json.dumps(plan, indent=2).encode(),
-        "diff": lambda: patch if isinstance(patch, Path) else patch.encode(),
+        "diff": lambda: patch if isinstance(patch, Path) else (patch or "").encode(),
         "trajectory": lambda: json.dumps(trajectory, indent=2, default=str).encode(),
     }
     rows, failures = [], []
     for name, type_, content_type in TASK_ARTIFACTS:
+        if type_ == "diff" and patch is None:
+            failures.append(f"{name}: the diff could not be made")
+            continue
         artifact_id = new_id()
         path = artifact_path(artifacts_dir, artifact_id)
         try:
