@@ -205,6 +205,15 @@ def _fill(path: Path) -> None:
                     return
 
 
+@contextlib.contextmanager
+def disk_full(data: Path) -> Iterator[None]:
+    _fill(data / "filler")
+    try:
+        yield
+    finally:
+        (data / "filler").unlink()
+
+
 async def test_a_full_disk_holds_the_events_until_there_is_room(
     tmp_path: Path, scripted: ScriptedOpenAIServer
 ) -> None:
@@ -218,11 +227,8 @@ async def test_a_full_disk_holds_the_events_until_there_is_room(
             seen: list[dict[str, Any]] = []
             async with aiohttp.ClientSession() as http, http.ws_connect(served.ws_url()) as ws:
                 await read_until(ws, seen, 10)
-                _fill(data / "filler")
-                try:
+                with disk_full(data):
                     await until(lambda: served.logged("store_unavailable"), what="the outage")
-                finally:
-                    (data / "filler").unlink()
                 code = await read_to_close(ws, seen)
             detail = served.call("GET", f"/api/tasks/{served.task['id']}")
             artifacts = served.call("GET", f"/api/tasks/{served.task['id']}/artifacts")
