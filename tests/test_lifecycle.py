@@ -75,7 +75,8 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_without_slowing_the_ta
     openai_server: ScriptedOpenAIServer, tmp_path: Path
 ) -> None:
     openai_server.script([ScriptedTurn(text=" ".join(["word"] * 300)), FINISH])
-    settings = make_settings(tmp_path, subscriber_queue_size=20)
+    # (one event a delta: 300 of them, uncoalesced, overflow the queue)
+    settings = make_settings(tmp_path, subscriber_queue_size=20, token_coalesce_ms=0)
     async with Runtime(settings, provider_env=env(openai_server)) as runtime:
         session = await runtime.create_session("s", tmp_path)
         task = await runtime.create_task(session.id, "talk a lot")
