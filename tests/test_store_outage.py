@@ -154,6 +154,9 @@ async def test_an_outage_past_the_retry_window_stops_the_task_and_tells_subscrib
                     assert refused.value.code == 503
                     assert json.loads(refused.value.read())["code"] == "STORE_UNAVAILABLE"
                     assert served.call("GET", f"/api/tasks/{served.task['id']}")["id"]
+                    health = served.process.request("GET", "/health")
+                    assert health["status"] == "degraded"
+                    assert health["store"]["status"] == "unavailable"
                     # a new subscriber meanwhile: the history, then the same notice
                     late: list[dict[str, Any]] = []
                     async with http.ws_connect(served.ws_url()) as again:
@@ -166,6 +169,7 @@ async def test_an_outage_past_the_retry_window_stops_the_task_and_tells_subscrib
                 end_code = await read_to_close(ws, rest)
         stored = served.stored_seqs()
         row = served.call("GET", f"/api/tasks/{served.task['id']}")
+        health = served.process.request("GET", "/health")
     finally:
         served.process.close()
     assert code == 1011
@@ -179,6 +183,7 @@ async def test_an_outage_past_the_retry_window_stops_the_task_and_tells_subscrib
     ]
     assert stored == [m["seq"] for m in everything]
     assert row["status"] == "failed"
+    assert health["status"] == "healthy" and health["store"] == {"status": "ok"}
 
 
 def _mount_tmpfs(where: Path, size: str) -> None:

@@ -85,9 +85,21 @@ async def health(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     sandbox = sandbox_status().as_health(runtime.settings.sandbox)
     registration = runtime.accounts.registration_status()
+    outage = runtime.store.outage
+    store: dict[str, Any] = {"status": "ok"}
+    if outage.down:  # (200 still: a restart now would lose what the store holds)
+        store = {
+            "status": "unavailable",
+            "detail": outage.detail(),
+            "held_events": runtime.store.held_events,
+        }
     return reply(
         schemas.Health(
-            status="healthy", version=__version__, sandbox=sandbox, registration=registration
+            status="degraded" if outage.down else "healthy",
+            version=__version__,
+            sandbox=sandbox,
+            registration=registration,
+            store=store,
         )
     )
 

@@ -278,6 +278,8 @@ class Health(Out):
     version: str
     sandbox: dict[str, Any] | None = None
     registration: Literal["open", "closed"] | None = None
+    # "ok", or "unavailable" (with why, and the events held) while it cannot commit
+    store: dict[str, Any] | None = None
 
 
 class ErrorBody(Out):

@@ -69,6 +69,7 @@ class EventSink(Protocol):
     generation: int
     on_events_committed: Callable[[list[Event]], None]
     outage: StoreOutage  # while it cannot commit: held events, backpressure, notices
+    held_events: int  # events waiting for the store to commit again
 
     def append(self, event: Event) -> None:
         """Queue an event from any thread; never blocks."""
