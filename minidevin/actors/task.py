@@ -12,7 +12,6 @@ import contextlib
 import sys
 from collections import deque
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import pykka
@@ -24,7 +23,6 @@ from minidevin.actors.messages import (
     ChildCrashed,
     DiffMade,
     InputsFull,
-    MakeDiff,
     ModelTurnDone,
     ModelTurnFailed,
     RunTool,
@@ -34,14 +32,13 @@ from minidevin.actors.messages import (
     StoreLost,
     StreamTurn,
     TakeSnapshot,
-    TaskEnded,
     TaskParked,
     TaskSpec,
     TaskWantsSlot,
     ToolDone,
     UserInput,
 )
-from minidevin.actors.task_end import Ending, record_task_end, task_ending
+from minidevin.actors.task_end import Ending, TaskEnding
 from minidevin.actors.task_start import interrupted_results, load_history, opening_events
 from minidevin.runtime import agent
 from minidevin.runtime import event_types as ev
@@ -60,7 +57,7 @@ from minidevin.runtime.workspace import Snapshots, verify_working_directory
 log = structlog.get_logger(__name__)
 
 
-class TaskActor(pykka.ThreadingActor):
+class TaskActor(TaskEnding, pykka.ThreadingActor):
     def __init__(
         self, spec: TaskSpec, events: TaskEventLog, deps: Deps, session: pykka.ActorRef
     ) -> None:
@@ -351,68 +348,6 @@ class TaskActor(pykka.ThreadingActor):
         self._end(
             "failed", error=("INTERNAL_ERROR", f"the {child} actor crashed"), message="Task failed"
         )
-
-    # -- ending -----------------------------------------------------------------------------
-
-    def _end(
-        self,
-        status: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: tuple[str, str] | None = None,
-        message: str | None = None,
-    ) -> None:
-        """Begin the end: cancel the children's work, then compute the diff and finalize."""
-        if self.ending is not None:
-            return
-        self.ending = task_ending(status, result, error, message)
-        self.cancel.cancel()
-        if self.base_tree is not None and self.tool_runner is not None:
-            artifacts = self.deps.settings.artifacts_dir
-            self.tool_runner.tell(
-                MakeDiff(
-                    self.base_tree,
-                    artifacts / f"{self.spec.task_id}.patch.tmp",
-                    self.deps.settings.max_diff_mb << 20,
-                )
-            )
-        else:
-            self._finalize(None if self.snapshot_failed else "")
-
-    def _finalize(self, patch: str | Path | None) -> None:
-        """Write the artifacts and the final events (`patch` None: the diff failed)."""
-        if self.ending is None or self.events.closed:
-            return
-        if not patch:
-            self.snapshots.discard()  # (a diff, when made, discarded it already)
-        record_task_end(self.deps, self.spec, self.events, self.ending, patch, self.history)
-        self._release()
-
-    def _store_lost(self, detail: str) -> None:
-        """Any thread: the log closed itself, the store down past its retry window."""
-        self.cancel.cancel()  # the model stream and the command stop now
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(StoreLost(detail))
-
-    def _abandon(self, detail: str) -> None:
-        """The log ended the task (STORE_UNAVAILABLE, held until the store commits)."""
-        self.ending = ("failed", None, ("STORE_UNAVAILABLE", detail), "Task failed")
-        self.snapshots.discard()
-        self._release()
-
-    def _release(self) -> None:
-        """The log is closed: answer whoever waits, free the session's slot, stop."""
-        if self.released or self.ending is None:
-            return
-        self.released = True
-        status = self.ending[0]
-        for reply in self.stop_replies:
-            if not reply.done():
-                reply.set_result(status)
-        with contextlib.suppress(pykka.ActorDeadError):  # a closing session no longer waits
-            self.session.tell(TaskEnded(self.spec.task_id, status))
-        if self.actor_ref.is_alive():
-            self.actor_ref.stop(block=False)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import pykka
 import structlog
 
 from minidevin.actors.deps import Deps
-from minidevin.actors.messages import TaskSpec
+from minidevin.actors.messages import MakeDiff, StoreLost, TaskEnded, TaskSpec
 from minidevin.runtime.artifacts import write_task_artifacts
+from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.event_types import Error, Status
 from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.task_history import TaskHistory
+from minidevin.runtime.workspace import Snapshots
 
 log = structlog.get_logger(__name__)
 
@@ -75,3 +80,84 @@ def record_task_end(
             status, message = "failed", "Task failed: its artifacts could not be written"
     final = Status.model_validate({"status": status, "message": message, "result": result})
     events.emit(final, close=True)
+
+
+class TaskEnding:
+    """The TaskActor's ending: cancel the children's work, make the diff, write the
+    artifacts and final events, then let the session's slot go (a mixin of
+    `TaskActor`, whose state it uses)."""
+
+    spec: TaskSpec
+    deps: Deps
+    events: TaskEventLog
+    history: TaskHistory
+    cancel: CancelToken
+    snapshots: Snapshots
+    session: pykka.ActorRef
+    actor_ref: pykka.ActorRef
+    tool_runner: pykka.ActorRef | None
+    base_tree: str | None
+    ending: Ending | None
+    snapshot_failed: bool
+    released: bool
+    stop_replies: list[Future[str | None]]
+
+    def _end(
+        self,
+        status: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: tuple[str, str] | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Begin the end: cancel the children's work, then compute the diff and finalize."""
+        if self.ending is not None:
+            return
+        self.ending = task_ending(status, result, error, message)
+        self.cancel.cancel()
+        if self.base_tree is not None and self.tool_runner is not None:
+            artifacts = self.deps.settings.artifacts_dir
+            self.tool_runner.tell(
+                MakeDiff(
+                    self.base_tree,
+                    artifacts / f"{self.spec.task_id}.patch.tmp",
+                    self.deps.settings.max_diff_mb << 20,
+                )
+            )
+        else:
+            self._finalize(None if self.snapshot_failed else "")
+
+    def _finalize(self, patch: str | Path | None) -> None:
+        """Write the artifacts and the final events (`patch` None: the diff failed)."""
+        if self.ending is None or self.events.closed:
+            return
+        if not patch:
+            self.snapshots.discard()  # (a diff, when made, discarded it already)
+        record_task_end(self.deps, self.spec, self.events, self.ending, patch, self.history)
+        self._release()
+
+    def _store_lost(self, detail: str) -> None:
+        """Any thread: the log closed itself, the store down past its retry window."""
+        self.cancel.cancel()  # the model stream and the command stop now
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(StoreLost(detail))
+
+    def _abandon(self, detail: str) -> None:
+        """The log ended the task (STORE_UNAVAILABLE, held until the store commits)."""
+        self.ending = ("failed", None, ("STORE_UNAVAILABLE", detail), "Task failed")
+        self.snapshots.discard()
+        self._release()
+
+    def _release(self) -> None:
+        """The log is closed: answer whoever waits, free the session's slot, stop."""
+        if self.released or self.ending is None:
+            return
+        self.released = True
+        status = self.ending[0]
+        for reply in self.stop_replies:
+            if not reply.done():
+                reply.set_result(status)
+        with contextlib.suppress(pykka.ActorDeadError):  # a closing session no longer waits
+            self.session.tell(TaskEnded(self.spec.task_id, status))
+        if self.actor_ref.is_alive():
+            self.actor_ref.stop(block=False)
