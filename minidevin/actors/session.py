@@ -150,8 +150,14 @@ class SessionActor(pykka.ThreadingActor):
         return self.running is not None and self.running[0].spec.task_id == task_id
 
     def _tell_running(self, message: StopTask | UserInput | SlotGranted) -> None:
-        """Tell the running task; if it has just stopped, its `TaskEnded` is on the way."""
+        """Tell the running task; if it has just stopped, its `TaskEnded` is on the way.
+
+        A stop first unblocks the task's log: an event it waits to log for the store
+        (an outage) is held at once, so the task reads the stop now, not after it.
+        """
         assert self.running is not None
+        if isinstance(message, StopTask):
+            self.running[0].events.unblock()
         try:
             self.running[1].tell(message)
         except pykka.ActorDeadError:

@@ -47,6 +47,7 @@ from minidevin.runtime.context import fit_messages, input_budget
 from minidevin.runtime.event_types import EventBody
 from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
+from minidevin.runtime.storage import StoreError
 from minidevin.runtime.task_history import TaskHistory
 from minidevin.runtime.tools import ToolError, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
@@ -121,6 +122,11 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
                 self._emit(body)
             self.tool_runner = ToolActor.start(self.actor_ref, context, self.snapshots)
             self.tool_runner.tell(TakeSnapshot())
+        except (StoreError, TimeoutError) as exc:  # (reads wait for held writes: a store outage)
+            self.events.unblock()
+            problem = f"the task could not start: {exc}"
+            self.ending = ("failed", None, ("STORE_UNAVAILABLE", problem), "Task failed")
+            self._finalize("")
         except Exception:  # pykka would not call on_failure for this: fail the task here
             self.on_failure(*sys.exc_info())
 
@@ -139,14 +145,26 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
         self.cancel.cancel()
         if self.ending is None:
             self.ending = ("failed", None, ("INTERNAL_ERROR", "the task crashed"), "Task failed")
-        try:
-            self._finalize("")
+        try:  # (a diff was to be made once there was a "before": none now)
+            self._finalize(None if self.base_tree is not None else "")
         finally:
             self.on_stop()
 
     # -- messages ----------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> None:
+        try:
+            self._handle(message)
+        except Exception as exc:  # a bug here fails this task only, and still ends it fully
+            log.error("task_actor_crashed", task_id=self.spec.task_id, error=repr(exc))
+            if self.ending is None:  # (the diff is still made: the actor lives on for it)
+                self._end(
+                    "failed", error=("INTERNAL_ERROR", "the task crashed"), message="Task failed"
+                )
+            else:
+                self._finalize(None)
+
+    def _handle(self, message: Any) -> None:
         match message:
             case SnapshotTaken(tree=tree):
                 self.base_tree, self.snapshot_failed = tree, tree is None
@@ -320,17 +338,18 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
                     f"the task already holds {limit} unread inputs "
                     "(MINIDEVIN_MAX_PENDING_INPUTS); send more once it has read them"
                 )
-            self._emit(ev.UserMessage(content=content, source="input"))  # sent with the next turn
-            return True
+            # sent with the next turn (not logged: the log closed itself, a store outage)
+            return self._emit(ev.UserMessage(content=content, source="input"))
         call, self.question_call = self.question_call, None
-        self._record_result(call, ToolResult(content, True))
+        if not self._record_result(call, ToolResult(content, True)):
+            return False
         self.answered = True
         with contextlib.suppress(pykka.ActorDeadError):
             self.session.tell(TaskWantsSlot(self.spec.task_id))
         return True
 
-    def _record_result(self, call: ToolCall, result: ToolResult) -> None:
-        self._emit(
+    def _record_result(self, call: ToolCall, result: ToolResult) -> bool:
+        return self._emit(
             ev.ToolResultEvent(
                 call_id=call.id, tool=call.name, output=result.output, success=result.success
             )
@@ -341,7 +360,7 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
         if child == "tools":
             self.tool_runner = None
             if self.ending is not None:
-                self._finalize("")
+                self._finalize(None)  # (it crashed making the diff)
                 return
         else:
             self.model = None
@@ -354,8 +373,10 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
     def _set_status(self, status: str, message: str) -> None:
         self._emit(ev.Status(status=status, message=message))  # type: ignore[arg-type]
 
-    def _emit(self, body: EventBody) -> None:
-        """Append an event to the log and apply it to the task's own history."""
+    def _emit(self, body: EventBody) -> bool:
+        """Append an event to the log and apply it to the task's own history; False if
+        the log is closed (the task ended, or its log closed itself for the store)."""
         event = self.events.emit(body)
         if event is not None:
             self.history.apply(event)
+        return event is not None

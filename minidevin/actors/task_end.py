@@ -70,14 +70,14 @@ def record_task_end(
         deps.settings.artifacts_dir, spec.task_id, history.plan, patch, trajectory
     )
     deps.store.add_artifacts(rows)
-    if error is not None:
-        events.emit(Error(error=error[1], code=error[0]), wait=False)
-    if failures:
+    if failures:  # (before the task's own error: the one right before the status is the cause)
         log.error("artifacts_failed", task_id=spec.task_id, failures=failures)
         detail = "could not write the task's artifacts: " + "; ".join(failures)
         events.emit(Error(error=detail, code="ARTIFACTS_FAILED"), wait=False)
         if status == "completed":
             status, message = "failed", "Task failed: its artifacts could not be written"
+    if error is not None:
+        events.emit(Error(error=error[1], code=error[0]), wait=False)
     final = Status.model_validate({"status": status, "message": message, "result": result})
     events.emit(final, close=True)
 
@@ -114,6 +114,7 @@ class TaskEnding:
         if self.ending is not None:
             return
         self.ending = task_ending(status, result, error, message)
+        self.events.unblock()  # (its last events never wait for the store)
         self.cancel.cancel()
         if self.base_tree is not None and self.tool_runner is not None:
             artifacts = self.deps.settings.artifacts_dir
@@ -130,6 +131,8 @@ class TaskEnding:
     def _finalize(self, patch: str | Path | None) -> None:
         """Write the artifacts and the final events (`patch` None: the diff failed)."""
         if self.ending is None or self.events.closed:
+            if isinstance(patch, Path):
+                patch.unlink(missing_ok=True)  # (the log ended it already: no artifacts)
             return
         if not patch:
             self.snapshots.discard()  # (a diff, when made, discarded it already)
@@ -137,14 +140,18 @@ class TaskEnding:
         self._release()
 
     def _store_lost(self, detail: str) -> None:
-        """Any thread: the log closed itself, the store down past its retry window."""
-        self.cancel.cancel()  # the model stream and the command stop now
+        """Any thread: the log closed itself, the store down past its retry window.
+
+        Only a message: the emitting thread may hold a lock the cancel needs (the
+        token coalescer's), so the cancel runs on the actor's own thread.
+        """
         with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(StoreLost(detail))
 
     def _abandon(self, detail: str) -> None:
         """The log ended the task (STORE_UNAVAILABLE, held until the store commits)."""
         self.ending = ("failed", None, ("STORE_UNAVAILABLE", detail), "Task failed")
+        self.cancel.cancel()  # the model stream and the command stop now
         self.snapshots.discard()
         self._release()
 
@@ -153,7 +160,7 @@ class TaskEnding:
         if self.released or self.ending is None:
             return
         self.released = True
-        status = self.ending[0]
+        status = "failed" if self.events.lost is not None else self.ending[0]
         for reply in self.stop_replies:
             if not reply.done():
                 reply.set_result(status)

@@ -60,8 +60,9 @@ class Event:
 
 
 EventSink = Callable[[Event], None]
-# waits while the store cannot commit; returns why the task must stop, or None to go on
-Backpressure = Callable[[], "str | None"]
+# waits while the store cannot commit (or until the event is set); returns why the
+# task must stop, or None to go on
+Backpressure = Callable[[threading.Event], "str | None"]
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 
@@ -85,8 +86,14 @@ class TaskEventLog:
         self._lock = threading.Lock()
         self._closed = False
         self._backpressure = backpressure
+        self._unblocked = threading.Event()  # set: the task is stopping, nothing waits
+        self.lost: str | None = None  # why the log closed itself (a store outage)
         # told (on the emitting thread) when the log closed itself for a store outage
         self.on_store_lost: Callable[[str], None] = lambda detail: None
+
+    def unblock(self) -> None:
+        """The task is stopping: from now on no event waits for the store (any thread)."""
+        self._unblocked.set()
 
     def emit(self, body: EventBody, *, close: bool = False, wait: bool = True) -> Event | None:
         """Append an event; after `close()` (the task ended) this does nothing.
@@ -105,7 +112,7 @@ class TaskEventLog:
         data = event_data(body)
         lost = None
         if wait and not close and self._backpressure is not None and not self._closed:
-            lost = self._backpressure()  # (outside the lock: a stop's last events never wait)
+            lost = self._backpressure(self._unblocked)  # (outside the lock)
         with self._lock:
             if self._closed:
                 return None
@@ -123,7 +130,7 @@ class TaskEventLog:
         return event
 
     def _close_for_store(self, detail: str) -> None:
-        self._closed = True
+        self._closed, self.lost = True, detail
         for body in (
             Error(error=detail, code=STORE_UNAVAILABLE),
             Status(status="failed", message="Task stopped: the database could not be written"),

@@ -24,6 +24,7 @@ this package) picks one.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -69,14 +70,16 @@ class EventSink(Protocol):
     generation: int
     on_events_committed: Callable[[list[Event]], None]
     outage: StoreOutage  # while it cannot commit: held events, backpressure, notices
-    held_events: int  # events waiting for the store to commit again
+    held: list[Event]  # events waiting for the store to commit again (in order)
+    held_events: int
 
     def append(self, event: Event) -> None:
         """Queue an event from any thread; never blocks."""
 
-    def wait_for_room(self) -> str | None:
+    def wait_for_room(self, unblocked: threading.Event | None = None) -> str | None:
         """From an emitting thread, before an event: wait while the store cannot commit,
-        up to its retry window. None to go on; past the window, why the task must stop."""
+        up to its retry window (or until `unblocked` is set). None to go on; past the
+        window, why the task must stop."""
 
     async def flush(self) -> None:
         """Wait until everything queued before this call is committed."""

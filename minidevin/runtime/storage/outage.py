@@ -22,14 +22,17 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-# what SQLite says when the storage, not the statement, is the problem
-UNAVAILABLE_WORDS = ("locked", "busy", "full", "readonly", "disk i/o", "unable to open")
+# SQLite's primary result codes for a failure of the storage, not of a statement:
+# BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
+UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})
 
 
 def storage_unavailable(error: BaseException) -> bool:
     """True for a failure of the storage itself (worth holding writes for), not of a statement."""
-    text = str(error).lower()
-    return isinstance(error, OSError) or any(word in text for word in UNAVAILABLE_WORDS)
+    if isinstance(error, OSError):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in UNAVAILABLE_CODES
 
 
 class StoreOutage:
@@ -70,8 +73,8 @@ class StoreOutage:
         if self._since is None:
             return
         seconds = self._clock() - self._since
+        self._up.set()  # (before `_since` goes: a waiter sees "up", never "down for 0 s")
         self._since, self._expired = None, False
-        self._up.set()
         log.warning(
             "store_recovered",
             seconds=round(seconds, 3),
@@ -93,15 +96,23 @@ class StoreOutage:
         seconds = 0.0 if since is None else self._clock() - since
         return f"the database could not be written for {seconds:.0f} s: {self._error}"
 
-    def wait_for_room(self) -> str | None:
+    def wait_for_room(self, unblocked: threading.Event | None = None) -> str | None:
         """From an emitting thread: wait while the store is down, up to the window.
 
-        None once it commits again (at once when it is up); past the window, the
-        reason the caller must give up.
+        None once it commits again (at once when it is up), or once `unblocked`
+        is set (the task is stopping: its last events are held, never refused);
+        past the window, the reason the caller must give up.
         """
-        if self._up.is_set():
-            return None
-        since = self._since
-        if since is not None:
-            self._up.wait(max(0.0, since + self.window - self._clock()))
-        return None if self._up.is_set() else self.detail()
+        while not self._up.is_set():
+            if unblocked is not None and unblocked.is_set():
+                return None
+            since = self._since
+            if since is None:  # (a new `begin` sets it before the store is down)
+                self._up.wait(0.01)
+                continue
+            remaining = since + self.window - self._clock()
+            if remaining <= 0:
+                return self.detail()
+            # (in steps, to notice `unblocked`: only while the store is down)
+            self._up.wait(min(remaining, 0.05 if unblocked is not None else remaining))
+        return None

@@ -40,6 +40,8 @@ def decode_json(text: str | None) -> Any:
 def commit_batch(conn: sqlite3.Connection, batch: list[Write | Event]) -> bool:
     """On the writer's thread: the batch's statements and events, each event's projection
     applied after it (`runtime/projection.py`), one transaction. True if a row changed."""
+    if conn.in_transaction:  # (a ROLLBACK that failed with the storage left one open)
+        conn.execute("ROLLBACK")
     conn.execute("BEGIN IMMEDIATE")
     projected = False
     try:

@@ -226,14 +226,14 @@ class SqliteEngine:
             self._retry_now.set()
         await done
 
-    def wait_for_room(self) -> str | None:
+    def wait_for_room(self, unblocked: threading.Event | None = None) -> str | None:
         """From an emitting thread: wait while the store cannot commit (see `StoreOutage`).
 
         On the loop's own thread, never waits (the writer runs there).
         """
         if threading.get_ident() == self._loop_thread:
             return None
-        return self.outage.wait_for_room()
+        return self.outage.wait_for_room(unblocked)
 
     def call_blocking(self, read: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
         """From another thread (an actor): run `read()` on the store's loop once everything
@@ -260,7 +260,7 @@ class SqliteEngine:
                 log.error("store_batch_failed", error=str(exc), size=len(batch))
                 for item in batch:  # isolate the statement the database refuses; keep the rest
                     try:
-                        await self._commit_patiently([item])
+                        await self._commit_patiently([item], take_queued=False)
                     except Exception as item_exc:
                         self._finish([item], item_exc)
                     else:
@@ -272,11 +272,14 @@ class SqliteEngine:
         while (limit is None or len(batch) < limit) and not self._queue.empty():
             batch.append(self._queue.get_nowait())
 
-    async def _commit_patiently(self, batch: list[Write | Event]) -> None:
+    async def _commit_patiently(
+        self, batch: list[Write | Event], *, take_queued: bool = True
+    ) -> None:
         """Commit `batch`; while the storage fails (locked, full, read-only), hold and retry.
 
         Nothing held is dropped, however long the outage: what is queued meanwhile
-        joins the batch, in order. Past the retry window, the writes a caller awaits
+        joins the batch, in order (unless `take_queued` is off: one item alone). Past
+        the retry window, the writes a caller awaits
         are failed (and taken out), so requests get a 503 while events wait. Raises
         only for a failure of a statement itself.
         """
@@ -297,16 +300,21 @@ class SqliteEngine:
                     with contextlib.suppress(TimeoutError):  # (a new write cuts the wait)
                         await asyncio.wait_for(self._retry_now.wait(), delay)
                     delay = min(delay * 2, 1.0)
-                    self._take_queued(batch)
+                    if take_queued:
+                        self._take_queued(batch)
             if self.outage.down:
                 self.outage.end(self.held_events, len(batch) - self.held_events)
         finally:
             self._held = []
 
     @property
+    def held(self) -> list[Event]:
+        """The events the writer holds because the store cannot commit them yet."""
+        return [item for item in self._held if isinstance(item, Event)]
+
+    @property
     def held_events(self) -> int:
-        """Events the writer holds because the store cannot commit them yet."""
-        return sum(isinstance(item, Event) for item in self._held)
+        return len(self.held)
 
     def _fail_awaited(self, batch: list[Write | Event]) -> None:
         error = StoreError(f"write failed: {self.outage.detail()}")
