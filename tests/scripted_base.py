@@ -82,7 +82,7 @@ class ScriptedServer(Generic[TurnT]):
         self._loop = asyncio.get_running_loop()
         self._async_arrived = asyncio.Condition()
         self._stopping = asyncio.Event()
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)  # (real providers take large requests)
         self._add_routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=2.0, access_log=None)
         await self._runner.setup()

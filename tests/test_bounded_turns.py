@@ -134,6 +134,38 @@ async def test_a_client_with_a_1mib_message_limit_reads_the_whole_stream(
             assert messages[-1]["type"] == "status" and messages[-1]["status"] == "failed"
 
 
+async def test_a_whole_turn_over_1mib_reaches_a_1mib_client_cut_and_runs_whole(
+    openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    """A turn of 700 KB of text and a 700 KB file: its `model_turn` (and the text in it)
+    is cut on the wire only; the editor writes the whole file, the log keeps it all."""
+    text, body = "t" * 700_000, "line\n" * 140_000
+    write = ("editor", {"command": "create", "path": "big.txt", "file_text": body})
+    openai_server.script(
+        [ScriptedTurn(text=text, tool_calls=[write]), ScriptedTurn(tool_calls=[FINISH_CALL])]
+    )
+    settings = make_settings(tmp_path, max_turn_output_bytes=4 * MIB)
+    runtime = Runtime(settings, provider_env=openai_env(openai_server))
+    async with TestClient(TestServer(create_app(runtime))) as client:
+        user = await sign_up(client)
+        session = await create_session(client, user, tmp_path)
+        task = await create_task(client, user, session["id"], "write a big file")
+        ws = await client.ws_connect(ws_path(task["id"], user.token, None), max_msg_size=MIB)
+        messages = []
+        while (message := await ws.receive(timeout=20)).type == WSMsgType.TEXT:
+            assert len(message.data) <= MIB
+            messages.append(message.json())
+        await ws.close()
+        logged = [event async for event in runtime.events(task["id"], owner=user.id)]
+    assert ws.close_code == 1000 and messages[-1]["status"] == "completed"
+    turn = next(m for m in messages if m["type"] == "model_turn")
+    assert turn["cut"] is True and "characters cut from this message" in json.dumps(turn)
+    assert "".join(m["content"] for m in messages if m["type"] == "token") == text
+    whole = next(e for e in logged if e.type == "model_turn")  # the log keeps it whole
+    assert whole.data["content"] == text and "cut" not in whole.data
+    assert (tmp_path / "big.txt").read_text() == body
+
+
 # -- (b) the turn's output cap ---------------------------------------------------------------
 
 

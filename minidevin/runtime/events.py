@@ -9,7 +9,6 @@ ours), and a timestamp. The WebSocket message is the event's fields plus
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from minidevin.runtime.event_types import Error, EventBody, Status, event_data
+from minidevin.runtime.wire import dumps
 
 FINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
 
@@ -37,10 +37,11 @@ class Event:
 
     def wire(self) -> str:
         """The WebSocket message as JSON text, serialized once and cached: every
-        subscriber of a live event sends this same string."""
+        subscriber of a live event sends this same string. At most 1 MiB (an event
+        larger than that has its longest strings cut: `runtime/wire.py`)."""
         text = self._wire
         if text is None:
-            text = json.dumps(self.to_message())
+            text = dumps(self.to_message())
             object.__setattr__(self, "_wire", text)
         return text
 
