@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
@@ -29,11 +28,10 @@ from minidevin.actors.deps import Deps, TaskSlots
 from minidevin.actors.messages import StopAll, StopTask, SubmitTask, TaskSpec, UserInput
 from minidevin.actors.session import SessionActor
 from minidevin.admission import TaskAdmission, new_spec
-from minidevin.resume import check_resumable, restart_queue, resumed_spec
+from minidevin.resume import check_resumable, resumed_spec
 from minidevin.runtime import schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
-from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.data_lock import DataDirLock
 from minidevin.runtime.errors import Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
@@ -41,15 +39,14 @@ from minidevin.runtime.hub import EventHub, SlowSubscriber, StoreUnavailable
 from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.pagination import Page, check_limit, decode_cursor
 from minidevin.runtime.providers.registry import ProviderRegistry
-from minidevin.runtime.recovery import recover_tasks
 from minidevin.runtime.retention import RetentionSweeper
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.storage import new_id, open_store, secure_data_dir, task_detail
+from minidevin.runtime.storage import new_id, open_store, task_detail
 from minidevin.runtime.storage.open_errors import data_dir_error
 from minidevin.runtime.task_stream import history_then_live
-from minidevin.runtime.tools.sandbox import sandbox_status
 from minidevin.runtime.workspace import Workspaces
 from minidevin.runtime.workspace_claims import claim_working_directory
+from minidevin.startup import open_runtime
 
 log = structlog.get_logger(__name__)
 ACTOR_REPLY_TIMEOUT = 10.0
@@ -114,60 +111,8 @@ class Runtime:
             self._data_lock.release()
             raise
 
-    def _store_down(self, detail: str) -> None:
-        """The store has been down past its retry window: live subscribers are told."""
-        self.hub.store_down = detail
-        self.hub.interrupt(None, detail)
-
-    def _store_back(self) -> None:
-        self.hub.store_down = None
-
     async def _start_owned(self) -> Runtime:
-        try:
-            await asyncio.to_thread(secure_data_dir, self.settings.data_dir)  # 0700, files 0600
-        except OSError as exc:
-            raise data_dir_error(self.settings.data_dir, exc) from None
-        self.store.on_events_committed = self.hub.publish
-        self.store.outage.on_expired = self._store_down
-        self.store.outage.on_recovered = self._store_back
-        await self.store.open()
-        secret = load_jwt_secret(self.settings.data_dir, self.settings.jwt_secret)
-        tokens = TokenIssuer(secret, self.settings.jwt_ttl_seconds)
-        self.accounts = Accounts(self.store, tokens, self.settings)
-        recovered = await recover_tasks(self.store, self.settings.data_dir)
-        # no task is live yet: snapshots a previous process left are garbage
-        await asyncio.to_thread(shutil.rmtree, self.settings.snapshots_dir, True)
-        sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop
-        if self.settings.sandbox != "off" and not sandbox.works:
-            log.warning(
-                "sandbox_unavailable",
-                mode=self.settings.sandbox,
-                reason=sandbox.reason,
-                consequence="tasks are refused"
-                if self.settings.sandbox == "required"
-                else "commands run unsandboxed",
-            )
-        boundary = await asyncio.to_thread(sandbox.as_health, self.settings.sandbox)
-        if not boundary["uid_isolation"]:
-            log.warning("uid_isolation_unavailable", reason=boundary["uid_isolation_reason"])
-        # the queue a stopped server left runs again, in order (and what was live goes
-        # on too with `MINIDEVIN_RESUME_INTERRUPTED`)
-        if self._restart_queue:
-            await restart_queue(self, recovered, resume=self.settings.resume_interrupted)
-        if self.settings.retention_days is not None:  # old finished tasks go, in the background
-            self.retention = RetentionSweeper(
-                self.store,
-                self.settings.artifacts_dir,
-                self.settings.retention_days,
-                lock_for=self._session_lock,
-            )
-            self.retention.start()
-        log.info(
-            "runtime_started",
-            data_dir=str(self.settings.data_dir),
-            uid_isolation=boundary["uid_isolation"],
-            limits=boundary["limits"],
-        )
+        await open_runtime(self)
         return self
 
     async def close(self) -> None:
