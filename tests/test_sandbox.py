@@ -24,7 +24,7 @@ import pytest
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 from waiting import until, wait_for
 
-import minidevin.api
+import minidevin.startup
 from minidevin.actors.children import tool_context
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
@@ -558,7 +558,7 @@ async def test_required_refuses_tasks_when_the_sandbox_does_not_work(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     log = RecordingLog()
-    monkeypatch.setattr(minidevin.api, "log", log)
+    monkeypatch.setattr(minidevin.startup, "log", log)
     async with runtime_for(tmp_path, openai_server, sandbox="required") as runtime:
         session = await runtime.create_session("s", workspace(tmp_path))
         with pytest.raises(SandboxUnavailable) as refused:
@@ -577,7 +577,7 @@ async def test_auto_warns_and_runs_unsandboxed_when_the_sandbox_does_not_work(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     log = RecordingLog()
-    monkeypatch.setattr(minidevin.api, "log", log)
+    monkeypatch.setattr(minidevin.startup, "log", log)
     command = "readlink /proc/$$/ns/pid"
     openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": command})]), finish()])
     async with runtime_for(tmp_path, openai_server, sandbox="auto") as runtime:
