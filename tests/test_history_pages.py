@@ -44,17 +44,17 @@ def event(task_id: str, seq: int, type_: str, **data: Any) -> Event:
 
 
 class PageReads:
-    """Wraps the store's `events_page`: records each read; after the first read of
-    the task, commits `live` (the next event of the log) before answering, and
+    """Wraps the store's history read (`events_wire_page`): records each read; after
+    the first read of the task, commits `live` (the next event of the log) before answering, and
     holds the second read until `proceed` is set."""
 
     def __init__(self, runtime: Runtime, task_id: str, live: Event) -> None:
-        self._store, self._read = runtime.store, runtime.store.events_page
+        self._store, self._read = runtime.store, runtime.store.events_wire_page
         self._task_id, self._live = task_id, live
         self.reads: list[tuple[int, int, int]] = []  # (after, limit, rows returned)
         self.proceed = asyncio.Event()
 
-    async def events_page(self, task_id: str, after: int, limit: int) -> list[Event]:
+    async def events_wire_page(self, task_id: str, after: int, limit: int) -> list[Any]:
         if task_id == self._task_id and len(self.reads) == 1:
             await asyncio.wait_for(self.proceed.wait(), 10)
         page = await self._read(task_id, after, limit)
@@ -84,7 +84,7 @@ async def test_a_long_history_streams_in_pages_then_live_without_gap_or_duplicat
 
     live = event(task_id, LOGGED + 1, "status", status="waiting_input")
     reads = PageReads(runtime, task_id, live)
-    monkeypatch.setattr(runtime.store, "events_page", reads.events_page)
+    monkeypatch.setattr(runtime.store, "events_wire_page", reads.events_wire_page)
     ws = await client.ws_connect(ws_path(task_id, user.token))
     try:
         # the first page is sent before the second is read: its events arrive first

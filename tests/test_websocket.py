@@ -36,7 +36,6 @@ from waiting import until
 
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
-from minidevin.runtime.events import Event
 from minidevin.runtime.settings import Settings
 
 STALL = ScriptedTurn(text="Thinking very hard about it", stall=True)
@@ -143,17 +142,17 @@ async def test_subscribers_during_the_run_each_get_the_identical_sequence(
 class HistoryGate:
     """Holds the first history read of one task's events until the test releases it.
 
-    It wraps the real store's history read (`events_page`, the boundary between
+    It wraps the real store's history read (`events_wire_page`, the boundary between
     the runtime and its storage) and nothing else: the read runs unchanged once
     released.
     """
 
     def __init__(self, runtime: Runtime, task_id: str) -> None:
         self.reached, self.release = asyncio.Event(), asyncio.Event()
-        self._read = runtime.store.events_page
+        self._read = runtime.store.events_wire_page
         self._task_id, self._armed = task_id, True
 
-    async def events_page(self, task_id: str, after: int, limit: int) -> list[Event]:
+    async def events_wire_page(self, task_id: str, after: int, limit: int) -> list[Any]:
         if self._armed and task_id == self._task_id:
             self._armed = False
             self.reached.set()
@@ -191,7 +190,7 @@ async def test_events_committed_between_subscribe_and_history_arrive_once(
 
     await until(waiting, what="the first question")
     gate = HistoryGate(runtime, task["id"])
-    monkeypatch.setattr(runtime.store, "events_page", gate.events_page)
+    monkeypatch.setattr(runtime.store, "events_wire_page", gate.events_wire_page)
     ws = await client.ws_connect(ws_path(task["id"], user.token))
     await asyncio.wait_for(gate.reached.wait(), 10)  # subscribed, history not read yet
     assert runtime.hub.subscriber_count(task["id"]) == 1

@@ -47,6 +47,7 @@ from minidevin.http.keys import PRINCIPAL, RUNTIME, WEBSOCKETS
 from minidevin.http.ratelimit import FixedWindowLimiter
 from minidevin.runtime.errors import ApiError, ValidationFailed
 from minidevin.runtime.hub import SlowSubscriber, StoreUnavailable
+from minidevin.runtime.task_stream import wire_history_then_live
 
 CLOSE_TASK_ENDED = 1000
 CLOSE_GOING_AWAY = 1001
@@ -302,9 +303,11 @@ async def _send_events(
 ) -> tuple[int, bytes] | None:
     """Send the task's events; the close (code, reason) to send, or None if the client is gone."""
     try:
-        async with contextlib.aclosing(runtime.events(task_id, after=after, owner=owner)) as events:
-            async for event in events:
-                if not await cutter.send_text(event.wire()):
+        # (the owner was checked before the upgrade; the history comes as message text)
+        messages = wire_history_then_live(runtime.store, runtime.hub, task_id, after)
+        async with contextlib.aclosing(messages) as events:
+            async for text in events:
+                if not await cutter.send_text(text):
                     return None  # cut: the subscription ends with this generator
         return CLOSE_TASK_ENDED, b"task ended"
     except SlowSubscriber:

@@ -227,6 +227,14 @@ class Repository(Protocol):
         order: one page of a replay (keyset on `seq`, an index range scan)."""
         ...
 
+    async def events_wire_page(
+        self, task_id: str, after: int, limit: int
+    ) -> list[tuple[int, bool, str]]:
+        """`events_page` as WebSocket messages: (seq, is final, message text), built from
+        the stored JSON without decoding it (whitespace aside, each text is what
+        `Event.wire` gives)."""
+        ...
+
     async def task_log(self, task_id: str) -> list[Event]:
         """The task's committed events but its streamed text (`token`, `turn_restart`),
         in order: all a `TaskHistory` needs, a fraction of the log's rows."""

@@ -18,6 +18,7 @@ from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id
 from minidevin.runtime.storage.sqlite_batch import Write, decode_json
 from minidevin.runtime.storage.sqlite_retention import SqliteRetention
+from minidevin.runtime.storage.sqlite_wire import wire_page
 
 # every key a key created, and theirs: revoking a key revokes what it created
 _KEY_CHAIN = (
@@ -314,6 +315,12 @@ class SqliteStore(SqliteRetention):
             (task_id, after, limit),
         )
         return [_event(task_id, row) for row in rows]
+
+    async def events_wire_page(
+        self, task_id: str, after: int, limit: int
+    ) -> list[tuple[int, bool, str]]:
+        assert self._reader is not None, "store is not open"
+        return await wire_page(self._reader, task_id, after, limit)
 
     async def task_log(self, task_id: str) -> list[Event]:
         rows = await self.fetch_all(
