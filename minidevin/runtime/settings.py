@@ -106,6 +106,28 @@ class Settings(BaseModel):
         description="Token deltas of a turn arriving within this are logged as one `token` "
         "event (the text is the same); 0: one event a delta.",
     )
+    secrets_key: str | None = Field(
+        None,
+        description="Key (Fernet, urlsafe base64 of 32 bytes) that encrypts stored secrets; "
+        "unset: generated into DATA_DIR/secrets_key, mode 0600.",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs that resolve to private, loopback or link-local "
+        "addresses (tests, on-premises).",
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="Attempts per webhook delivery before it is given up."
+    )
+    webhook_retry_base_delay: float = Field(
+        1.0, gt=0, description="First delay before a failed webhook delivery is retried; doubles."
+    )
+    webhook_retry_max_delay: float = Field(
+        300.0, gt=0, description="Longest delay between two attempts of a webhook delivery."
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="Seconds one webhook delivery attempt may take."
+    )
     sandbox: str = Field(
         "auto",
         pattern="^(auto|required|off)$",

@@ -118,6 +118,36 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);
     """,
+    # 7: a user's secrets (values encrypted), the names a session hands its commands, a
+    # session's webhook, and the durable outbox of webhook deliveries (one per task status
+    # event: `seq` orders a task's deliveries, `body` is the exact bytes every attempt sends)
+    """
+    CREATE TABLE secrets (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, name)
+    ) WITHOUT ROWID;
+    ALTER TABLE sessions ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE sessions ADD COLUMN webhook_url TEXT;
+    ALTER TABLE sessions ADD COLUMN webhook_secret TEXT;
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        delivered_at TEXT,
+        last_error TEXT
+    );
+    CREATE UNIQUE INDEX webhook_deliveries_event ON webhook_deliveries(task_id, seq);
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries(delivered_at, next_attempt_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
