@@ -44,6 +44,7 @@ from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import new_id, open_store, task_detail
 from minidevin.runtime.storage.open_errors import data_dir_error
 from minidevin.runtime.task_stream import history_then_live
+from minidevin.runtime.webhooks import WebhookDeliverer, check_webhook_url
 from minidevin.runtime.workspace import Workspaces
 from minidevin.runtime.workspace_claims import claim_working_directory
 from minidevin.startup import open_runtime
@@ -80,6 +81,7 @@ class Runtime:
             self.settings, self.store, self.providers, self.slots, self._session_idle_threadsafe
         )
         self.accounts: Accounts
+        self.webhooks: WebhookDeliverer | None = None
         self._sessions: dict[str, pykka.ActorRef] = {}
         self._submitted: dict[str, int] = {}  # tasks handed to each live session actor
         self._local_user: str | None = None
@@ -126,6 +128,8 @@ class Runtime:
         self._sessions.clear()
         if self.retention is not None:
             await self.retention.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.store.close()
         if hasattr(self, "accounts"):
             self.accounts.close()  # (the password hashing threads)
@@ -150,18 +154,28 @@ class Runtime:
         return self._local_user
 
     async def create_session(
-        self, name: str, working_directory: str | Path, *, owner: str | None = None
+        self,
+        name: str,
+        working_directory: str | Path,
+        *,
+        owner: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> schemas.SessionCreated:
         """A session on `working_directory`, which becomes (or must already be) the user's.
 
         Every refusal but a malformed value (422) is the same 403, whether the directory
         is missing, forbidden, or another user's: it tells nothing about the host.
         """
+        if webhook_url is not None:  # 422 unless http(s) and (by default) a public address
+            await check_webhook_url(webhook_url, self.settings.webhook_allow_private)
         user_id = await self.owner(owner)
         checked = await claim_working_directory(
             self.workspaces, user_id, str(working_directory), tenant=owner is not None
         )
-        return await self.store.insert_session(user_id, name, str(checked.path))
+        return await self.store.insert_session(
+            user_id, name, str(checked.path), webhook_url=webhook_url, webhook_secret=webhook_secret
+        )
 
     async def list_sessions(
         self, *, owner: str | None = None, limit: int | None = None, cursor: str | None = None

@@ -20,6 +20,7 @@ from minidevin.runtime.retention import RetentionSweeper
 from minidevin.runtime.storage import secure_data_dir
 from minidevin.runtime.storage.open_errors import data_dir_error
 from minidevin.runtime.tools.sandbox import sandbox_status
+from minidevin.runtime.webhooks import WebhookDeliverer
 
 if TYPE_CHECKING:
     from minidevin.api import Runtime
@@ -33,7 +34,8 @@ async def open_runtime(runtime: Runtime) -> None:
         await asyncio.to_thread(secure_data_dir, runtime.settings.data_dir)  # 0700, files 0600
     except OSError as exc:
         raise data_dir_error(runtime.settings.data_dir, exc) from None
-    runtime.store.on_events_committed = runtime.hub.publish
+    runtime.webhooks = WebhookDeliverer(runtime.store, runtime.settings)
+    runtime.store.on_events_committed = runtime.webhooks.watching(runtime.hub.publish)
     runtime.store.outage.on_expired = partial(_store_down, runtime.hub)
     runtime.store.outage.on_recovered = partial(_store_back, runtime.hub)
     await runtime.store.open()
@@ -60,6 +62,7 @@ async def open_runtime(runtime: Runtime) -> None:
     # on too with `MINIDEVIN_RESUME_INTERRUPTED`)
     if runtime._restart_queue:
         await restart_queue(runtime, recovered, resume=runtime.settings.resume_interrupted)
+    runtime.webhooks.start()  # what a previous process left undelivered goes out too
     if runtime.settings.retention_days is not None:  # old finished tasks go, in the background
         runtime.retention = RetentionSweeper(
             runtime.store,

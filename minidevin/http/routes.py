@@ -223,7 +223,11 @@ async def list_sessions(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     data = await body(request, schemas.SessionRequest)
     session = await request.app[RUNTIME].create_session(
-        data.name, data.working_directory, owner=owner(request)
+        data.name,
+        data.working_directory,
+        owner=owner(request),
+        webhook_url=data.webhook_url,
+        webhook_secret=data.webhook_secret,
     )
     return reply(session, 201)
 

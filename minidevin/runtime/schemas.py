@@ -147,6 +147,8 @@ class ApiKeyCreated(ApiKey):
 class SessionRequest(Body):
     name: Name
     working_directory: Annotated[str, Field(min_length=1, max_length=4096)]
+    webhook_url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    webhook_secret: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
 
 
 class SessionSummary(Out):

@@ -144,7 +144,13 @@ class Repository(Protocol):
 
     # -- sessions and working directories -----------------------------------------------
     async def insert_session(
-        self, user_id: str, name: str, working_directory: str
+        self,
+        user_id: str,
+        name: str,
+        working_directory: str,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> schemas.SessionCreated: ...
     async def list_sessions(
         self, user_id: str, *, limit: int | None = None, after: tuple[str, int] | None = None
@@ -305,6 +311,21 @@ class Repository(Protocol):
         final and ended before `before`; returns its artifact ids (their files are the
         caller's to remove), or None if it was not deleted."""
         ...
+
+    # -- the webhook outbox (enqueued with each status event; `runtime/webhooks.py`) ---
+    async def due_webhooks(self, now: float, max_attempts: int, limit: int) -> list[dict[str, Any]]:
+        """Due pending deliveries (id, task_id, seq, url, body, attempts, secret), each the
+        earliest pending one of its task, oldest first."""
+        ...
+
+    async def next_webhook_due(self, max_attempts: int) -> float | None:
+        """When (epoch seconds) the next such delivery is due; None when none is pending."""
+        ...
+
+    async def webhook_delivered(self, delivery_id: str, at: str, attempts: int) -> None: ...
+    async def webhook_failed(
+        self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
+    ) -> None: ...
 
 
 class Store(Repository, EventSink, Protocol):

@@ -18,6 +18,7 @@ from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id
 from minidevin.runtime.storage.sqlite_batch import Write, decode_json
 from minidevin.runtime.storage.sqlite_retention import SqliteRetention
+from minidevin.runtime.storage.sqlite_webhooks import SqliteWebhooks
 from minidevin.runtime.storage.sqlite_wire import wire_page
 
 # every key a key created, and theirs: revoking a key revokes what it created
@@ -43,7 +44,7 @@ def _event(task_id: str, row: dict[str, Any]) -> Event:
     return Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
 
 
-class SqliteStore(SqliteRetention):
+class SqliteStore(SqliteRetention, SqliteWebhooks):
     """The `Store` on one SQLite file (WAL), migrated on open."""
 
     # -- users, API keys, revoked tokens -----------------------------------------------
@@ -145,7 +146,13 @@ class SqliteStore(SqliteRetention):
     # -- sessions and working directories -----------------------------------------------
 
     async def insert_session(
-        self, user_id: str, name: str, working_directory: str
+        self,
+        user_id: str,
+        name: str,
+        working_directory: str,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> schemas.SessionCreated:
         now = utc_now()
         session = schemas.SessionCreated(
@@ -154,8 +161,11 @@ class SqliteStore(SqliteRetention):
         )  # fmt: skip
         await self.write(
             "INSERT INTO sessions (id, user_id, name, status, working_directory, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (session.id, user_id, name, session.status, working_directory, now, now),
+            "updated_at, webhook_url, webhook_secret) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                *(session.id, user_id, name, session.status, working_directory, now, now),
+                *(webhook_url, webhook_secret),
+            ),
         )
         return session
 

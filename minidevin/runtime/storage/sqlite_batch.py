@@ -15,6 +15,7 @@ from typing import Any
 
 from minidevin.runtime.events import Event
 from minidevin.runtime.projection import KEEP_FIRST, task_columns
+from minidevin.runtime.storage.sqlite_webhooks import enqueue_status
 
 INSERT_ROWS = 200  # events a statement (5 parameters each; SQLite allows 32,766)
 JSON_COLUMNS = frozenset({"plan", "result", "usage"})
@@ -57,6 +58,8 @@ def commit_batch(conn: sqlite3.Connection, batch: list[Write | Event]) -> bool:
                     events = []
                     conn.execute(*_projection(item.task_id, columns))
                     projected = True
+                    if item.type == "status":  # its webhook delivery, in the same commit
+                        enqueue_status(conn, item)
                 continue
             _insert_events(conn, events)
             events = []
