@@ -40,6 +40,7 @@ from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.pagination import Page, check_limit, decode_cursor
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.retention import RetentionSweeper
+from minidevin.runtime.secrets_store import Secrets
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import new_id, open_store, task_detail
 from minidevin.runtime.storage.open_errors import data_dir_error
@@ -82,6 +83,7 @@ class Runtime:
         )
         self.accounts: Accounts
         self.webhooks: WebhookDeliverer | None = None
+        self.secrets: Secrets
         self._sessions: dict[str, pykka.ActorRef] = {}
         self._submitted: dict[str, int] = {}  # tasks handed to each live session actor
         self._local_user: str | None = None

@@ -17,6 +17,7 @@ from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.hub import EventHub
 from minidevin.runtime.recovery import recover_tasks
 from minidevin.runtime.retention import RetentionSweeper
+from minidevin.runtime.secrets_store import Secrets, load_secrets_key
 from minidevin.runtime.storage import secure_data_dir
 from minidevin.runtime.storage.open_errors import data_dir_error
 from minidevin.runtime.tools.sandbox import sandbox_status
@@ -42,6 +43,8 @@ async def open_runtime(runtime: Runtime) -> None:
     secret = load_jwt_secret(runtime.settings.data_dir, runtime.settings.jwt_secret)
     tokens = TokenIssuer(secret, runtime.settings.jwt_ttl_seconds)
     runtime.accounts = Accounts(runtime.store, tokens, runtime.settings)
+    box = load_secrets_key(runtime.settings.data_dir, runtime.settings.secrets_key)
+    runtime.secrets = Secrets(runtime.store, box)
     recovered = await recover_tasks(runtime.store, runtime.settings.data_dir)
     # no task is live yet: snapshots a previous process left are garbage
     await asyncio.to_thread(shutil.rmtree, runtime.settings.snapshots_dir, True)

@@ -70,6 +70,7 @@ PATH_PARAMETERS = {
     "task_id": "A task id",
     "artifact_id": "An artifact id (from the task's artifact list)",
     "key_id": "An API key id (from the key list)",
+    "name": "A secret's name",
 }
 PROVIDER = Param(
     "provider", "query", "Only this provider's models", {"type": "string", "enum": list(PROVIDERS)}
@@ -179,6 +180,20 @@ OPERATIONS: tuple[Operation, ...] = (
         "delete", "/api/auth/api-keys/{key_id}", "revoke_api_key", "Revoke an API key", "auth",
         204, errors=(*AUTH, 404),
         description="At once: the next request with the key is refused (401).",
+    ),
+    Operation(
+        "post", "/api/secrets", "put_secret", "Store a secret", "secrets", 201,
+        schemas.SecretInfo, body=schemas.SecretRequest, errors=(*AUTH, *BODY),
+        description="Encrypted at rest; the same name again replaces the value (its "
+        "`created_at` is kept). The value is never returned.",
+    ),
+    Operation(
+        "get", "/api/secrets", "list_secrets", "List your secrets (names and dates only)",
+        "secrets", 200, schemas.SecretInfo, many=True, errors=AUTH,
+    ),
+    Operation(
+        "delete", "/api/secrets/{name}", "delete_secret", "Delete a secret", "secrets", 204,
+        errors=(*AUTH, 404, 422),
     ),
     Operation(
         "get", "/api/models", "list_models", "List the available LLM models", "models", 200,

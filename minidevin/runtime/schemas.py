@@ -141,6 +141,24 @@ class ApiKeyCreated(ApiKey):
     key: str
 
 
+# -- secrets -------------------------------------------------------------------
+
+SecretName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$", min_length=1, max_length=128)]
+
+
+class SecretRequest(Body):
+    name: SecretName
+    value: Annotated[str, Field(min_length=1, max_length=65_536)]
+
+
+class SecretInfo(Out):
+    """A secret as the API shows it: never its value."""
+
+    name: str
+    created_at: str
+    updated_at: str
+
+
 # -- sessions ------------------------------------------------------------------
 
 

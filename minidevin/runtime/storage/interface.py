@@ -142,6 +142,23 @@ class Repository(Protocol):
 
     async def revoke_user_api_keys(self, user_id: str, now: str) -> None: ...
 
+    # -- secrets (values sealed by `runtime/secrets_store.py`) -------------------------
+    async def put_secret(
+        self, user_id: str, name: str, sealed: bytes, now: str
+    ) -> schemas.SecretInfo:
+        """Insert or replace; a replaced secret keeps its `created_at`."""
+        ...
+
+    async def list_secrets(self, user_id: str) -> list[schemas.SecretInfo]: ...
+
+    async def delete_secret(self, user_id: str, name: str) -> bool:
+        """False if the user has no such secret."""
+        ...
+
+    async def secret_values(self, user_id: str, names: list[str]) -> dict[str, bytes]:
+        """The sealed values of those of `names` the user has."""
+        ...
+
     # -- sessions and working directories -----------------------------------------------
     async def insert_session(
         self,

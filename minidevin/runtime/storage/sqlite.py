@@ -18,6 +18,7 @@ from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id
 from minidevin.runtime.storage.sqlite_batch import Write, decode_json
 from minidevin.runtime.storage.sqlite_retention import SqliteRetention
+from minidevin.runtime.storage.sqlite_secrets import SqliteSecrets
 from minidevin.runtime.storage.sqlite_webhooks import SqliteWebhooks
 from minidevin.runtime.storage.sqlite_wire import wire_page
 
@@ -44,7 +45,7 @@ def _event(task_id: str, row: dict[str, Any]) -> Event:
     return Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
 
 
-class SqliteStore(SqliteRetention, SqliteWebhooks):
+class SqliteStore(SqliteRetention, SqliteSecrets, SqliteWebhooks):
     """The `Store` on one SQLite file (WAL), migrated on open."""
 
     # -- users, API keys, revoked tokens -----------------------------------------------

@@ -1,0 +1,115 @@
+"""`/api/secrets`: values go in, never out; encrypted at rest; each user's own."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from cryptography.fernet import Fernet
+from http_helpers import expect_json, sign_up
+
+from minidevin.api import Runtime
+from minidevin.http.app import create_app
+from minidevin.runtime.auth import SecretFileError
+from minidevin.runtime.settings import Settings
+
+VALUE = "sk-live-" + "7" * 40
+
+
+def _settings(data_dir: Path, **fields: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        jwt_secret="s" * 40,
+        rate_limit_authenticated=0,
+        rate_limit_anonymous=0,
+        rate_limit_login=0,
+        **fields,
+    )
+
+
+async def test_secrets_are_stored_listed_replaced_and_deleted_without_showing_a_value(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    client: TestClient = await aiohttp_client(create_app(Runtime(_settings(data))))
+    ada = await sign_up(client)
+    created = await expect_json(
+        await client.post(
+            "/api/secrets", json={"name": "API_TOKEN", "value": VALUE}, headers=ada.bearer
+        ),
+        201,
+    )
+    assert created["name"] == "API_TOKEN" and "value" not in created
+    replaced = await expect_json(
+        await client.post(
+            "/api/secrets", json={"name": "API_TOKEN", "value": VALUE + "x"}, headers=ada.bearer
+        ),
+        201,
+    )
+    assert replaced["created_at"] == created["created_at"]
+    listed = await expect_json(await client.get("/api/secrets", headers=ada.bearer), 200)
+    assert listed == [replaced] and VALUE not in str(listed)
+    # at rest: encrypted (neither the value nor its base64 is in the database's bytes),
+    # under a key file only the server can read
+    database = b"".join(p.read_bytes() for p in data.iterdir() if p.name.startswith("minidevin"))
+    assert VALUE.encode() not in database and base64.b64encode(VALUE.encode()) not in database
+    assert stat.S_IMODE(os.stat(data / "secrets_key").st_mode) == 0o600
+    assert (await client.delete("/api/secrets/API_TOKEN", headers=ada.bearer)).status == 204
+    assert (await client.delete("/api/secrets/API_TOKEN", headers=ada.bearer)).status == 404
+    assert await expect_json(await client.get("/api/secrets", headers=ada.bearer), 200) == []
+
+
+async def test_a_users_secrets_are_theirs_alone(aiohttp_client: Any, tmp_path: Path) -> None:
+    client: TestClient = await aiohttp_client(create_app(Runtime(_settings(tmp_path / "d"))))
+    ada, bob = await sign_up(client), await sign_up(client, "bob@example.com", "Bob")
+    body = {"name": "SHARED_NAME", "value": VALUE}
+    await expect_json(await client.post("/api/secrets", json=body, headers=ada.bearer), 201)
+    assert await expect_json(await client.get("/api/secrets", headers=bob.bearer), 200) == []
+    assert (await client.delete("/api/secrets/SHARED_NAME", headers=bob.bearer)).status == 404
+    listed = await expect_json(await client.get("/api/secrets", headers=ada.bearer), 200)
+    assert [s["name"] for s in listed] == ["SHARED_NAME"]
+
+
+async def test_bad_names_and_values_are_422(aiohttp_client: Any, tmp_path: Path) -> None:
+    client: TestClient = await aiohttp_client(create_app(Runtime(_settings(tmp_path / "d"))))
+    ada = await sign_up(client)
+    for body in (
+        {"name": "lower", "value": "v"},
+        {"name": "1DIGIT", "value": "v"},
+        {"name": "WITH-DASH", "value": "v"},
+        {"name": "OK", "value": ""},
+        {"name": "OK"},
+    ):
+        response = await client.post("/api/secrets", json=body, headers=ada.bearer)
+        error = await expect_json(response, 422)
+        assert set(error) == {"detail", "code", "timestamp"}
+    assert (await client.get("/api/secrets")).status == 401
+
+
+async def test_values_open_across_restarts_with_the_same_key_only(tmp_path: Path) -> None:
+    key = Fernet.generate_key().decode()
+    settings = _settings(tmp_path / "d", secrets_key=key)
+    async with Runtime(settings) as runtime:
+        user = await runtime.owner(None)
+        await runtime.secrets.put(user, "TOKEN", VALUE)
+    async with Runtime(settings) as runtime:
+        assert await runtime.secrets.values(await runtime.owner(None), ["TOKEN"]) == {
+            "TOKEN": VALUE
+        }
+    assert not (tmp_path / "d" / "secrets_key").exists()  # the configured key is not written
+
+
+async def test_a_damaged_key_file_stops_the_start_naming_it(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    async with Runtime(_settings(data)):
+        pass
+    (data / "secrets_key").write_bytes(b"")
+    try:
+        async with Runtime(_settings(data)):
+            raise AssertionError("started with an empty secrets key")
+    except SecretFileError as exc:
+        assert "secrets_key" in str(exc)
