@@ -33,7 +33,7 @@ from minidevin.runtime import schemas
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
 from minidevin.runtime.data_lock import DataDirLock
-from minidevin.runtime.errors import Conflict, NotFound, Unavailable
+from minidevin.runtime.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber, StoreUnavailable
 from minidevin.runtime.logging import use_host_logging
@@ -163,6 +163,7 @@ class Runtime:
         owner: str | None = None,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        secrets: list[str] | None = None,
     ) -> schemas.SessionCreated:
         """A session on `working_directory`, which becomes (or must already be) the user's.
 
@@ -172,11 +173,19 @@ class Runtime:
         if webhook_url is not None:  # 422 unless http(s) and (by default) a public address
             await check_webhook_url(webhook_url, self.settings.webhook_allow_private)
         user_id = await self.owner(owner)
+        names = sorted(set(secrets or ()))
+        if unknown := await self.secrets.missing(user_id, names):
+            raise ValidationFailed(f"secrets: no secret named {', '.join(unknown)}")
         checked = await claim_working_directory(
             self.workspaces, user_id, str(working_directory), tenant=owner is not None
         )
         return await self.store.insert_session(
-            user_id, name, str(checked.path), webhook_url=webhook_url, webhook_secret=webhook_secret
+            user_id,
+            name,
+            str(checked.path),
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            secrets=names,
         )
 
     async def list_sessions(

@@ -212,12 +212,14 @@ def tool_context(
     run_mode: str = "offline",
     task_id: str = "",
     workspace_identity: tuple[int, int] | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> ToolContext:
     """The tools' context for a task: sandboxed when the setting allows and bwrap works.
 
     Commands run as the working directory's owner, or `sandbox_uid` when root owns it
     (never as root), with the task's limits, an allowlisted environment, and the
-    network only for an `online` task; the server's data directory is hidden.
+    network only for an `online` task; the server's data directory is hidden. `secrets`
+    (the session's) are added to the environment by name.
     """
     uid, gid = run_identity(working_directory, settings.sandbox_uid)
     return ToolContext(
@@ -229,7 +231,7 @@ def tool_context(
         sandbox=settings.sandbox != "off" and sandbox_status().works,
         network=run_mode == "online",
         hidden_paths=(settings.data_dir, *settings.workspace_roots),  # other workspaces too
-        env=command_environment(task_id, uid),
+        env={**command_environment(task_id, uid), **(secrets or {})},
         workspace_identity=workspace_identity,
         uid=uid,
         gid=gid,

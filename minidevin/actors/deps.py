@@ -6,6 +6,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pykka
 
@@ -113,6 +114,8 @@ class Deps:
     slots: TaskSlots
     # called (from the session's thread) when a session has nothing left to run
     on_session_idle: Callable[[str, int], None] = _ignore_idle
+    # the users' secrets (`runtime/secrets_store.Secrets`), set once the runtime started
+    secrets: Any = None
 
     @property
     def retry_policy(self) -> RetryPolicy:

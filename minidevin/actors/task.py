@@ -39,7 +39,12 @@ from minidevin.actors.messages import (
     UserInput,
 )
 from minidevin.actors.task_end import Ending, TaskEnding
-from minidevin.actors.task_start import interrupted_results, load_history, opening_events
+from minidevin.actors.task_start import (
+    interrupted_results,
+    load_history,
+    load_secrets,
+    opening_events,
+)
 from minidevin.runtime import agent
 from minidevin.runtime import event_types as ev
 from minidevin.runtime.cancel import CancelToken
@@ -47,6 +52,7 @@ from minidevin.runtime.context import fit_messages, input_budget
 from minidevin.runtime.event_types import EventBody
 from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
+from minidevin.runtime.redaction import Redactor
 from minidevin.runtime.storage import StoreError
 from minidevin.runtime.task_history import TaskHistory
 from minidevin.runtime.tools import ToolError, ToolResult
@@ -99,6 +105,9 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
             spec = self.spec
             self.history = load_history(spec, self.deps)  # a resumed task's, from its log
             self.meter.restore(self.history.usage)
+            secrets = load_secrets(spec, self.deps)
+            if secrets:  # masked in every event from now on (none was logged with them yet)
+                self.events.redactor = Redactor(secrets)
             try:  # the directory the session was opened on, still (not a link swapped in)
                 verify_working_directory(spec.working_directory, spec.workspace_identity)
             except WorkspaceChanged as exc:
@@ -112,6 +121,7 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
                 spec.run_mode,
                 spec.task_id,
                 workspace_identity=spec.workspace_identity,
+                secrets=secrets,
             )
             opening = (  # a new task's first events, or a resumed one's unanswered calls
                 interrupted_results(self.history)

@@ -66,6 +66,14 @@ def record_task_end(
         "instructions": history.instructions,  # the AGENTS.md files the system prompt holds
         "messages": history.messages + history.pending,
     }
+    if events.redactor is not None and patch:  # the session's secrets masked in the diff too
+        try:
+            if isinstance(patch, Path):
+                events.redactor.mask_file(patch)
+            else:
+                patch = events.redactor.text(patch)
+        except OSError:
+            patch = None  # (named as a failed artifact below)
     rows, failures = write_task_artifacts(
         deps.settings.artifacts_dir, spec.task_id, history.plan, patch, trajectory
     )

@@ -18,6 +18,19 @@ from minidevin.runtime.tools import ToolContext
 log = structlog.get_logger(__name__)
 
 
+def load_secrets(spec: TaskSpec, deps: Deps) -> dict[str, str]:
+    """The values of the secrets the task's session hands its commands (name -> value)."""
+    if deps.secrets is None:
+        return {}
+    store, secrets = deps.store, deps.secrets
+
+    async def read() -> dict[str, str]:
+        names = await store.session_secret_names(spec.session_id)
+        return await secrets.values(spec.user_id, names) if names else {}
+
+    return store.call_blocking(read)
+
+
 def load_history(spec: TaskSpec, deps: Deps) -> TaskHistory:
     """A resumed task's history, folded from its whole committed log; empty for a new task."""
     if spec.resume is None:

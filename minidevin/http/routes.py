@@ -228,6 +228,7 @@ async def create_session(request: web.Request) -> web.Response:
         owner=owner(request),
         webhook_url=data.webhook_url,
         webhook_secret=data.webhook_secret,
+        secrets=data.secrets,
     )
     return reply(session, 201)
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from minidevin.runtime.event_types import Error, EventBody, Status, event_data
+from minidevin.runtime.redaction import Redactor
 from minidevin.runtime.wire import dumps
 
 FINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
@@ -88,6 +89,10 @@ class TaskEventLog:
         self._closed = False
         self._backpressure = backpressure
         self._unblocked = threading.Event()  # set: the task is stopping, nothing waits
+        # the task's secrets, masked in every event; a token's end that may begin a value
+        # is held back until the next delta shows it is not one (`runtime/redaction.py`)
+        self.redactor: Redactor | None = None
+        self._held_text = ""
         self.lost: str | None = None  # why the log closed itself (a store outage)
         # told (on the emitting thread) when the log closed itself for a store outage
         self.on_store_lost: Callable[[str], None] = lambda detail: None
@@ -118,6 +123,10 @@ class TaskEventLog:
             if self._closed:
                 return None
             if lost is None:
+                if self.redactor is not None:
+                    data = self._mask(body.type, data)
+                    if data is None:
+                        return None  # (all of it held back, for now)
                 self._closed = close
                 return self._append(body.type, data)
             self._close_for_store(lost)
@@ -129,6 +138,17 @@ class TaskEventLog:
         event = Event(self.task_id, self._seq, type_, data, utc_now())
         self._sink(event)
         return event
+
+    def _mask(self, type_: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        """`data` with the secrets masked (a token's text: what can be sent yet)."""
+        assert self.redactor is not None
+        if type_ == "token":
+            ready, self._held_text = self.redactor.stream(self._held_text, data["content"])
+            return {**data, "content": ready} if ready else None
+        if self._held_text:  # it did not become a value: it goes before this event
+            self._append("token", {"content": self._held_text})
+            self._held_text = ""
+        return self.redactor.value(data)
 
     def _close_for_store(self, detail: str) -> None:
         self._closed, self.lost = True, detail

@@ -20,13 +20,24 @@ from typing import Any
 
 import structlog
 
+from minidevin.runtime.redaction import logged_values
+
 SECRET_KEYS = ("password", "token", "secret", "api_key", "apikey", "authorization", "key_hash")
 
 
 def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Fields named like secrets are dropped; users' secret values (`runtime/redaction.py`)
+    are masked wherever they appear in a string."""
+    values = logged_values()
     for key in list(event):
         if any(part in key.lower() for part in SECRET_KEYS):
             event[key] = "[redacted]"
+        elif values and isinstance(event[key], str):
+            text = event[key]
+            for value, marker in values.items():
+                if value in text:
+                    text = text.replace(value, marker)
+            event[key] = text
     return event
 
 

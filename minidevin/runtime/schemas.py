@@ -148,7 +148,7 @@ SecretName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$", min_length=1, m
 
 class SecretRequest(Body):
     name: SecretName
-    value: Annotated[str, Field(min_length=1, max_length=65_536)]
+    value: Annotated[str, Field(min_length=4, max_length=65_536)]  # (shorter: not maskable)
 
 
 class SecretInfo(Out):
@@ -167,6 +167,8 @@ class SessionRequest(Body):
     working_directory: Annotated[str, Field(min_length=1, max_length=4096)]
     webhook_url: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
     webhook_secret: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    # the user's secrets its commands get as environment variables (masked everywhere)
+    secrets: Annotated[list[SecretName], Field(max_length=64)] = []
 
 
 class SessionSummary(Out):

@@ -155,6 +155,10 @@ class Repository(Protocol):
         """False if the user has no such secret."""
         ...
 
+    async def session_secret_names(self, session_id: str) -> list[str]:
+        """The secrets a session hands its tasks' commands."""
+        ...
+
     async def secret_values(self, user_id: str, names: list[str]) -> dict[str, bytes]:
         """The sealed values of those of `names` the user has."""
         ...
@@ -168,6 +172,7 @@ class Repository(Protocol):
         *,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        secrets: list[str] | None = None,
     ) -> schemas.SessionCreated: ...
     async def list_sessions(
         self, user_id: str, *, limit: int | None = None, after: tuple[str, int] | None = None

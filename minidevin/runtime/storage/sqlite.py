@@ -16,7 +16,7 @@ from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
 from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id
-from minidevin.runtime.storage.sqlite_batch import Write, decode_json
+from minidevin.runtime.storage.sqlite_batch import Write, decode_json, encode_json
 from minidevin.runtime.storage.sqlite_retention import SqliteRetention
 from minidevin.runtime.storage.sqlite_secrets import SqliteSecrets
 from minidevin.runtime.storage.sqlite_webhooks import SqliteWebhooks
@@ -154,6 +154,7 @@ class SqliteStore(SqliteRetention, SqliteSecrets, SqliteWebhooks):
         *,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        secrets: list[str] | None = None,
     ) -> schemas.SessionCreated:
         now = utc_now()
         session = schemas.SessionCreated(
@@ -162,10 +163,11 @@ class SqliteStore(SqliteRetention, SqliteSecrets, SqliteWebhooks):
         )  # fmt: skip
         await self.write(
             "INSERT INTO sessions (id, user_id, name, status, working_directory, created_at, "
-            "updated_at, webhook_url, webhook_secret) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "updated_at, webhook_url, webhook_secret, secrets) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 *(session.id, user_id, name, session.status, working_directory, now, now),
-                *(webhook_url, webhook_secret),
+                *(webhook_url, webhook_secret, encode_json(secrets or [])),
             ),
         )
         return session

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from minidevin.runtime import schemas
 from minidevin.runtime.storage.sqlite_engine import SqliteEngine
 
@@ -36,6 +38,10 @@ class SqliteSecrets(SqliteEngine):
             return False
         await self.write("DELETE FROM secrets WHERE user_id = ? AND name = ?", (user_id, name))
         return True
+
+    async def session_secret_names(self, session_id: str) -> list[str]:
+        rows = self.fetch_point("SELECT secrets FROM sessions WHERE id = ?", (session_id,))
+        return list(json.loads(rows[0]["secrets"] or "[]")) if rows else []
 
     async def secret_values(self, user_id: str, names: list[str]) -> dict[str, bytes]:
         if not names:
