@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from http_helpers import User, create_task, expect_error, expect_json, serve, sign_up
-from scripted_provider import ScriptedOpenAIServer, finish
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from serve_process import ServeProcess
 from waiting import until
 
@@ -118,6 +118,32 @@ async def test_every_status_arrives_in_order_signed_and_retried_with_the_same_id
     assert retry["body"]["delivery_id"] == delivered[0]["delivery_id"]
     for attempt in receiver.attempts:
         check_signature(attempt)
+
+
+async def test_a_failed_task_reports_its_error(
+    settings: Settings, openai_server: ScriptedOpenAIServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.fail_first = 0
+    openai_server.script([ScriptedTurn(error_status=401)])
+    async with serve(webhook_settings(settings), openai_server) as client:
+        user = await sign_up(client)
+        session = await expect_json(
+            await make_session(client, user, tmp_path, webhook_url=receiver.url), 201
+        )
+        task = await create_task(client, user, session["id"], "fail")
+        delivered = await until(
+            lambda: len(receiver.accepted()) == len(STATUSES) and receiver.accepted(),
+            10,
+            lambda: f"three deliveries, got {receiver.attempts}",
+        )
+        errors = await client.server.app[RUNTIME].store.fetch_all(
+            "SELECT data FROM events WHERE task_id = ? AND type = 'error'", (task["id"],)
+        )
+    assert [body["status"] for body in delivered] == ["queued", "running", "failed"]
+    assert [body["error"] for body in delivered[:2]] == [None, None]
+    (error,) = [json.loads(row["data"]) for row in errors]
+    assert delivered[2]["error"] == {"code": error["code"], "message": error["error"]}
+    assert "X-Minidevin-Signature" not in receiver.attempts[0]["headers"]  # no secret: unsigned
 
 
 async def test_addresses_and_schemes_refused_at_creation(
