@@ -39,6 +39,7 @@ from minidevin.runtime.settings import Settings
 log = structlog.get_logger("minidevin.webhooks")
 
 SIGNATURE_HEADER = "X-Minidevin-Signature"
+RESOLVE_TIMEOUT = 10.0  # seconds a host name may take to resolve
 BATCH = 32  # deliveries taken (and sent concurrently, one a task) a round
 
 
@@ -79,7 +80,10 @@ async def resolve_checked(host: str, port: int, allow_private: bool) -> list[Res
     """`host`'s addresses, every one of them allowed; `WebhookRefused` otherwise."""
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        async with asyncio.timeout(RESOLVE_TIMEOUT):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise WebhookRefused(f"webhook host {host!r} did not resolve in time") from None
     except OSError as exc:
         raise WebhookRefused(f"webhook host {host!r} does not resolve: {exc}") from None
     results: list[ResolveResult] = []
