@@ -78,9 +78,25 @@ class BlockingRuntime:
     # -- sessions --------------------------------------------------------------------
 
     def create_session(
-        self, name: str, working_directory: str | Path, *, owner: str | None = None
+        self,
+        name: str,
+        working_directory: str | Path,
+        *,
+        owner: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        secrets: list[str] | None = None,
     ) -> schemas.SessionCreated:
-        return self._call(self.runtime.create_session(name, working_directory, owner=owner))
+        return self._call(
+            self.runtime.create_session(
+                name,
+                working_directory,
+                owner=owner,
+                webhook_url=webhook_url,
+                webhook_secret=webhook_secret,
+                secrets=secrets,
+            )
+        )
 
     def list_sessions(
         self, *, owner: str | None = None, limit: int | None = None, cursor: str | None = None
