@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,42 @@ def test_streamed_text_holds_back_only_what_could_begin_a_value() -> None:
     assert (ready, held) == ("<secret:K> yy", "")
     ready, held = redactor.stream("", "abx")  # not the value after all: nothing held
     assert (ready, held) == ("abx", "")
+
+
+def test_escaped_and_line_by_line_forms_are_masked_too() -> None:
+    value = 'pa"ss\\word\nline-two-4242'
+    redactor = Redactor({"K": value})
+    arguments = json.dumps({"command": f"echo {value}"})  # a tool call's arguments: escaped
+    assert "pa" not in redactor.text(arguments).replace("<secret:K>", "")
+    diff = "".join(f"+{line}\n" for line in value.splitlines())  # a diff: line by line
+    masked = redactor.text(diff)
+    assert 'pa"ss' not in masked and "line-two-4242" not in masked
+
+
+def test_a_traceback_in_a_server_log_line_is_masked() -> None:
+    """As `minidevin serve` logs (JSON to stderr): the value in a traceback and a list."""
+    program = (
+        "import structlog\n"
+        "from minidevin.runtime.logging import configure_logging\n"
+        "from minidevin.runtime.redaction import Redactor\n"
+        "configure_logging('info', 'json')\n"
+        "Redactor({'TRACE_TOKEN': 'trace-9981-secret'})\n"
+        "try:\n"
+        "    raise RuntimeError('failed with trace-9981-secret')\n"
+        "except RuntimeError:\n"
+        "    structlog.get_logger('t').exception('boom', items=['trace-9981-secret'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert "RuntimeError" in done.stderr and "<secret:TRACE_TOKEN>" in done.stderr
+    assert "trace-9981-secret" not in done.stderr
+
+
+def test_output_cut_in_two_leaves_no_part_of_a_value_at_the_cut() -> None:
+    from minidevin.runtime.tools.terminal import _OutputBuffer
+
+    value = "ABCDEFGHIJ" * 3
+    redactor = Redactor({"K": value})
+    output = _OutputBuffer(100, redactor)
+    output.feed(("x" * 40 + value + "y" * 200).encode())  # the value straddles the head's end
+    text = redactor.text(output.text())
+    assert "ABCDEFGHIJ"[:4] not in text

@@ -260,3 +260,11 @@ async def test_pending_deliveries_go_out_after_kill_9_and_restart(
     assert delivered[0]["delivery_id"] in refused  # the same delivery, sent again
     for attempt in receiver.attempts:
         check_signature(attempt)
+
+
+def test_ipv4_addresses_inside_ipv6_forms_are_judged_as_ipv4() -> None:
+    from minidevin.runtime.webhooks import refused_address
+
+    for address in ("2002:7f00:1::1", "2002:a00:1::1", "::ffff:10.0.0.1"):
+        assert refused_address(address) is not None, address
+    assert refused_address("2002:808:808::1") is None  # 6to4 of 8.8.8.8: public

@@ -213,6 +213,7 @@ def tool_context(
     task_id: str = "",
     workspace_identity: tuple[int, int] | None = None,
     secrets: dict[str, str] | None = None,
+    redactor: Any = None,
 ) -> ToolContext:
     """The tools' context for a task: sandboxed when the setting allows and bwrap works.
 
@@ -232,6 +233,7 @@ def tool_context(
         network=run_mode == "online",
         hidden_paths=(settings.data_dir, *settings.workspace_roots),  # other workspaces too
         env={**command_environment(task_id, uid), **(secrets or {})},
+        redactor=redactor,
         workspace_identity=workspace_identity,
         uid=uid,
         gid=gid,

@@ -31,8 +31,10 @@ from minidevin.actors.messages import (
     UserInput,
 )
 from minidevin.actors.task import TaskActor
+from minidevin.actors.task_start import load_secrets
 from minidevin.runtime.event_types import Resumed, Status
 from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.redaction import Redactor
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +75,8 @@ class SessionActor(pykka.ThreadingActor):
                 )
                 entry = _Entry(spec, events)
                 if spec.resume is not None and not spec.requeued:
+                    if spec.resume.get("message") and (secrets := load_secrets(spec, self.deps)):
+                        events.redactor = Redactor(secrets)  # (the message may hold a value)
                     entry.events.emit(
                         Resumed(
                             message=spec.resume.get("message"),

@@ -106,7 +106,7 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
             self.history = load_history(spec, self.deps)  # a resumed task's, from its log
             self.meter.restore(self.history.usage)
             secrets = load_secrets(spec, self.deps)
-            if secrets:  # masked in every event from now on (none was logged with them yet)
+            if secrets and self.events.redactor is None:  # masked in every event from now on
                 self.events.redactor = Redactor(secrets)
             try:  # the directory the session was opened on, still (not a link swapped in)
                 verify_working_directory(spec.working_directory, spec.workspace_identity)
@@ -122,6 +122,7 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
                 spec.task_id,
                 workspace_identity=spec.workspace_identity,
                 secrets=secrets,
+                redactor=self.events.redactor,
             )
             opening = (  # a new task's first events, or a resumed one's unanswered calls
                 interrupted_results(self.history)

@@ -60,7 +60,9 @@ def record_task_end(
     status, result, error, message = ending
     trajectory = {
         "task_id": spec.task_id,
-        "description": spec.description,
+        "description": events.redactor.text(spec.description)
+        if events.redactor is not None
+        else spec.description,
         "model": spec.model,
         "usage": history.usage,
         "instructions": history.instructions,  # the AGENTS.md files the system prompt holds

@@ -32,13 +32,22 @@ def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[st
     for key in list(event):
         if any(part in key.lower() for part in SECRET_KEYS):
             event[key] = "[redacted]"
-        elif values and isinstance(event[key], str):
-            text = event[key]
-            for value, marker in values.items():
-                if value in text:
-                    text = text.replace(value, marker)
-            event[key] = text
+        elif values:
+            event[key] = _masked(event[key], values)
     return event
+
+
+def _masked(item: Any, values: dict[str, str]) -> Any:
+    if isinstance(item, str):
+        for value, marker in values.items():
+            if value in item:
+                item = item.replace(value, marker)
+        return item
+    if isinstance(item, dict):
+        return {key: _masked(inner, values) for key, inner in item.items()}
+    if isinstance(item, list | tuple):
+        return [_masked(inner, values) for inner in item]
+    return item
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -69,6 +78,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_secrets,  # (again: a traceback's text may hold a value)
                 renderer,
             ],
         )
@@ -89,8 +99,8 @@ def use_host_logging() -> None:
         processors=[
             structlog.stdlib.filter_by_level,
             structlog.contextvars.merge_contextvars,
-            redact_secrets,
             structlog.processors.format_exc_info,
+            redact_secrets,  # (after the traceback is text: it may hold a value)
             structlog.dev.ConsoleRenderer(
                 colors=False, pad_event_to=0, exception_formatter=structlog.dev.plain_traceback
             ),

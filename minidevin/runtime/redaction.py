@@ -14,6 +14,7 @@ loads is also registered for its logs (`logging.redact_secrets`).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Mapping
@@ -26,13 +27,25 @@ _LOGGED_LOCK = threading.Lock()
 
 
 def logged_values() -> dict[str, str]:
-    return _LOGGED
+    with _LOGGED_LOCK:
+        return dict(_LOGGED)
+
+
+def _forms(value: str) -> set[str]:
+    """The forms of `value` to mask: itself, as escaped inside JSON text (a tool call's
+    arguments), and each of its lines (a diff prefixes every line), long enough ones."""
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    forms.update(line for line in value.splitlines() if line.strip())
+    return {form for form in forms if len(form) >= MIN_MASKED}
 
 
 class Redactor:
     def __init__(self, secrets: Mapping[str, str]) -> None:
-        pairs = [(v, f"<secret:{n}>") for n, v in secrets.items() if len(v) >= MIN_MASKED]
-        self._pairs = sorted(pairs, key=lambda pair: -len(pair[0]))  # longest first
+        pairs = {}
+        for name, value in secrets.items():
+            for form in _forms(value):
+                pairs.setdefault(form, f"<secret:{name}>")
+        self._pairs = sorted(pairs.items(), key=lambda pair: -len(pair[0]))  # longest first
         with _LOGGED_LOCK:
             _LOGGED.update(self._pairs)
 
@@ -70,6 +83,19 @@ class Redactor:
                     longest = size
                     break
         return longest
+
+    def trim_cut(self, head: str, tail: str) -> tuple[str, str]:
+        """Output cut between `head` and `tail`: drop what could be part of a value
+        across the cut (the end of `head` that begins one, the start of `tail` that
+        ends one), which masking whole strings could not catch."""
+        head = head[: len(head) - self._open_prefix(head)]
+        cut = 0
+        for value, _marker in self._pairs:
+            for size in range(min(len(value) - 1, len(tail)), cut, -1):
+                if tail.startswith(value[len(value) - size :]):
+                    cut = size
+                    break
+        return head, tail[cut:]
 
     def mask_file(self, path: Path, chunk: int = 1 << 20) -> None:
         """Mask `path` in place, a chunk at a time (never whole in memory)."""

@@ -66,8 +66,12 @@ def check_url_syntax(url: str) -> tuple[str, int]:
 def refused_address(address: str) -> str | None:
     """Why `address` may not be called (private, loopback, ...), or None."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):  # an IPv4 address inside (mapped, 6to4, Teredo)
+        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is not None:
+            if (why := refused_address(str(inner))) is not None:
+                return why
+            ip = inner
     for kind in ("loopback", "private", "link_local", "multicast", "unspecified", "reserved"):
         if getattr(ip, f"is_{kind}"):
             return f"{ip} is a {kind.replace('_', '-')} address"

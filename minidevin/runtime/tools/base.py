@@ -66,6 +66,9 @@ class ToolContext:
     cpus: float = 1.0
     tmp_mb: int = 512
     read_paths: tuple[Path, ...] = ()
+    # the session's secrets (`runtime/redaction.Redactor`): output cut in two is trimmed
+    # at the cut so no part of a value is left unmasked there
+    redactor: Any = None
     # the server's data directory: names the cgroups of its commands (see cgroups.py)
     data_dir: Path | None = None
 

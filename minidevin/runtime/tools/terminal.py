@@ -39,7 +39,8 @@ _DRAIN_GRACE = 1.0  # after bash exits, how long to wait for EOF on the output p
 class _OutputBuffer:
     """Decodes output incrementally and keeps at most the head and the tail."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, redactor: Any = None) -> None:
+        self._redactor = redactor
         limit = max(limit, 0)
         self._limit = limit
         self._head_max = limit // 2
@@ -71,6 +72,8 @@ class _OutputBuffer:
         if self._total <= self._limit:
             return head + tail
         tail = tail[len(tail) - self._tail_max :]
+        if self._redactor is not None:
+            head, tail = self._redactor.trim_cut(head, tail)
         omitted = self._total - len(head) - len(tail)
         separator = "" if not head or head.endswith("\n") else "\n"
         return f"{head}{separator}[... {omitted} characters omitted ...]\n{tail}"
@@ -182,7 +185,7 @@ class TerminalTool:
             unregister = context.cancel.on_cancel(
                 lambda: (group.kill(), cgroup.kill() if cgroup else None)
             )
-            output = _OutputBuffer(context.output_limit)
+            output = _OutputBuffer(context.output_limit, context.redactor)
             try:
                 timed_out, limit = self._pump(group, output, timeout, cgroup)
             finally:
