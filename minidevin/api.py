@@ -184,7 +184,7 @@ class Runtime:
             name,
             str(checked.path),
             webhook_url=webhook_url,
-            webhook_secret=webhook_secret,
+            webhook_secret=None if webhook_secret is None else self.secrets.seal(webhook_secret),
             secrets=names,
         )
 

@@ -46,6 +46,7 @@ async def open_runtime(runtime: Runtime) -> None:
     runtime.accounts = Accounts(runtime.store, tokens, runtime.settings)
     box = load_secrets_key(runtime.settings.data_dir, runtime.settings.secrets_key)
     runtime.secrets = Secrets(runtime.store, box)
+    runtime.webhooks.open_secret = runtime.secrets.open  # (webhook secrets are stored sealed)
     runtime.deps = replace(runtime.deps, secrets=runtime.secrets)  # (before any actor starts)
     recovered = await recover_tasks(runtime.store, runtime.settings.data_dir)
     # no task is live yet: snapshots a previous process left are garbage

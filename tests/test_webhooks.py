@@ -20,6 +20,7 @@ from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from serve_process import ServeProcess
 from waiting import until
 
+from minidevin.api import Runtime
 from minidevin.http.keys import RUNTIME
 from minidevin.runtime.settings import Settings
 
@@ -268,3 +269,14 @@ def test_ipv4_addresses_inside_ipv6_forms_are_judged_as_ipv4() -> None:
     for address in ("2002:7f00:1::1", "2002:a00:1::1", "::ffff:10.0.0.1"):
         assert refused_address(address) is not None, address
     assert refused_address("2002:808:808::1") is None  # 6to4 of 8.8.8.8: public
+
+
+async def test_the_webhook_secret_is_stored_sealed(settings: Settings, tmp_path: Path) -> None:
+    settings = settings.model_copy(update={"webhook_allow_private": True})
+    (tmp_path / "w").mkdir()
+    async with Runtime(settings) as runtime:
+        await runtime.create_session(
+            "s", tmp_path / "w", webhook_url="http://127.0.0.1:9/hook", webhook_secret=SECRET
+        )
+    stored = b"".join(p.read_bytes() for p in settings.data_dir.iterdir() if p.is_file())
+    assert SECRET.encode() not in stored

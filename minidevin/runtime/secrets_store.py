@@ -67,6 +67,19 @@ class Secrets:
         self.store = store
         self.box = box
 
+    def seal(self, text: str) -> str:
+        """`text` encrypted under this server's key (for other secrets it keeps, such as a
+        session's webhook secret)."""
+        return self.box.encrypt(text.encode()).decode()
+
+    def open(self, sealed: str) -> str:
+        try:
+            return self.box.decrypt(sealed.encode()).decode()
+        except InvalidToken:
+            raise SecretUnreadable(
+                "a stored secret cannot be opened with this server's secrets key"
+            ) from None
+
     async def put(self, user_id: str, name: str, value: str) -> schemas.SecretInfo:
         """Store (or replace) `name`; its first creation time is kept."""
         sealed = self.box.encrypt(value.encode())

@@ -144,6 +144,8 @@ class WebhookDeliverer:
         self.settings = settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # opens a session's stored (sealed) webhook secret; set once the secrets key is loaded
+        self.open_secret: Callable[[str], str] = lambda sealed: sealed
 
     def watching(self, publish: Callable[[list[Event]], None]) -> Callable[[list[Event]], None]:
         """`publish`, then a wake-up when the committed events hold a status change."""
@@ -185,7 +187,9 @@ class WebhookDeliverer:
 
     async def _attempt(self, row: dict[str, Any]) -> None:
         attempts = row["attempts"] + 1
-        error = await self._post(row["url"], row["body"].encode(), row["secret"])
+        sealed = row["secret"]
+        secret = None if sealed is None else self.open_secret(sealed)
+        error = await self._post(row["url"], row["body"].encode(), secret)
         fields = {"delivery_id": row["id"], "task_id": row["task_id"], "seq": row["seq"]}
         if error is None:
             await self.store.webhook_delivered(row["id"], utc_now(), attempts)
