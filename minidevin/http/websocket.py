@@ -240,7 +240,7 @@ async def _serve(
     assert transport is not None  # (prepare just wrote the handshake on it)
     cutter = _Cutter(ws, transport, runtime.settings.ws_send_timeout)
     request.app[WEBSOCKETS].add(ws)
-    pump = asyncio.create_task(_send_events(cutter, runtime, task_id, after, user))
+    pump = asyncio.create_task(_send_events(cutter, runtime, task_id, after))
     receive: asyncio.Task[Any] | None = None
     try:
         while True:
@@ -299,7 +299,7 @@ def _after(request: web.Request) -> int:
 
 
 async def _send_events(
-    cutter: _Cutter, runtime: Runtime, task_id: str, after: int, owner: str
+    cutter: _Cutter, runtime: Runtime, task_id: str, after: int
 ) -> tuple[int, bytes] | None:
     """Send the task's events; the close (code, reason) to send, or None if the client is gone."""
     try:
