@@ -392,8 +392,7 @@ class Runtime:
             except SlowSubscriber:  # cut off for lagging: resume where we were
                 continue
             except StoreUnavailable:  # resume once the store commits again
-                while self.hub.store_down is not None:
-                    await asyncio.sleep(0.5)
+                await self.hub.store_back()
                 continue
             return await self.get_task(task_id, owner=owner)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 from dataclasses import replace
-from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
@@ -15,7 +14,6 @@ import structlog
 from minidevin.resume import restart_queue
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
-from minidevin.runtime.hub import EventHub
 from minidevin.runtime.recovery import recover_tasks
 from minidevin.runtime.retention import RetentionSweeper
 from minidevin.runtime.secrets_store import Secrets, load_secrets_key
@@ -38,8 +36,8 @@ async def open_runtime(runtime: Runtime) -> None:
         raise data_dir_error(runtime.settings.data_dir, exc) from None
     runtime.webhooks = WebhookDeliverer(runtime.store, runtime.settings)
     runtime.store.on_events_committed = runtime.webhooks.watching(runtime.hub.publish)
-    runtime.store.outage.on_expired = partial(_store_down, runtime.hub)
-    runtime.store.outage.on_recovered = partial(_store_back, runtime.hub)
+    runtime.store.outage.on_expired = runtime.hub.mark_store_down
+    runtime.store.outage.on_recovered = runtime.hub.mark_store_back
     await runtime.store.open()
     secret = load_jwt_secret(runtime.settings.data_dir, runtime.settings.jwt_secret)
     tokens = TokenIssuer(secret, runtime.settings.jwt_ttl_seconds)
@@ -83,13 +81,3 @@ async def open_runtime(runtime: Runtime) -> None:
         uid_isolation=boundary["uid_isolation"],
         limits=boundary["limits"],
     )
-
-
-def _store_down(hub: EventHub, detail: str) -> None:
-    """The store has been down past its retry window: live subscribers are told."""
-    hub.store_down = detail
-    hub.interrupt(None, detail)
-
-
-def _store_back(hub: EventHub) -> None:
-    hub.store_down = None

@@ -86,6 +86,23 @@ class EventHub:
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
         # why the store cannot commit, while it has been down past its retry window
         self.store_down: str | None = None
+        self._store_up = asyncio.Event()
+        self._store_up.set()
+
+    def mark_store_down(self, detail: str) -> None:
+        """The store has been down past its retry window: every subscriber is told now,
+        and a new one after its history."""
+        self.store_down = detail
+        self._store_up.clear()
+        self.interrupt(None, detail)
+
+    def mark_store_back(self) -> None:
+        self.store_down = None
+        self._store_up.set()
+
+    async def store_back(self) -> None:
+        """Wait until the store commits again (at once if it does)."""
+        await self._store_up.wait()
 
     def subscribe(self, task_id: str) -> Subscription:
         subscription = Subscription(task_id, self.queue_size)
