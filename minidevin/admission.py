@@ -83,4 +83,5 @@ def new_spec(
         user_id=session["user_id"],
         workspace_identity=identity,
         context=request.context,
+        approval_policy=request.approval_policy or session["approval_policy"],
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future
@@ -37,6 +39,7 @@ from minidevin.runtime.errors import Conflict, NotFound, Unavailable, Validation
 from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
 from minidevin.runtime.hub import EventHub, SlowSubscriber, StoreUnavailable
 from minidevin.runtime.logging import use_host_logging
+from minidevin.runtime.mcp.config import McpServer
 from minidevin.runtime.pagination import Page, check_limit, decode_cursor
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.retention import RetentionSweeper
@@ -164,6 +167,8 @@ class Runtime:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         secrets: list[str] | None = None,
+        approval_policy: schemas.ApprovalPolicy = "never",
+        mcp_servers: list[McpServer] | None = None,
     ) -> schemas.SessionCreated:
         """A session on `working_directory`, which becomes (or must already be) the user's.
 
@@ -179,6 +184,9 @@ class Runtime:
         checked = await claim_working_directory(
             self.workspaces, user_id, str(working_directory), tenant=owner is not None
         )
+        servers = schemas.SessionRequest.model_validate(  # (checked as a body is)
+            {"name": name, "working_directory": "-", "mcp_servers": mcp_servers or []}
+        ).mcp_servers
         return await self.store.insert_session(
             user_id,
             name,
@@ -186,6 +194,11 @@ class Runtime:
             webhook_url=webhook_url,
             webhook_secret=None if webhook_secret is None else self.secrets.seal(webhook_secret),
             secrets=names,
+            approval_policy=approval_policy,
+            mcp_servers=[server.shown() for server in servers],
+            mcp_config=self.secrets.seal(json.dumps([s.model_dump() for s in servers]))
+            if servers
+            else None,
         )
 
     async def list_sessions(
@@ -274,11 +287,12 @@ class Runtime:
         max_iterations = request.max_iterations or self.settings.max_iterations
         async with self._session_lock(session_id):
             await self._session_row(session_id, owner)  # (not deleted meanwhile)
-            await self.store.insert_task(
-                task_id, session_id, request, model, max_iterations, created_at
-            )
             spec = new_spec(task_id, session, request, model, identity, self.settings)
-            status = await self._submit(spec)
+            await self.store.insert_task(
+                task_id, session_id, request, model, max_iterations, created_at,
+                spec.approval_policy,
+            )  # fmt: skip
+            status = await self._submit(self._with_mcp(spec, session))
         return schemas.TaskCreated(
             id=task_id, description=request.description, status=status, created_at=created_at
         )
@@ -308,9 +322,16 @@ class Runtime:
             newest = await self.store.last_event(task_id)
             spec = resumed_spec(row, session, request, model, identity, newest)
             await self.store.set_aside_artifacts(task_id)  # the earlier run's
-            if await self._submit(spec) == "conflict":
+            if await self._submit(self._with_mcp(spec, session)) == "conflict":
                 raise Conflict("the task is still live; try again once it has ended")
         return await self.get_task(task_id, owner=owner)
+
+    def _with_mcp(self, spec: TaskSpec, session: dict[str, Any]) -> TaskSpec:
+        """`spec` with its session's MCP servers, opened from their sealed column."""
+        sealed = session.get("mcp_config")
+        if not sealed:
+            return spec
+        return dataclasses.replace(spec, mcp_servers=tuple(json.loads(self.secrets.open(sealed))))
 
     def _session_lock(self, session_id: str) -> asyncio.Lock:
         """Held while a task is created or resumed in the session, and while it is deleted:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from minidevin.api import Runtime
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event
+from minidevin.runtime.mcp.config import McpServer
 from minidevin.runtime.pagination import Page
 from minidevin.runtime.settings import Settings
 
@@ -86,6 +87,8 @@ class BlockingRuntime:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         secrets: list[str] | None = None,
+        approval_policy: schemas.ApprovalPolicy = "never",
+        mcp_servers: list[McpServer] | None = None,
     ) -> schemas.SessionCreated:
         return self._call(
             self.runtime.create_session(
@@ -95,6 +98,8 @@ class BlockingRuntime:
                 webhook_url=webhook_url,
                 webhook_secret=webhook_secret,
                 secrets=secrets,
+                approval_policy=approval_policy,
+                mcp_servers=mcp_servers,
             )
         )
 

@@ -66,6 +66,7 @@ def resumed_spec(
         workspace_identity=identity,
         context=row["context"],
         resume={"message": request.message, "last_seq": newest.seq if newest else 0},
+        approval_policy=row["approval_policy"],
     )
 
 
@@ -113,7 +114,7 @@ async def requeue(runtime: Runtime, row: dict[str, Any]) -> None:
         await store.flush()
         log.warning("requeue_failed", task_id=row["id"], error=exc.detail)
         return
-    spec = requeued_spec(row, session, model, identity, newest)
+    spec = runtime._with_mcp(requeued_spec(row, session, model, identity, newest), session)
     status = await runtime._submit(spec)  # (at start: nothing else submits meanwhile)
     log.info("task_requeued_after_restart", task_id=row["id"], status=status)
 
@@ -140,6 +141,7 @@ def requeued_spec(
         context=row["context"],
         resume={"message": None, "last_seq": newest.seq if newest else 0},
         requeued=True,
+        approval_policy=row["approval_policy"],
     )
 
 

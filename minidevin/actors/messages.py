@@ -39,6 +39,9 @@ class TaskSpec:
     # a task still queued when the server stopped, handed back at the next start: its log
     # goes on from `resume["last_seq"]` with no `resumed` event (nothing of it changed)
     requeued: bool = False
+    approval_policy: str = "never"  # which terminal and editor calls wait for a person
+    # the session's MCP servers (`McpServer.model_dump()`s, values in clear)
+    mcp_servers: tuple[dict[str, Any], ...] = ()
 
 
 # -- asyncio side -> SessionActor ---------------------------------------------------

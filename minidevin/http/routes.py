@@ -229,6 +229,8 @@ async def create_session(request: web.Request) -> web.Response:
         webhook_url=data.webhook_url,
         webhook_secret=data.webhook_secret,
         secrets=data.secrets,
+        approval_policy=data.approval_policy,
+        mcp_servers=data.mcp_servers,
     )
     return reply(session, 201)
 

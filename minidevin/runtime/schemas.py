@@ -14,8 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from minidevin.runtime.auth import MAX_PASSWORD_BYTES
+from minidevin.runtime.mcp.config import McpServer
 
-TaskStatus = Literal["queued", "running", "waiting_input", "completed", "failed", "stopped"]
+TaskStatus = Literal[
+    "queued", "running", "waiting_input", "waiting_approval", "completed", "failed", "stopped"
+]
+# which terminal and editor calls wait for a person's approval (`runtime/approvals.py`)
+ApprovalPolicy = Literal["never", "risky", "always"]
 StepStatus = Literal["pending", "in_progress", "completed", "failed", "skipped"]
 RunMode = Literal["offline", "online"]
 
@@ -64,6 +69,13 @@ def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or only whitespace")
     return value
+
+
+def _distinct_names(servers: list[Any]) -> list[Any]:
+    names = [server.name for server in servers]
+    if len(set(names)) != len(names):
+        raise ValueError("each MCP server needs its own name")
+    return servers
 
 
 Email = Annotated[str, AfterValidator(_email)]  # checked raw, then normalized
@@ -169,6 +181,18 @@ class SessionRequest(Body):
     webhook_secret: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     # the user's secrets its commands get as environment variables (masked everywhere)
     secrets: Annotated[list[SecretName], Field(max_length=64)] = []
+    approval_policy: ApprovalPolicy = "never"  # its tasks' default
+    mcp_servers: Annotated[
+        list[McpServer], Field(max_length=16), AfterValidator(_distinct_names)
+    ] = []
+
+
+class McpServerShown(Out):
+    """A session's MCP server as the API shows it (values of `env` and `headers` hidden)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    transport: Literal["stdio", "http"]
 
 
 class SessionSummary(Out):
@@ -201,6 +225,8 @@ class SessionDetail(Out):
     working_directory: str
     created_at: str
     updated_at: str
+    approval_policy: ApprovalPolicy = "never"
+    mcp_servers: list[McpServerShown] = []
     tasks: list[TaskBrief]
 
 
@@ -215,6 +241,7 @@ class TaskRequest(Body):
     max_cost_usd: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] | None = None
     # "session": the task starts knowing the session's earlier tasks; "fresh": it does not
     context: Literal["session", "fresh"] = "session"
+    approval_policy: ApprovalPolicy | None = None  # None: the session's
 
 
 class ResumeRequest(Body):
@@ -269,6 +296,7 @@ class TaskDetail(TaskSummary):
     max_iterations: int
     max_cost_usd: float | None
     context: Literal["session", "fresh"] = "session"
+    approval_policy: ApprovalPolicy = "never"
     started_at: str | None
     plan: Plan
     result: TaskResult | None
@@ -278,6 +306,16 @@ class TaskDetail(TaskSummary):
 class TaskStopped(Out):
     id: str
     status: TaskStatus
+
+
+class ApprovalRequest(Body):
+    decision: Literal["approve", "reject"]
+    reason: Annotated[str, Field(max_length=10_000)] | None = None
+
+
+class ApprovalDecided(Out):
+    call_id: str
+    decision: Literal["approve", "reject"]
 
 
 class InputRequest(Body):

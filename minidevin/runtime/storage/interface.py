@@ -24,6 +24,7 @@ this package) picks one.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -165,15 +166,11 @@ class Repository(Protocol):
 
     # -- sessions and working directories -----------------------------------------------
     async def insert_session(
-        self,
-        user_id: str,
-        name: str,
-        working_directory: str,
-        *,
-        webhook_url: str | None = None,
-        webhook_secret: str | None = None,
-        secrets: list[str] | None = None,
-    ) -> schemas.SessionCreated: ...
+        self, user_id: str, name: str, working_directory: str, **options: Any
+    ) -> schemas.SessionCreated:
+        """A new session; `options` are `SESSION_OPTIONS` (see `session_options`)."""
+        ...
+
     async def list_sessions(
         self, user_id: str, *, limit: int | None = None, after: tuple[str, int] | None = None
     ) -> Page[schemas.SessionSummary]:
@@ -357,6 +354,28 @@ class Store(Repository, EventSink, Protocol):
     async def close(self) -> None: ...
 
 
+# a session's optional columns, with what a row holds when the option is not given
+SESSION_OPTIONS: dict[str, Any] = {
+    "webhook_url": None,
+    "webhook_secret": None,  # sealed with the secrets key
+    "secrets": [],  # names of the user's secrets its commands get
+    "approval_policy": "never",
+    "mcp_servers": [],  # as the API shows them (values hidden)
+    "mcp_config": None,  # the whole configuration, sealed with the secrets key
+}
+
+
+def session_options(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` as the session row's columns (JSON text for lists); `TypeError` for an
+    unknown one."""
+    if unknown := set(options) - set(SESSION_OPTIONS):
+        raise TypeError(f"unknown session options: {', '.join(sorted(unknown))}")
+    row = {**SESSION_OPTIONS, **options}
+    return {
+        name: json.dumps(value) if isinstance(value, list) else value for name, value in row.items()
+    }
+
+
 def task_detail(row: dict[str, Any]) -> schemas.TaskDetail:
     """A task row (from `Repository.task_row`) as the API's task."""
     result = row["result"]
@@ -370,6 +389,7 @@ def task_detail(row: dict[str, Any]) -> schemas.TaskDetail:
         max_iterations=row["max_iterations"],
         max_cost_usd=row["max_cost_usd"],
         context=row["context"],
+        approval_policy=row.get("approval_policy") or "never",
         created_at=row["created_at"],
         started_at=row["started_at"],
         completed_at=row["completed_at"],

@@ -15,8 +15,8 @@ from typing import Any
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
 from minidevin.runtime.pagination import Page, page
-from minidevin.runtime.storage.interface import ArtifactRow, new_id
-from minidevin.runtime.storage.sqlite_batch import Write, decode_json, encode_json
+from minidevin.runtime.storage.interface import ArtifactRow, new_id, session_options
+from minidevin.runtime.storage.sqlite_batch import Write, decode_json
 from minidevin.runtime.storage.sqlite_retention import SqliteRetention
 from minidevin.runtime.storage.sqlite_secrets import SqliteSecrets
 from minidevin.runtime.storage.sqlite_webhooks import SqliteWebhooks
@@ -147,29 +147,20 @@ class SqliteStore(SqliteRetention, SqliteSecrets, SqliteWebhooks):
     # -- sessions and working directories -----------------------------------------------
 
     async def insert_session(
-        self,
-        user_id: str,
-        name: str,
-        working_directory: str,
-        *,
-        webhook_url: str | None = None,
-        webhook_secret: str | None = None,
-        secrets: list[str] | None = None,
+        self, user_id: str, name: str, working_directory: str, **options: Any
     ) -> schemas.SessionCreated:
         now = utc_now()
         session = schemas.SessionCreated(
             id=new_id(), name=name, status="active", working_directory=working_directory,
             created_at=now,
         )  # fmt: skip
+        row = session_options(options)
         await self.write(
             "INSERT INTO sessions (id, user_id, name, status, working_directory, created_at, "
-            "updated_at, webhook_url, webhook_secret, secrets) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                *(session.id, user_id, name, session.status, working_directory, now, now),
-                *(webhook_url, webhook_secret, encode_json(secrets or [])),
-            ),
-        )
+            f"updated_at, {', '.join(row)}) VALUES (?, ?, ?, ?, ?, ?, ?{', ?' * len(row)})",
+            (*(session.id, user_id, name, session.status, working_directory, now, now),
+             *row.values()),
+        )  # fmt: skip
         return session
 
     async def list_sessions(
@@ -195,8 +186,9 @@ class SqliteStore(SqliteRetention, SqliteSecrets, SqliteWebhooks):
     async def session_detail(self, session_id: str, user_id: str) -> schemas.SessionDetail | None:
         rows = self.fetch_point(  # one session's tasks: a handful of rows through an index
             "SELECT s.id, s.name, s.status, s.working_directory, s.created_at, s.updated_at, "
-            "t.id AS task_id, t.description, t.status AS task_status FROM sessions s "
-            "LEFT JOIN tasks t ON t.session_id = s.id WHERE s.id = ? AND s.user_id = ? "
+            "s.approval_policy, s.mcp_servers, t.id AS task_id, t.description, "
+            "t.status AS task_status FROM sessions s LEFT JOIN tasks t ON t.session_id = s.id "
+            "WHERE s.id = ? AND s.user_id = ? "
             "ORDER BY t.created_at",
             (session_id, user_id),
         )
@@ -211,7 +203,12 @@ class SqliteStore(SqliteRetention, SqliteSecrets, SqliteWebhooks):
             if row["task_id"] is not None
         ]
         fields = ("id", "name", "status", "working_directory", "created_at", "updated_at")
-        return schemas.SessionDetail(**{k: first[k] for k in fields}, tasks=tasks)
+        return schemas.SessionDetail(
+            **{k: first[k] for k in fields},
+            approval_policy=first["approval_policy"],
+            mcp_servers=decode_json(first["mcp_servers"]),
+            tasks=tasks,
+        )
 
     def touch_session(self, session_id: str) -> None:
         self.submit(
@@ -259,14 +256,15 @@ class SqliteStore(SqliteRetention, SqliteSecrets, SqliteWebhooks):
         model: str,
         max_iterations: int,
         created_at: str,
+        approval_policy: str = "never",
     ) -> None:
         await self.write(
             "INSERT INTO tasks (id, session_id, description, model, run_mode, max_iterations, "
-            "max_cost_usd, context, status, created_at, run_max_iterations, run_max_cost_usd) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            "max_cost_usd, context, status, created_at, run_max_iterations, run_max_cost_usd, "
+            "approval_policy) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
             (task_id, session_id, request.description, model, request.run_mode, max_iterations,
              request.max_cost_usd, request.context, created_at, max_iterations,
-             request.max_cost_usd),
+             request.max_cost_usd, approval_policy),
         )  # fmt: skip
 
     async def task_row(self, task_id: str, user_id: str) -> dict[str, Any] | None:

@@ -148,6 +148,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX webhook_deliveries_event ON webhook_deliveries(task_id, seq);
     CREATE INDEX webhook_deliveries_due ON webhook_deliveries(delivered_at, next_attempt_at);
     """,
+    # 8: approvals (a session's default policy, a task's own) and a session's MCP servers:
+    # `mcp_servers` as the API shows them (values hidden), `mcp_config` whole and sealed
+    """
+    ALTER TABLE sessions ADD COLUMN approval_policy TEXT NOT NULL DEFAULT 'never';
+    ALTER TABLE sessions ADD COLUMN mcp_servers TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE sessions ADD COLUMN mcp_config TEXT;
+    ALTER TABLE tasks ADD COLUMN approval_policy TEXT NOT NULL DEFAULT 'never';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
