@@ -128,6 +128,17 @@ class Settings(BaseModel):
     webhook_timeout: float = Field(
         10.0, gt=0, description="Seconds one webhook delivery attempt may take."
     )
+    mcp_start_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds a session's MCP servers may take to start and list "
+        "their tools; a server not ready by then is left out of the task (MCP_SERVER_FAILED).",
+    )
+    mcp_allow_private: bool = Field(
+        False,
+        description="Allow MCP server URLs that resolve to private, loopback or link-local "
+        "addresses (tests, on-premises).",
+    )
     sandbox: str = Field(
         "auto",
         pattern="^(auto|required|off)$",
