@@ -18,8 +18,7 @@ import contextlib
 import dataclasses
 import json
 import weakref
-from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,17 @@ import pykka
 import structlog
 
 from minidevin.actors.deps import Deps, TaskSlots
-from minidevin.actors.messages import StopAll, StopTask, SubmitTask, TaskSpec, UserInput
+from minidevin.actors.messages import StopAll, SubmitTask, TaskSpec
 from minidevin.actors.session import SessionActor
 from minidevin.admission import TaskAdmission, new_spec
 from minidevin.resume import check_resumable, resumed_spec
 from minidevin.runtime import schemas
 from minidevin.runtime.accounts import Accounts
-from minidevin.runtime.artifacts import artifact_path, remove_artifact_files
+from minidevin.runtime.artifacts import remove_artifact_files
 from minidevin.runtime.data_lock import DataDirLock
-from minidevin.runtime.errors import Conflict, NotFound, Unavailable, ValidationFailed
-from minidevin.runtime.events import FINAL_STATUSES, Event, utc_now
-from minidevin.runtime.hub import EventHub, SlowSubscriber, StoreUnavailable
+from minidevin.runtime.errors import Conflict, NotFound, ValidationFailed
+from minidevin.runtime.events import utc_now
+from minidevin.runtime.hub import EventHub
 from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.mcp.config import McpServer
 from minidevin.runtime.pagination import Page, check_limit, decode_cursor
@@ -45,19 +44,18 @@ from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.retention import RetentionSweeper
 from minidevin.runtime.secrets_store import Secrets
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.storage import new_id, open_store, task_detail
+from minidevin.runtime.storage import new_id, open_store
 from minidevin.runtime.storage.open_errors import data_dir_error
-from minidevin.runtime.task_stream import history_then_live
 from minidevin.runtime.webhooks import WebhookDeliverer, check_webhook_url
 from minidevin.runtime.workspace import Workspaces
 from minidevin.runtime.workspace_claims import claim_working_directory
 from minidevin.startup import open_runtime
+from minidevin.task_control import TaskControl
 
 log = structlog.get_logger(__name__)
-ACTOR_REPLY_TIMEOUT = 10.0
 
 
-class Runtime:
+class Runtime(TaskControl):
     def __init__(
         self,
         settings: Settings | None = None,
@@ -361,90 +359,3 @@ class Runtime:
         limit, after = check_limit(limit), decode_cursor("tasks", cursor)
         await self._session_row(session_id, owner)
         return await self.store.list_tasks(session_id, limit=limit, after=after)
-
-    async def get_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
-        return task_detail(await self._task_row(task_id, owner))
-
-    async def _task_row(self, task_id: str, owner: str | None) -> dict[str, Any]:
-        row = await self.store.task_row(task_id, await self.owner(owner))
-        if row is None:
-            raise NotFound("task not found")
-        return row
-
-    async def stop_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskStopped:
-        """Stop a live task; an ended task keeps (and answers) its final status."""
-        row = await self._task_row(task_id, owner)
-        if row["status"] in FINAL_STATUSES:
-            return schemas.TaskStopped(id=task_id, status=row["status"])
-        status = await self._ask(self._session_actor(row["session_id"]), StopTask, task_id)
-        await self.store.flush()
-        if status is None:
-            status = (await self._task_row(task_id, owner))["status"]
-        return schemas.TaskStopped(id=task_id, status=status)
-
-    async def send_input(self, task_id: str, content: str, *, owner: str | None = None) -> bool:
-        """Answer the task's question, or queue a message for its next model turn.
-
-        False if the task is not live; `InputsFull` (429) if it holds
-        `max_pending_inputs` unread inputs already.
-        """
-        row = await self._task_row(task_id, owner)
-        if row["status"] in FINAL_STATUSES:
-            return False
-        return bool(
-            await self._ask(self._session_actor(row["session_id"]), UserInput, task_id, content)
-        )
-
-    async def events(
-        self, task_id: str, *, after: int = 0, owner: str | None = None
-    ) -> AsyncIterator[Event]:
-        """The task's history after `after`, then its live events, ending with its final status."""
-        await self._task_row(task_id, owner)
-        async for event in history_then_live(self.store, self.hub, task_id, after):
-            yield event
-
-    async def wait(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
-        """Wait until the task has ended; returns its final details."""
-        last = 0
-        while True:
-            try:
-                async for event in self.events(task_id, after=last, owner=owner):
-                    last = event.seq
-            except SlowSubscriber:  # cut off for lagging: resume where we were
-                continue
-            except StoreUnavailable:  # resume once the store commits again
-                await self.hub.store_back()
-                continue
-            return await self.get_task(task_id, owner=owner)
-
-    # -- artifacts ------------------------------------------------------------------------
-
-    async def list_artifacts(
-        self, task_id: str, *, owner: str | None = None
-    ) -> list[schemas.Artifact]:
-        await self._task_row(task_id, owner)
-        return await self.store.list_artifacts(task_id)
-
-    async def artifact_file(
-        self, task_id: str, artifact_id: str, *, owner: str | None = None
-    ) -> tuple[dict[str, Any], Path]:
-        """The artifact's row and the path of its bytes."""
-        await self._task_row(task_id, owner)
-        row = await self.store.artifact_row(task_id, artifact_id)
-        path = artifact_path(self.settings.artifacts_dir, artifact_id) if row else None
-        if row is None or path is None or not path.is_file():
-            raise NotFound("artifact not found")
-        return row, path
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    async def _ask(self, ref: pykka.ActorRef, message_type: Any, *args: Any) -> Any:
-        """Tell an actor a message carrying a reply future, and await it without blocking."""
-        reply: Future[Any] = Future()
-        try:
-            ref.tell(message_type(*args, reply=reply))
-            return await asyncio.wait_for(asyncio.wrap_future(reply), ACTOR_REPLY_TIMEOUT)
-        except (TimeoutError, pykka.ActorDeadError):
-            raise Unavailable(
-                f"the session did not answer within {ACTOR_REPLY_TIMEOUT:.0f} s; try again"
-            ) from None

@@ -159,6 +159,19 @@ class BlockingRuntime:
     def send_input(self, task_id: str, content: str, *, owner: str | None = None) -> bool:
         return self._call(self.runtime.send_input(task_id, content, owner=owner))
 
+    def decide_approval(
+        self,
+        task_id: str,
+        call_id: str,
+        decision: str,
+        reason: str | None = None,
+        *,
+        owner: str | None = None,
+    ) -> schemas.ApprovalDecided:
+        return self._call(
+            self.runtime.decide_approval(task_id, call_id, decision, reason, owner=owner)
+        )
+
     def wait(
         self, task_id: str, timeout: float | None = None, *, owner: str | None = None
     ) -> schemas.TaskDetail:

@@ -19,9 +19,13 @@ STARTED_BY_THE_CONSTRUCTOR = {"start"}
 
 
 def public_calls(cls: type) -> dict[str, inspect.Signature]:
+    """The class's public functions, its mixins' included (`Runtime` is one of several)."""
+    members: dict[str, object] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        members.update(vars(klass))
     return {
         name: inspect.signature(member)
-        for name, member in vars(cls).items()
+        for name, member in members.items()
         if not name.startswith("_") and inspect.isfunction(member)
     }
 

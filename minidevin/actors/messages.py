@@ -67,6 +67,18 @@ class UserInput:
     reply: Future[bool] | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True)
+class DecideApproval:
+    """A person's decision on a call that waits. The reply: "approve" or "reject" (taken),
+    "unknown" (no such request), "decided" (already), "ended", or "not_live"."""
+
+    task_id: str
+    call_id: str
+    decision: str
+    reason: str | None = None
+    reply: Future[str] | None = field(default=None, compare=False)
+
+
 class InputsFull(ApiError):
     """A task already holds `MINIDEVIN_MAX_PENDING_INPUTS` unread inputs (a `UserInput` reply)."""
 

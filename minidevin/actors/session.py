@@ -20,6 +20,7 @@ import structlog
 
 from minidevin.actors.deps import Deps
 from minidevin.actors.messages import (
+    DecideApproval,
     SlotGranted,
     StopAll,
     StopTask,
@@ -127,6 +128,11 @@ class SessionActor(pykka.ThreadingActor):
                     self._tell_running(message)
                 elif reply is not None:
                     reply.set_result(False)
+            case DecideApproval(task_id=task_id, reply=reply):
+                if self._is_running(task_id):
+                    self._tell_running(message)
+                elif reply is not None:
+                    reply.set_result("not_live")
             case StopAll(reason=reason, reply=reply):
                 for entry in list(self.waiting):
                     self._stop_task(entry.spec.task_id, reason, None)
@@ -153,7 +159,7 @@ class SessionActor(pykka.ThreadingActor):
     def _is_running(self, task_id: str) -> bool:
         return self.running is not None and self.running[0].spec.task_id == task_id
 
-    def _tell_running(self, message: StopTask | UserInput | SlotGranted) -> None:
+    def _tell_running(self, message: StopTask | UserInput | DecideApproval | SlotGranted) -> None:
         """Tell the running task; if it has just stopped, its `TaskEnded` is on the way.
 
         A stop first unblocks the task's log: an event it waits to log for the store
@@ -168,7 +174,8 @@ class SessionActor(pykka.ThreadingActor):
             if isinstance(message, SlotGranted):
                 return  # its `TaskEnded` gives the slot back
             if message.reply is not None and not message.reply.done():
-                message.reply.set_result(None if isinstance(message, StopTask) else False)
+                answer = {StopTask: None, UserInput: False, DecideApproval: "not_live"}
+                message.reply.set_result(answer[type(message)])  # type: ignore[arg-type]
 
     def _start_next(self) -> None:
         """Start the first waiting task if none runs and a global slot is ours."""

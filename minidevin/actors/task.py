@@ -8,7 +8,6 @@ actor only as events (the task's log) and writes (the store).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections import deque
 from concurrent.futures import Future
@@ -21,6 +20,7 @@ from minidevin.actors.children import ModelActor, ToolActor, tool_context
 from minidevin.actors.deps import Deps
 from minidevin.actors.messages import (
     ChildCrashed,
+    DecideApproval,
     DiffMade,
     InputsFull,
     ModelTurnDone,
@@ -32,9 +32,7 @@ from minidevin.actors.messages import (
     StoreLost,
     StreamTurn,
     TakeSnapshot,
-    TaskParked,
     TaskSpec,
-    TaskWantsSlot,
     ToolDone,
     UserInput,
 )
@@ -45,6 +43,7 @@ from minidevin.actors.task_start import (
     load_secrets,
     opening_events,
 )
+from minidevin.actors.task_waits import TaskWaits
 from minidevin.runtime import agent
 from minidevin.runtime import event_types as ev
 from minidevin.runtime.cancel import CancelToken
@@ -55,7 +54,7 @@ from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
 from minidevin.runtime.redaction import Redactor
 from minidevin.runtime.storage import StoreError
 from minidevin.runtime.task_history import TaskHistory
-from minidevin.runtime.tools import ToolError, ToolResult
+from minidevin.runtime.tools import ToolContext, ToolError, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.registry import TOOLS
 from minidevin.runtime.usage import UsageMeter
@@ -64,7 +63,7 @@ from minidevin.runtime.workspace import Snapshots, verify_working_directory
 log = structlog.get_logger(__name__)
 
 
-class TaskActor(TaskEnding, pykka.ThreadingActor):
+class TaskActor(TaskWaits, TaskEnding, pykka.ThreadingActor):
     def __init__(
         self, spec: TaskSpec, events: TaskEventLog, deps: Deps, session: pykka.ActorRef
     ) -> None:
@@ -76,11 +75,17 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
         self.cancel = CancelToken()
         # the conversation and the task's state: changed only by applying our own events
         self.history = TaskHistory()
-        self.tools = tuple(TOOLS.schemas())
+        self.registry = TOOLS  # the task's tools: the built-ins and its session's MCP servers'
+        self.tools = tuple(self.registry.schemas())
+        self.context: ToolContext | None = None
         self.pending_calls: deque[ToolCall] = deque()
         self.running_call: ToolCall | None = None
         self.question_call: ToolCall | None = None
-        self.answered = False  # the question is answered; going on once the slot is back
+        self.approval_call: ToolCall | None = None
+        self.approved_call: str | None = None
+        # the person answered (a question, an approval): going on once the slot is back,
+        # with this status message
+        self.answered: str | None = None
         self.base_tree: str | None = None
         self.ending: Ending | None = None
         self.model: pykka.ActorRef | None = None
@@ -114,7 +119,7 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
                 self.ending = ("failed", None, ("WORKSPACE_CHANGED", str(exc)), "Task failed")
                 self._finalize("")
                 return
-            context = tool_context(
+            context = self.context = tool_context(
                 spec.working_directory,
                 self.deps.settings,
                 self.cancel,
@@ -124,8 +129,12 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
                 secrets=secrets,
                 redactor=self.events.redactor,
             )
+            # a resumed task's call that waited for approval waits again, and its turn's
+            # later calls run after it; the other unanswered calls get their results
+            waiting = self.history.awaiting_approval()
+            self.pending_calls.extend(ToolCall(c["id"], c["name"], c["arguments"]) for c in waiting)
             opening = (  # a new task's first events, or a resumed one's unanswered calls
-                interrupted_results(self.history)
+                interrupted_results(self.history, skip={c["id"] for c in waiting})
                 if self.history.started
                 else opening_events(spec, self.deps, context)
             )
@@ -180,7 +189,7 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
             case SnapshotTaken(tree=tree):
                 self.base_tree, self.snapshot_failed = tree, tree is None
                 if self.ending is None:
-                    self._next_turn()
+                    self._continue()  # (a resumed task's waiting calls first, if any)
             case ModelTurnDone(turn=turn):
                 self._on_turn(turn)
             case ModelTurnFailed(code="CONTEXT_LENGTH_EXCEEDED") if self._shrink_context():
@@ -209,10 +218,14 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
                     if reply is not None and not reply.done():
                         reply.set_result(accepted)
             case SlotGranted() if self.answered:
-                self.answered = False
+                message, self.answered = self.answered, None
                 if self.ending is None:
-                    self._set_status("running", "Input received")
+                    self._set_status("running", message)
                     self._continue()
+            case DecideApproval(call_id=call_id, decision=decision, reason=reason, reply=reply):
+                outcome = self._decide(call_id, decision, reason)
+                if reply is not None and not reply.done():
+                    reply.set_result(outcome)
             case DiffMade(patch=patch):
                 self._finalize(patch)  # (None: the diff could not be made)
             case StoreLost(detail=detail):
@@ -287,13 +300,17 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
         """Run the turn's remaining tool calls; when none is left, start the next turn."""
         while self.pending_calls and self.ending is None:
             call = self.pending_calls.popleft()
-            self._emit(
-                ev.ToolCallEvent(call_id=call.id, tool=call.name, input=agent.input_of(call))
-            )
+            if call.id not in self.history.announced:  # (a call approved or asked again: once)
+                self._emit(
+                    ev.ToolCallEvent(call_id=call.id, tool=call.name, input=agent.input_of(call))
+                )
             if self.history.truncated and agent.is_cut_call(call):
                 self._record_result(call, agent.CUT_CALL_RESULT)
                 continue
-            if TOOLS.runs_in(call.name) == "tools":
+            if (reason := self._approval_reason(call)) is not None:
+                self._ask_approval(call, reason)
+                return
+            if self.registry.runs_in(call.name) == "tools":
                 self.running_call = call
                 assert self.tool_runner is not None
                 self.tool_runner.tell(RunTool(call.id, call.name, call.arguments))
@@ -303,13 +320,14 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
                     return
                 continue
             self._record_result(call, self._control_tool(call))
-        if self.ending is None and self.running_call is None and self.question_call is None:
+        waits = self.running_call or self.question_call or self.approval_call
+        if self.ending is None and waits is None:
             self._next_turn()
 
     def _control_tool(self, call: ToolCall) -> ToolResult:
         """`plan`, `finish`, or a failed result (bad arguments, an unknown tool)."""
         try:
-            arguments = TOOLS.parse(call.name, call.arguments)
+            arguments = self.registry.parse(call.name, call.arguments)
         except ToolError as exc:
             return ToolResult(str(exc), False)
         if call.name == "finish":
@@ -321,43 +339,6 @@ class TaskActor(TaskEnding, pykka.ThreadingActor):
             self._emit(ev.PlanUpdate.model_validate({"plan": plan}))
             return ToolResult(f"Plan updated ({len(plan['steps'])} steps).", True)
         return ToolResult(f"tool {call.name!r} is not available to this task", False)
-
-    def _ask(self, call: ToolCall) -> bool:
-        """Put the question to the user; False (with a failed result) if it is malformed."""
-        try:
-            question = TOOLS.parse("ask_user", call.arguments).question
-        except ToolError as exc:
-            self._record_result(call, ToolResult(str(exc), False))
-            return False
-        self.question_call = call
-        self._set_status("waiting_input", question)
-        with contextlib.suppress(pykka.ActorDeadError):  # waiting for a person: no slot held
-            self.session.tell(TaskParked(self.spec.task_id))
-        return True
-
-    def _on_input(self, content: str) -> bool:
-        """Answer the question (then go on once a slot is ours again) or queue the input.
-
-        `InputsFull` when `max_pending_inputs` inputs already wait to be read.
-        """
-        if self.ending is not None:
-            return False
-        if self.question_call is None:
-            limit = self.deps.settings.max_pending_inputs
-            if len(self.history.pending) >= limit:
-                raise InputsFull(
-                    f"the task already holds {limit} unread inputs "
-                    "(MINIDEVIN_MAX_PENDING_INPUTS); send more once it has read them"
-                )
-            # sent with the next turn (not logged: the log closed itself, a store outage)
-            return self._emit(ev.UserMessage(content=content, source="input"))
-        call, self.question_call = self.question_call, None
-        if not self._record_result(call, ToolResult(content, True)):
-            return False
-        self.answered = True
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.session.tell(TaskWantsSlot(self.spec.task_id))
-        return True
 
     def _record_result(self, call: ToolCall, result: ToolResult) -> bool:
         return self._emit(

@@ -39,12 +39,16 @@ def load_history(spec: TaskSpec, deps: Deps) -> TaskHistory:
     return TaskHistory.rebuild(store.call_blocking(lambda: store.task_log(spec.task_id)))
 
 
-def interrupted_results(history: TaskHistory) -> list[event_types.EventBody]:
-    """For a resumed task: a result for each call its end cut short, before the model goes
-    on (announced first with a `tool_call` if clients never saw one)."""
+def interrupted_results(
+    history: TaskHistory, skip: set[str] | frozenset[str] = frozenset()
+) -> list[event_types.EventBody]:
+    """For a resumed task: a result for each call its end cut short (but those in `skip`),
+    before the model goes on (announced first with a `tool_call` if clients never saw one)."""
     answers: list[event_types.EventBody] = []
     for call in history.open_calls.values():
         call_id, tool = call["id"], call["name"]
+        if call_id in skip:
+            continue
         if call_id not in history.announced:
             arguments = ToolCall(call_id, tool, call["arguments"])
             answers.append(

@@ -71,6 +71,7 @@ PATH_PARAMETERS = {
     "artifact_id": "An artifact id (from the task's artifact list)",
     "key_id": "An API key id (from the key list)",
     "name": "A secret's name",
+    "call_id": "The `call_id` of the tool call (from its `approval_request` event)",
 }
 PROVIDER = Param(
     "provider", "query", "Only this provider's models", {"type": "string", "enum": list(PROVIDERS)}
@@ -269,6 +270,15 @@ OPERATIONS: tuple[Operation, ...] = (
         "task with a follow-up task in its session).",
     ),
     Operation(
+        "post", "/api/tasks/{task_id}/approvals/{call_id}", "decide_approval",
+        "Approve or reject a tool call that waits", "tasks", 200, schemas.ApprovalDecided,
+        body=schemas.ApprovalRequest, errors=(*AUTH, 404, 409, *BODY),
+        description="For a task whose `approval_policy` made a call wait (an "
+        "`approval_request` event, status `waiting_approval`): `approve` runs it, `reject` "
+        "answers it as rejected with `reason` and the agent goes on. 404 for a call never put "
+        "to a person; 409 when it was already decided or the task is not waiting on it.",
+    ),
+    Operation(
         "get", "/api/tasks/{task_id}/artifacts", "list_artifacts", "List a task's artifacts",
         "artifacts", 200, schemas.Artifact, many=True, errors=(*AUTH, 404),
     ),
@@ -293,8 +303,10 @@ OPERATIONS: tuple[Operation, ...] = (
             "`tool_result` share a `call_id`). "
             "Authenticate with `Authorization: Bearer`, `X-API-Key`, or `?token=<jwt>`; "
             "without any of them the answer is 401. A request that is not a WebSocket "
-            "handshake is answered 400. Client messages: `{\"type\": \"stop\"}` and "
-            "`{\"type\": \"input\", \"content\": \"...\"}`. Close codes: 1000 the task "
+            "handshake is answered 400. Client messages: `{\"type\": \"stop\"}`, "
+            "`{\"type\": \"input\", \"content\": \"...\"}`, `{\"type\": \"approve\", "
+            "\"call_id\": \"...\"}` and `{\"type\": \"reject\", \"call_id\": \"...\", "
+            "\"reason\": \"...\"}`. Close codes: 1000 the task "
             "ended, 1001 the server is shutting down, 4008 the client fell too far behind "
             "(reconnect with `?after=<last seq>`)."
         ),

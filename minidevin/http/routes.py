@@ -304,6 +304,19 @@ async def send_input(request: web.Request) -> web.Response:
     return web.json_response({"id": task_id, "delivered": True}, status=202)
 
 
+@routes.post("/api/tasks/{task_id}/approvals/{call_id}")
+async def decide_approval(request: web.Request) -> web.Response:
+    data = await body(request, schemas.ApprovalRequest)
+    decided = await request.app[RUNTIME].decide_approval(
+        request.match_info["task_id"],
+        request.match_info["call_id"],
+        data.decision,
+        data.reason,
+        owner=owner(request),
+    )
+    return reply(decided)
+
+
 @routes.post("/api/tasks/{task_id}/resume")
 async def resume_task(request: web.Request) -> web.Response:
     data = await body(request, schemas.ResumeRequest, allow_empty=True)

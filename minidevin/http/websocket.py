@@ -18,7 +18,10 @@ place in the per-user count at once. After the handler returns, a transport
 still flushing its last bytes past the deadline is aborted too, so a stall
 just after the final event holds nothing either. A slow reader whose every
 send completes in time gets every event and the 1000 close.
-Client messages: `{"type": "stop"}` and `{"type": "input", "content": "..."}`.
+Client messages: `{"type": "stop"}`, `{"type": "input", "content": "..."}`, and
+`{"type": "approve", "call_id": "..."}` / `{"type": "reject", "call_id": "...",
+"reason": "..."}` for a call that waits for approval (an `error` message answers a
+decision that cannot be taken: unknown call, already decided, task ended).
 
 Limits: each client message counts against its user's rate limit (the REST
 one); over it, the message is dropped with an `error` (`RATE_LIMITED`) and the
@@ -341,8 +344,21 @@ async def _client_message(
         if not await runtime.send_input(task_id, content, owner=owner):
             return _error("the task is not running; input was not delivered", "CONFLICT")
         return None
+    if kind in ("approve", "reject"):
+        assert isinstance(message, dict)
+        call_id, reason = message.get("call_id"), message.get("reason")
+        if not isinstance(call_id, str) or not 0 < len(call_id) <= 200:
+            return _error(f"{kind} needs a 'call_id' string", "VALIDATION_ERROR")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 10_000):
+            return _error(
+                "'reason' must be a string of at most 10000 characters", "VALIDATION_ERROR"
+            )
+        await runtime.decide_approval(task_id, call_id, kind, reason, owner=owner)
+        return None  # (its `approval_decision` event is the answer)
     return _error(
-        'unknown message: send {"type": "stop"} or {"type": "input", ...}', "VALIDATION_ERROR"
+        'unknown message: send {"type": "stop"}, {"type": "input", ...}, '
+        '{"type": "approve", "call_id": ...} or {"type": "reject", "call_id": ...}',
+        "VALIDATION_ERROR",
     )
 
 

@@ -146,6 +146,25 @@ class ModelTurnEvent(EventBody):
         )
 
 
+class ApprovalRequestEvent(EventBody):
+    type = "approval_request"
+    summary = "A tool call waits for a person's approval (`approval_policy`); it runs only "
+    "once approved. The task's status is `waiting_approval` until the decision."
+    call_id: str
+    tool: str
+    input: Any
+    reason: str
+
+
+class ApprovalDecisionEvent(EventBody):
+    type = "approval_decision"
+    summary = "The decision on an `approval_request`: a rejected call does not run (its "
+    "`tool_result` says so, with the reason)."
+    call_id: str
+    decision: Literal["approve", "reject"]
+    reason: str | None = None
+
+
 class Resumed(EventBody):
     type = "resumed"
     summary = "The task goes on (`POST /api/tasks/{id}/resume`) with these limits in all; "
@@ -170,6 +189,8 @@ EVENT_TYPES: tuple[type[EventBody], ...] = (
     TurnStart,
     ModelTurnEvent,
     Resumed,
+    ApprovalRequestEvent,
+    ApprovalDecisionEvent,
 )
 BY_TYPE: dict[str, type[EventBody]] = {model.type: model for model in EVENT_TYPES}
 

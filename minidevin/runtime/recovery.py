@@ -27,7 +27,7 @@ from minidevin.runtime.storage import Store
 from minidevin.runtime.tools.environment import kill_task_processes
 
 log = structlog.get_logger(__name__)
-LIVE_STATUSES = ("queued", "running", "waiting_input")
+LIVE_STATUSES = ("queued", "running", "waiting_input", "waiting_approval")
 ALL_STATUSES = (*LIVE_STATUSES, *sorted(FINAL_STATUSES))
 
 

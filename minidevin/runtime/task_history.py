@@ -43,6 +43,8 @@ class TaskHistory:
     # the latest model turn's tool calls that have no result yet, in order
     open_calls: dict[str, dict[str, Any]] = field(default_factory=dict)
     announced: set[str] = field(default_factory=set)  # calls clients saw a `tool_call` of
+    # calls that were put to a person: call id -> "approve", "reject" or None (undecided)
+    approvals: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def rebuild(cls, events: Iterable[Event]) -> TaskHistory:
@@ -79,6 +81,10 @@ class TaskHistory:
                 self.messages.append(
                     {"role": "tool", "tool_call_id": data["call_id"], "content": data["output"]}
                 )
+            case "approval_request":
+                self.approvals.setdefault(data["call_id"], None)
+            case "approval_decision":
+                self.approvals[data["call_id"]] = data["decision"]
             case "plan_update":
                 self.plan = data["plan"]
             case "usage":
@@ -106,6 +112,15 @@ class TaskHistory:
         self.truncated = bool(data.get("truncated"))
         self.open_calls = {call["id"]: call for call in calls}
         self.announced.clear()
+
+    def awaiting_approval(self) -> list[dict[str, Any]]:
+        """For a resumed task: the open call that still waits for its decision and the
+        calls of its turn after it (none of them ran), in order; empty if none waits."""
+        calls = list(self.open_calls.values())
+        for index, call in enumerate(calls):
+            if call["id"] in self.approvals and self.approvals[call["id"]] is None:
+                return calls[index:]
+        return []
 
     @property
     def summary(self) -> str | None:

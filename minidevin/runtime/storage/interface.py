@@ -260,6 +260,11 @@ class Repository(Protocol):
         `Event.wire` gives)."""
         ...
 
+    async def approval_state(self, task_id: str, call_id: str) -> str | None:
+        """None if the task's log never asked for `call_id`'s approval; else "pending",
+        "approve" or "reject"."""
+        ...
+
     async def task_log(self, task_id: str) -> list[Event]:
         """The task's committed events but its streamed text (`token`, `turn_restart`),
         in order: all a `TaskHistory` needs, a fraction of the log's rows."""

@@ -16,6 +16,7 @@ from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
 from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id, session_options
+from minidevin.runtime.storage.sqlite_approvals import SqliteApprovals
 from minidevin.runtime.storage.sqlite_batch import Write, decode_json
 from minidevin.runtime.storage.sqlite_retention import SqliteRetention
 from minidevin.runtime.storage.sqlite_secrets import SqliteSecrets
@@ -45,7 +46,7 @@ def _event(task_id: str, row: dict[str, Any]) -> Event:
     return Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
 
 
-class SqliteStore(SqliteRetention, SqliteSecrets, SqliteWebhooks):
+class SqliteStore(SqliteRetention, SqliteSecrets, SqliteApprovals, SqliteWebhooks):
     """The `Store` on one SQLite file (WAL), migrated on open."""
 
     # -- users, API keys, revoked tokens -----------------------------------------------
