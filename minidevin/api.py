@@ -49,6 +49,7 @@ from minidevin.runtime.storage.open_errors import data_dir_error
 from minidevin.runtime.webhooks import WebhookDeliverer, check_webhook_url
 from minidevin.runtime.workspace import Workspaces
 from minidevin.runtime.workspace_claims import claim_working_directory
+from minidevin.session_tools import session_tools
 from minidevin.startup import open_runtime
 from minidevin.task_control import TaskControl
 
@@ -214,6 +215,13 @@ class Runtime(TaskControl):
         if detail is None:
             raise NotFound("session not found")
         return detail
+
+    async def session_tools(
+        self, session_id: str, *, owner: str | None = None
+    ) -> schemas.SessionTools:
+        """The tools a task of the session would get (its MCP servers are started to list
+        theirs, then stopped); MCP servers that failed are `problems`."""
+        return await session_tools(self, await self._session_row(session_id, owner))
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> None:
         async with self._session_lock(session_id):  # no task is created or resumed meanwhile

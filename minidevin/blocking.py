@@ -111,6 +111,9 @@ class BlockingRuntime:
     def get_session(self, session_id: str, *, owner: str | None = None) -> schemas.SessionDetail:
         return self._call(self.runtime.get_session(session_id, owner=owner))
 
+    def session_tools(self, session_id: str, *, owner: str | None = None) -> schemas.SessionTools:
+        return self._call(self.runtime.session_tools(session_id, owner=owner))
+
     def delete_session(self, session_id: str, *, owner: str | None = None) -> None:
         """Stop the session's tasks, then delete it with its tasks, events and artifacts."""
         self._call(self.runtime.delete_session(session_id, owner=owner))

@@ -19,10 +19,13 @@ from minidevin.actors.messages import (
     ChildCrashed,
     DiffMade,
     MakeDiff,
+    McpFailed,
+    McpStarted,
     ModelTurnDone,
     ModelTurnFailed,
     RunTool,
     SnapshotTaken,
+    StartMcp,
     StreamTurn,
     TakeSnapshot,
     ToolDone,
@@ -31,6 +34,7 @@ from minidevin.runtime.cancel import Cancelled, CancelToken
 from minidevin.runtime.diffs import write_diff
 from minidevin.runtime.event_types import Token, TurnRestart
 from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.mcp.servers import McpTools
 from minidevin.runtime.providers.base import Model, ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.providers.retry import RetryPolicy, stream_with_retries
@@ -149,6 +153,7 @@ class ToolActor(pykka.ThreadingActor):
         context: ToolContext,
         snapshots: Snapshots,
         registry: ToolRegistry | None = None,
+        mcp: McpTools | None = None,
     ) -> None:
         super().__init__()
         self.parent = parent
@@ -156,15 +161,46 @@ class ToolActor(pykka.ThreadingActor):
         self.snapshots = snapshots
         self.registry = registry if registry is not None else TOOLS
         self.tools = self.registry.executors()
+        self.mcp = mcp  # the session's MCP servers: started on `StartMcp`, stopped with us
 
     def on_receive(self, message: Any) -> None:
         match message:
             case RunTool(call_id=call_id, name=name, arguments=arguments):
-                self.parent.tell(ToolDone(call_id, self._run(name, arguments)))
+                result = self._run(name, arguments)
+                if self.mcp is not None and (problems := self.mcp.take_problems()):
+                    self.parent.tell(McpFailed(tuple((p.server, p.message) for p in problems)))
+                self.parent.tell(ToolDone(call_id, result))
+            case StartMcp():
+                self.parent.tell(self._start_mcp())
             case TakeSnapshot():
                 self.parent.tell(SnapshotTaken(self._snapshot()))
             case MakeDiff() as request:
+                self._close_mcp()  # the task ended: no more calls
                 self.parent.tell(DiffMade(self._diff(request)))
+
+    def _start_mcp(self) -> McpStarted:
+        """Start the servers (all at once, within `mcp_start_timeout`); their tools join the
+        registry the TaskActor shares with us."""
+        if self.mcp is None:
+            return McpStarted(())
+        try:
+            problems = self.mcp.start()
+        except Cancelled:
+            return McpStarted(())
+        self.mcp.register(self.registry)
+        problems += self.mcp.take_problems()
+        self.tools = self.registry.executors()
+        return McpStarted(tuple((p.server, p.message) for p in problems), self.mcp.start_seconds)
+
+    def _close_mcp(self) -> None:
+        if self.mcp is not None:
+            try:
+                self.mcp.close()
+            except Exception as exc:  # stopping never fails the task's ending
+                log.warning("mcp_close_failed", error=repr(exc))
+
+    def on_stop(self) -> None:
+        self._close_mcp()
 
     def _run(self, name: str, arguments: str) -> ToolResult:
         context = self.context
@@ -202,6 +238,7 @@ class ToolActor(pykka.ThreadingActor):
             self.snapshots.discard()
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._close_mcp()
         self.parent.tell(ChildCrashed("tools", repr(exception_value)))
 
 

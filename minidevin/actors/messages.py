@@ -153,6 +153,24 @@ class ToolDone:
 
 
 @dataclass(frozen=True)
+class StartMcp:
+    """Start the task's MCP servers and add their tools to its registry."""
+
+
+@dataclass(frozen=True)
+class McpStarted:
+    problems: tuple[tuple[str, str], ...]  # (server, what failed) for the ones that did not
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)  # per server up
+
+
+@dataclass(frozen=True)
+class McpFailed:
+    """MCP servers found dead (or timed out) while a call ran: (server, why)."""
+
+    problems: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class TakeSnapshot:
     pass
 

@@ -23,11 +23,14 @@ from minidevin.actors.messages import (
     DecideApproval,
     DiffMade,
     InputsFull,
+    McpFailed,
+    McpStarted,
     ModelTurnDone,
     ModelTurnFailed,
     RunTool,
     SlotGranted,
     SnapshotTaken,
+    StartMcp,
     StopTask,
     StoreLost,
     StreamTurn,
@@ -43,6 +46,7 @@ from minidevin.actors.task_start import (
     load_secrets,
     opening_events,
 )
+from minidevin.actors.task_tools import TaskTools
 from minidevin.actors.task_waits import TaskWaits
 from minidevin.runtime import agent
 from minidevin.runtime import event_types as ev
@@ -50,20 +54,21 @@ from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.context import fit_messages, input_budget
 from minidevin.runtime.event_types import EventBody
 from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.mcp.servers import McpTools
 from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
 from minidevin.runtime.redaction import Redactor
 from minidevin.runtime.storage import StoreError
 from minidevin.runtime.task_history import TaskHistory
-from minidevin.runtime.tools import ToolContext, ToolError, ToolResult
+from minidevin.runtime.tools import ToolContext, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
-from minidevin.runtime.tools.registry import TOOLS
+from minidevin.runtime.tools.registry import TOOLS, default_registry
 from minidevin.runtime.usage import UsageMeter
 from minidevin.runtime.workspace import Snapshots, verify_working_directory
 
 log = structlog.get_logger(__name__)
 
 
-class TaskActor(TaskWaits, TaskEnding, pykka.ThreadingActor):
+class TaskActor(TaskTools, TaskWaits, TaskEnding, pykka.ThreadingActor):
     def __init__(
         self, spec: TaskSpec, events: TaskEventLog, deps: Deps, session: pykka.ActorRef
     ) -> None:
@@ -75,7 +80,9 @@ class TaskActor(TaskWaits, TaskEnding, pykka.ThreadingActor):
         self.cancel = CancelToken()
         # the conversation and the task's state: changed only by applying our own events
         self.history = TaskHistory()
-        self.registry = TOOLS  # the task's tools: the built-ins and its session's MCP servers'
+        # the task's tools: the built-ins, and its session's MCP servers' once they started
+        self.registry = default_registry() if spec.mcp_servers else TOOLS
+        self.mcp_ready = not spec.mcp_servers
         self.tools = tuple(self.registry.schemas())
         self.context: ToolContext | None = None
         self.pending_calls: deque[ToolCall] = deque()
@@ -140,7 +147,19 @@ class TaskActor(TaskWaits, TaskEnding, pykka.ThreadingActor):
             )
             for body in opening:
                 self._emit(body)
-            self.tool_runner = ToolActor.start(self.actor_ref, context, self.snapshots)
+            mcp = (
+                McpTools(
+                    spec.mcp_servers,
+                    context,
+                    start_timeout=self.deps.settings.mcp_start_timeout,
+                    allow_private=self.deps.settings.mcp_allow_private,
+                )
+                if spec.mcp_servers
+                else None
+            )
+            self.tool_runner = ToolActor.start(
+                self.actor_ref, context, self.snapshots, self.registry, mcp
+            )
             self.tool_runner.tell(TakeSnapshot())
         except (StoreError, TimeoutError) as exc:  # (reads wait for held writes: a store outage)
             self.events.unblock()
@@ -188,8 +207,22 @@ class TaskActor(TaskWaits, TaskEnding, pykka.ThreadingActor):
         match message:
             case SnapshotTaken(tree=tree):
                 self.base_tree, self.snapshot_failed = tree, tree is None
-                if self.ending is None:
+                if self.ending is not None:
+                    pass
+                elif not self.mcp_ready:  # the first turn needs the MCP servers' tools
+                    assert self.tool_runner is not None
+                    self.tool_runner.tell(StartMcp())
+                else:
                     self._continue()  # (a resumed task's waiting calls first, if any)
+            case McpStarted(problems=problems, seconds=seconds):
+                self.mcp_ready = True
+                self.tools = tuple(self.registry.schemas())
+                log.info("mcp_servers_started", task_id=self.spec.task_id, seconds=seconds)
+                self._mcp_failed(problems)
+                if self.ending is None:
+                    self._continue()
+            case McpFailed(problems=problems):
+                self._mcp_failed(problems)
             case ModelTurnDone(turn=turn):
                 self._on_turn(turn)
             case ModelTurnFailed(code="CONTEXT_LENGTH_EXCEEDED") if self._shrink_context():
@@ -323,22 +356,6 @@ class TaskActor(TaskWaits, TaskEnding, pykka.ThreadingActor):
         waits = self.running_call or self.question_call or self.approval_call
         if self.ending is None and waits is None:
             self._next_turn()
-
-    def _control_tool(self, call: ToolCall) -> ToolResult:
-        """`plan`, `finish`, or a failed result (bad arguments, an unknown tool)."""
-        try:
-            arguments = self.registry.parse(call.name, call.arguments)
-        except ToolError as exc:
-            return ToolResult(str(exc), False)
-        if call.name == "finish":
-            self.pending_calls.clear()
-            self._end("completed", result=arguments.result())
-            return ToolResult("Task finished.", True)
-        if call.name == "plan":
-            plan = arguments.to_plan()
-            self._emit(ev.PlanUpdate.model_validate({"plan": plan}))
-            return ToolResult(f"Plan updated ({len(plan['steps'])} steps).", True)
-        return ToolResult(f"tool {call.name!r} is not available to this task", False)
 
     def _record_result(self, call: ToolCall, result: ToolResult) -> bool:
         return self._emit(

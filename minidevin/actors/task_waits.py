@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -47,14 +48,10 @@ class TaskWaits:
     approved_call: str | None = None  # the id of the call approved and about to run
     answered: str | None  # the status message once the parked task goes on
 
-    def _emit(self, body: EventBody) -> bool:
-        raise NotImplementedError  # (the TaskActor's)
-
-    def _set_status(self, status: str, message: str) -> None:
-        raise NotImplementedError
-
-    def _record_result(self, call: ToolCall, result: ToolResult) -> bool:
-        raise NotImplementedError
+    # the TaskActor's (declared, not defined: a definition here could shadow theirs)
+    _emit: Callable[[EventBody], bool]
+    _set_status: Callable[[str, str], None]
+    _record_result: Callable[[ToolCall, ToolResult], bool]
 
     # -- questions ----------------------------------------------------------------------
 

@@ -225,6 +225,14 @@ OPERATIONS: tuple[Operation, ...] = (
         schemas.SessionDetail, errors=(*AUTH, 404),
     ),
     Operation(
+        "get", "/api/sessions/{session_id}/tools", "session_tools",
+        "List the tools a task of this session would get", "sessions", 200,
+        schemas.SessionTools, errors=(*AUTH, 403, 404),
+        description="The built-in tools and each MCP server's (`mcp__<server>__<tool>`), "
+        "found by starting the session's MCP servers as a task would, then stopping them; "
+        "a server that does not start within `MINIDEVIN_MCP_START_TIMEOUT` is in `problems`.",
+    ),
+    Operation(
         "delete", "/api/sessions/{session_id}", "delete_session",
         "Delete a session, stopping its tasks", "sessions", 204, errors=(*AUTH, 404),
     ),

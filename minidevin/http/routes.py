@@ -235,6 +235,14 @@ async def create_session(request: web.Request) -> web.Response:
     return reply(session, 201)
 
 
+@routes.get("/api/sessions/{session_id}/tools")
+async def session_tools(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return reply(
+        await runtime.session_tools(request.match_info["session_id"], owner=owner(request))
+    )
+
+
 @routes.get("/api/sessions/{session_id}")
 async def get_session(request: web.Request) -> web.Response:
     runtime, session_id, user = (

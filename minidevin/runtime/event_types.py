@@ -78,7 +78,8 @@ class Status(EventBody):
 
 class Error(EventBody):
     type = "error"
-    summary = "Why the task failed (before its final `status`)."
+    summary = "Why the task failed (before its final `status`), or a problem it goes on "
+    "after (`MCP_SERVER_FAILED`: an MCP server that did not start or died; its tools are gone)."
     error: str
     code: str
 

@@ -195,6 +195,26 @@ class McpServerShown(Out):
     transport: Literal["stdio", "http"]
 
 
+class SessionTool(Out):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    source: Literal["builtin", "mcp"]
+    server: str | None = None  # the MCP server's name
+
+
+class ToolProblem(Out):
+    server: str
+    message: str
+
+
+class SessionTools(Out):
+    """The tools a task of the session would get; `problems`: MCP servers that failed."""
+
+    tools: list[SessionTool]
+    problems: list[ToolProblem]
+
+
 class SessionSummary(Out):
     id: str
     name: str
