@@ -69,6 +69,10 @@ class McpProblem:
     message: str
 
 
+class AddressRefused(ConnectionError):
+    """An HTTP server's host resolves to an address the runtime may not call."""
+
+
 class _Connection:
     """One server's connection; lives on the `McpTools` loop (its `run` task holds it)."""
 
@@ -104,9 +108,9 @@ class _Connection:
                 _settle(self.ready)
                 await self._until_stopped_or_ended()
                 if self.process is not None and self.process.ended.is_set():
-                    self.fail(f"the server stopped: it {self.process.why_ended()}")
+                    self.fail(f"the server {self.process.why_ended('while idle')}")
         except Exception as exc:
-            self.fail(await self._explain(exc, "could not start" if self.session is None else ""))
+            self.fail(await self._explain(exc, "while starting" if self.session is None else ""))
         finally:
             self.session = None
             _settle(self.ready)
@@ -127,10 +131,10 @@ class _Connection:
             alive = self.process is None or not self.process.ended.is_set()
             if exc.code != mcp_types.CONNECTION_CLOSED and alive:
                 return ToolResult(f"MCP server {self.name!r}: {exc.message}", success=False)
-            self.fail(await self._explain(exc, "connection lost"))
+            self.fail(await self._explain(exc, "during a call"))
             return self.unavailable()
         except Exception as exc:
-            self.fail(await self._explain(exc, "connection lost"))
+            self.fail(await self._explain(exc, "during a call"))
             return self.unavailable()
         return _as_result(result, self.owner.output_limit)
 
@@ -152,18 +156,22 @@ class _Connection:
             if self.process is not None:
                 waiting.start_soon(until, self.process.ended)
 
-    async def _explain(self, exc: BaseException, doing: str) -> str:
+    async def _explain(self, exc: BaseException, when: str) -> str:
         """A sentence for the failure: the process's end when it is gone, else the error."""
         exc = _leaf(exc)
         if self.process is not None and self.process.pid is not None:
             with anyio.move_on_after(REAP_WAIT):
                 await self.process.ended.wait()
             if self.process.ended.is_set():
-                return f"{doing or 'the server died'}: the server {self.process.why_ended()}"
+                return f"the server {self.process.why_ended(when)}"
+        if isinstance(exc, AddressRefused):
+            return str(exc)
         if isinstance(exc, OSError) and isinstance(self.server, McpStdioServer):
-            return f"{doing}: cannot run {self.server.command!r}: {exc.strerror or exc}"
+            return f"cannot run {self.server.command!r}: {exc.strerror or exc}"
         text = str(exc) or type(exc).__name__
-        return f"{doing}: {text}" if doing else text
+        if isinstance(self.server, McpHttpServer):
+            text = f"{_shown_url(self.server.url)}: {text}"
+        return f"{text} ({when})" if when else text
 
     @contextlib.asynccontextmanager
     async def _transport(self) -> AsyncIterator[Any]:
@@ -225,10 +233,15 @@ class McpTools:
             target=self._loop.run_forever, name="mcp-servers", daemon=True
         )
         self._thread.start()
+        begun = time.monotonic()
         self._wait(self._start_all(), self.context)
         with self._lock:
             self._start_done = True
             problems = [McpProblem(c.name, c.failure) for c in self._connections if c.failure]
+        seconds = round(time.monotonic() - begun, 3)
+        log.info(
+            "mcp_servers_ready", seconds=seconds, servers=len(self.servers), failed=len(problems)
+        )
         return problems + self._collect_tools()
 
     async def _start_all(self) -> None:
@@ -286,7 +299,9 @@ class McpTools:
         """Add every tool to `registry`; one that cannot be added becomes a problem."""
         for info in self.tools:
 
-            def run(arguments: dict[str, Any], context: ToolContext, name: str = info.name) -> ToolResult:
+            def run(
+                arguments: dict[str, Any], context: ToolContext, name: str = info.name
+            ) -> ToolResult:
                 return self.call(name, arguments, context)
 
             try:
@@ -359,7 +374,7 @@ class McpTools:
             future.result(timeout=CLOSE_WAIT + 2 * REAP_WAIT)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=REAP_WAIT)
-        if not thread.is_alive():
+        if future.done() and not thread.is_alive():  # else a late worker may still call in
             loop.close()
 
     async def _close_all(self) -> None:
@@ -419,14 +434,20 @@ async def _check_address(url: str, allow_private: bool) -> None:
         async with asyncio.timeout(RESOLVE_TIMEOUT):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError) as exc:
-        raise ConnectionError(f"the host {host!r} does not resolve: {exc}") from None
+        raise AddressRefused(f"the host {host!r} does not resolve: {exc}") from None
     for *_, address in infos:
         why = refused_address(str(address[0]))
         if why is not None:
-            raise ConnectionError(
-                f"refused: the host {host!r} resolves to {why} "
+            raise AddressRefused(
+                f"refused to connect to {_shown_url(url)}: {why} "
                 "(allowed only with the mcp_allow_private setting)"
             )
+
+
+def _shown_url(url: str) -> str:
+    """The URL without its query (which may carry a key)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def _as_result(result: mcp_types.CallToolResult, limit: int) -> ToolResult:

@@ -42,6 +42,10 @@ from minidevin.runtime.tools.network import UserNetwork, network_status
 from minidevin.runtime.tools.terminal import _command_cgroup, _open_workdir
 
 log = structlog.get_logger(__name__)
+# what an `mcp.ClientSession` reads from and writes to
+Streams = tuple[
+    MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]
+]
 
 STOP_GRACE = 0.5  # after stdin closes, how long the server may take to exit by itself
 REAP_WAIT = 1.0  # how long to wait for the exit status once the process is gone
@@ -62,8 +66,8 @@ class StdioServerProcess:
         self._returncode: int | None = None
         self._broken: str | None = None  # a protocol failure of ours (an oversized line)
 
-    def why_ended(self) -> str:
-        """What is known of the end: exit status or signal, and the tail of stderr."""
+    def why_ended(self, when: str = "") -> str:
+        """What is known of the end (`exited with status 3 <when>; its stderr ends with: ...`)."""
         if self._broken:
             status = self._broken
         elif self._returncode is None:
@@ -72,6 +76,7 @@ class StdioServerProcess:
             status = f"was killed by signal {-self._returncode}"
         else:
             status = f"exited with status {self._returncode}"
+        status = f"{status} {when}" if when else status
         tail = self.stderr_tail()
         return f"{status}; its stderr ends with: {tail}" if tail else f"{status} (no stderr)"
 
@@ -80,11 +85,7 @@ class StdioServerProcess:
         return text[-STDERR_TAIL:].replace("\n", " | ")[-1000:]
 
     @contextlib.asynccontextmanager
-    async def connect(
-        self,
-    ) -> AsyncIterator[
-        tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
-    ]:
+    async def connect(self) -> AsyncIterator[Streams]:
         """Start the server; the (read, write) streams of its JSON-RPC; stop it on exit."""
         async with contextlib.AsyncExitStack() as cleanup:
             process, cgroup = await self._spawn(cleanup)
