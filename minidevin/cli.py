@@ -47,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--message", help="with --resume: a message for the model before its next turn"
     )
+    run.add_argument(
+        "--approval-policy",
+        choices=("never", "risky", "always"),
+        default="never",
+        help="which tool calls wait for your approval at the terminal (risky: changes and "
+        "commands that are not read-only; y approves, anything else rejects, with it as "
+        "the reason)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON event per line")
     run.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
     db = commands.add_parser("db", help="maintain the data directory's database (offline)")

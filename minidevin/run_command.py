@@ -64,6 +64,7 @@ def run_command(args: argparse.Namespace) -> int:
             resume=args.resume,
             message=args.message,
             max_cost_usd=args.max_cost_usd,
+            approval_policy=args.approval_policy,
         )
         return asyncio.run(run.main())
     except KeyboardInterrupt:  # before the loop's handler was installed
@@ -126,8 +127,10 @@ class TaskRun:
         resume: str | None = None,
         message: str | None = None,
         max_cost_usd: float | None = None,
+        approval_policy: str = "never",
     ) -> None:
         self.settings = settings
+        self.approval_policy = approval_policy
         self.description = description
         self.directory = directory
         self.model = model
@@ -166,7 +169,11 @@ class TaskRun:
                 task_id = self.resume
             else:
                 name = f"run: {Path(self.directory).name or self.directory}"
-                session = await self.runtime.create_session(name, self.directory)
+                session = await self.runtime.create_session(
+                    name,
+                    self.directory,
+                    approval_policy=self.approval_policy,  # type: ignore[arg-type]
+                )
                 task = await self.runtime.create_task(
                     session.id,
                     self.description,
@@ -214,6 +221,8 @@ class TaskRun:
                     self.view.show(event)
                     if event.type == "status" and event.data.get("status") == "waiting_input":
                         self._spawn(self._answer(task_id))
+                    elif event.type == "approval_request":
+                        self._spawn(self._approve(task_id, event.data["call_id"]))
                 return
             except SlowSubscriber:
                 continue
@@ -225,6 +234,19 @@ class TaskRun:
         answer = NO_ANSWER if line is None else line.strip()
         self.view.answered(answer, echo=line is None or not _isatty(0))
         await self.runtime.send_input(task_id, answer)
+
+    async def _approve(self, task_id: str, call_id: str) -> None:
+        """`y` (or `yes`) approves; anything else rejects, a text as the reason."""
+        line = await self.stdin.readline()
+        answer = "" if line is None else line.strip()
+        self.view.answered(answer or "n", echo=line is None or not _isatty(0))
+        if answer.lower() in ("y", "yes"):
+            decision, reason = "approve", None
+        else:
+            reason = answer if answer.lower() not in ("", "n", "no") else "rejected at the terminal"
+            decision = "reject"
+        with contextlib.suppress(ApiError):  # (the task ended meanwhile: nothing to decide)
+            await self.runtime.decide_approval(task_id, call_id, decision, reason)
 
     async def _patch(self, task_id: str) -> str:
         for artifact in await self.runtime.list_artifacts(task_id):

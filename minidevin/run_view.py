@@ -58,12 +58,23 @@ class HumanView:
                 self._plan(data.get("plan", {}).get("steps", []))
             case "status":
                 self.status_message = data.get("message", "")
-                if data.get("status") == "waiting_input":
+                if data.get("status") == "waiting_approval":
+                    pass  # (its `approval_request` asked already)
+                elif data.get("status") == "waiting_input":
                     self._line(f"? {self.status_message}")
                     self.out.write("> ")
                     self.mid_line = True
                 else:
                     self._line(f"[{data.get('status')}] {self.status_message}")
+            case "approval_request":
+                label = self.tools.label(data.get("tool", "?"), data.get("input"))
+                self._line(_clip(f"? approve {label}  ({data.get('reason', '')})"))
+                self.out.write("  [y to approve; n or a reason to reject] > ")
+                self.mid_line = True
+            case "approval_decision":
+                reason = f": {data['reason']}" if data.get("reason") else ""
+                done = {"approve": "approved", "reject": "rejected"}.get(data.get("decision"), "?")
+                self._line(_clip(f"[{done}]{reason}"))
             case "error":
                 self._line(f"error {data.get('code', '')}: {data.get('error', '')}")
             case "turn_restart":

@@ -307,3 +307,22 @@ def test_shorten_keeps_the_head_and_the_tail() -> None:
     lines = shorten("\n".join(f"line {n}" for n in range(20)))
     assert lines == ["line 0", "line 1", "... 15 more lines ...", "line 17", "line 18", "line 19"]
     assert shorten("x" * 500)[0].endswith("...") and len(shorten("x" * 500)[0]) == 160
+
+
+def test_approvals_are_asked_at_the_terminal(repo: Path, tmp_path: Path) -> None:
+    model = recording(
+        tmp_path,
+        ("", [("terminal", {"command": "touch first.txt"})]),
+        ("", [("terminal", {"command": "touch second.txt"})]),
+        ("", [("finish", {"summary": "asked twice", "success": True})]),
+    )
+    argv = command(repo, tmp_path / "data", model, "--approval-policy", "risky")
+    done = run_cli(argv, stdin="y\nnot that one\n")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "? approve $ touch first.txt" in done.stdout
+    assert "[approved]" in done.stdout and "[rejected]: not that one" in done.stdout
+    assert (repo / "first.txt").exists() and not (repo / "second.txt").exists()
+    # read-only commands, and the default policy, do not ask
+    quiet = recording(tmp_path, ("", [("terminal", {"command": "ls"})]))
+    done = run_cli(command(repo, tmp_path / "data", quiet, "--approval-policy", "risky"))
+    assert "? approve" not in done.stdout, done.stdout
