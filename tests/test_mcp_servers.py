@@ -320,3 +320,15 @@ def socket_port() -> Iterator[int]:
     with socket.socket() as bound:
         bound.bind(("127.0.0.1", 0))
         yield int(bound.getsockname()[1])
+
+
+def test_a_secret_cut_in_two_by_the_output_limit_leaves_no_part_of_it() -> None:
+    import mcp_types
+
+    from minidevin.runtime.mcp.connection import _as_result
+    from minidevin.runtime.redaction import Redactor
+
+    text = "a" * 95 + "SECRETVALUE" + "b" * 95  # the middle cut falls inside the value
+    answer = mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text)])
+    output = _as_result(answer, 200, Redactor({"S": "SECRETVALUE"})).output
+    assert "omitted" in output and "SECRE" not in output and "VALUE" not in output

@@ -4,7 +4,7 @@
 the caller: the `mcp` SDK's asyncio runs in one private event-loop thread per
 `McpTools`, where each server has one task that holds its connection from start
 to stop (stdio: see `stdio.py`; streamable HTTP: the SDK's client, after the
-URL's addresses were checked). A server's tools are `mcp__<server>__<tool>`
+URL's addresses were checked; see `connection.py`). A server's tools are `mcp__<server>__<tool>`
 with the schema the server declares.
 
 A server that fails to start, dies, or lets a call time out is marked failed:
@@ -17,37 +17,25 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
-import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import anyio
-import httpx2
-import mcp_types
 import structlog
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 
 from minidevin.runtime.cancel import Cancelled
-from minidevin.runtime.mcp.config import McpHttpServer, McpServer, McpStdioServer, parse_servers
+from minidevin.runtime.mcp.config import McpServer, parse_servers
 from minidevin.runtime.mcp.config import tool_name as mcp_tool_name
-from minidevin.runtime.mcp.stdio import REAP_WAIT, StdioServerProcess
+from minidevin.runtime.mcp.connection import McpConnection
+from minidevin.runtime.mcp.stdio import REAP_WAIT
 from minidevin.runtime.tools.base import ToolContext, ToolResult
 from minidevin.runtime.tools.registry import TOOL_NAME, ToolRegistry, external_arguments
-from minidevin.runtime.webhooks import refused_address
 
 log = structlog.get_logger(__name__)
 
 CLOSE_WAIT = 1.5  # how long close() lets the servers stop before cancelling what is left
-MAX_PAGES = 50  # of a tools/list answer
-HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
-RESOLVE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -69,127 +57,6 @@ class McpProblem:
     message: str
 
 
-class AddressRefused(ConnectionError):
-    """An HTTP server's host resolves to an address the runtime may not call."""
-
-
-class _Connection:
-    """One server's connection; lives on the `McpTools` loop (its `run` task holds it)."""
-
-    def __init__(self, owner: McpTools, server: McpServer) -> None:
-        self.owner = owner
-        self.server = server
-        self.name = server.name
-        self.session: ClientSession | None = None
-        self.process: StdioServerProcess | None = None
-        self.tools: list[mcp_types.Tool] = []
-        self.failure: str | None = None
-        self.seconds: float | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.stop = anyio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        """Connect, list the tools, then hold the connection until stopped or dead."""
-        started = time.monotonic()
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(self._transport())
-                session = await stack.enter_async_context(ClientSession(read, write))
-                await session.initialize()
-                self.tools = await _list_tools(session)
-                self.session, self.seconds = session, time.monotonic() - started
-                log.info(
-                    "mcp_server_started",
-                    server=self.name,
-                    seconds=round(self.seconds, 3),
-                    tools=len(self.tools),
-                )
-                _settle(self.ready)
-                await self._until_stopped_or_ended()
-                if self.process is not None and self.process.ended.is_set():
-                    self.fail(f"the server {self.process.why_ended('while idle')}")
-        except Exception as exc:
-            self.fail(await self._explain(exc, "while starting" if self.session is None else ""))
-        finally:
-            self.session = None
-            _settle(self.ready)
-
-    async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> ToolResult:
-        session = self.session
-        if session is None or self.failure is not None:
-            return self.unavailable()
-        try:
-            with anyio.fail_after(timeout):
-                result = await session.call_tool(tool, arguments)
-        except TimeoutError:
-            why = f"the call of {tool!r} timed out after {timeout:g} s; the server was stopped"
-            self.fail(why)
-            self.stop.set()
-            return ToolResult(f"MCP server {self.name!r}: {why}", success=False)
-        except MCPError as exc:
-            alive = self.process is None or not self.process.ended.is_set()
-            if exc.code != mcp_types.CONNECTION_CLOSED and alive:
-                return ToolResult(f"MCP server {self.name!r}: {exc.message}", success=False)
-            self.fail(await self._explain(exc, "during a call"))
-            return self.unavailable()
-        except Exception as exc:
-            self.fail(await self._explain(exc, "during a call"))
-            return self.unavailable()
-        return _as_result(result, self.owner.output_limit)
-
-    def unavailable(self) -> ToolResult:
-        why = self.failure or "it is not connected"
-        return ToolResult(f"MCP server {self.name!r} is not available: {why}", success=False)
-
-    def fail(self, message: str) -> None:
-        self.owner._failed(self, message)
-
-    async def _until_stopped_or_ended(self) -> None:
-        async with anyio.create_task_group() as waiting:
-
-            async def until(event: anyio.Event) -> None:
-                await event.wait()
-                waiting.cancel_scope.cancel()
-
-            waiting.start_soon(until, self.stop)
-            if self.process is not None:
-                waiting.start_soon(until, self.process.ended)
-
-    async def _explain(self, exc: BaseException, when: str) -> str:
-        """A sentence for the failure: the process's end when it is gone, else the error."""
-        exc = _leaf(exc)
-        if self.process is not None and self.process.pid is not None:
-            with anyio.move_on_after(REAP_WAIT):
-                await self.process.ended.wait()
-            if self.process.ended.is_set():
-                return f"the server {self.process.why_ended(when)}"
-        if isinstance(exc, AddressRefused):
-            return str(exc)
-        if isinstance(exc, OSError) and isinstance(self.server, McpStdioServer):
-            return f"cannot run {self.server.command!r}: {exc.strerror or exc}"
-        text = str(exc) or type(exc).__name__
-        if isinstance(self.server, McpHttpServer):
-            text = f"{_shown_url(self.server.url)}: {text}"
-        return f"{text} ({when})" if when else text
-
-    @contextlib.asynccontextmanager
-    async def _transport(self) -> AsyncIterator[Any]:
-        server = self.server
-        if isinstance(server, McpStdioServer):
-            self.process = StdioServerProcess(server, self.owner.context)
-            async with self.process.connect() as streams:
-                yield streams
-            return
-        assert isinstance(server, McpHttpServer)
-        await _check_address(server.url, self.owner.allow_private)
-        async with (
-            httpx2.AsyncClient(headers=dict(server.headers), timeout=HTTP_TIMEOUT) as client,
-            streamable_http_client(server.url, http_client=client) as streams,
-        ):
-            yield streams
-
-
 class McpTools:
     """The MCP servers of one task: started together, their tools called, stopped with it."""
 
@@ -209,8 +76,8 @@ class McpTools:
         self.allow_private = allow_private
         self.output_limit = context.output_limit
         self._lock = threading.Lock()
-        self._connections: list[_Connection] = []
-        self._tools: dict[str, tuple[_Connection, McpToolInfo]] = {}
+        self._connections: list[McpConnection] = []
+        self._tools: dict[str, tuple[McpConnection, McpToolInfo]] = {}
         self._problems: list[McpProblem] = []
         self._start_done = False
         self._closed = False
@@ -245,7 +112,7 @@ class McpTools:
         return problems + self._collect_tools()
 
     async def _start_all(self) -> None:
-        self._connections = [_Connection(self, server) for server in self.servers]
+        self._connections = [McpConnection(self, server) for server in self.servers]
         for connection in self._connections:
             connection.task = asyncio.create_task(connection.run())
         if not self._connections:
@@ -349,7 +216,7 @@ class McpTools:
             problems, self._problems = self._problems, []
         return problems
 
-    def _failed(self, connection: _Connection, message: str) -> None:
+    def _failed(self, connection: McpConnection, message: str) -> None:
         with self._lock:
             if connection.failure is not None:
                 return
@@ -404,74 +271,3 @@ def list_tools(
         return mcp.tools, problems
     finally:
         mcp.close()
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-async def _list_tools(session: ClientSession) -> list[mcp_types.Tool]:
-    tools: list[mcp_types.Tool] = []
-    cursor: str | None = None
-    for _ in range(MAX_PAGES):
-        params = mcp_types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        page = await session.list_tools(params=params)
-        tools.extend(page.tools)
-        cursor = page.next_cursor
-        if not cursor:
-            break
-    return tools
-
-
-async def _check_address(url: str, allow_private: bool) -> None:
-    """Refuse a URL whose host resolves to a private, loopback or link-local address."""
-    if allow_private:
-        return
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(RESOLVE_TIMEOUT):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError) as exc:
-        raise AddressRefused(f"the host {host!r} does not resolve: {exc}") from None
-    for *_, address in infos:
-        why = refused_address(str(address[0]))
-        if why is not None:
-            raise AddressRefused(
-                f"refused to connect to {_shown_url(url)}: {why} "
-                "(allowed only with the mcp_allow_private setting)"
-            )
-
-
-def _shown_url(url: str) -> str:
-    """The URL without its query (which may carry a key)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-
-
-def _as_result(result: mcp_types.CallToolResult, limit: int) -> ToolResult:
-    parts = []
-    for block in result.content:
-        text = getattr(block, "text", None)
-        parts.append(text if isinstance(text, str) else f"[{block.type} content not shown]")
-    if not parts and result.structured_content is not None:
-        parts.append(json.dumps(result.structured_content, default=str))
-    output = "\n".join(parts)
-    if len(output) > limit > 0:
-        half = limit // 2
-        omitted = len(output) - 2 * half
-        output = f"{output[:half]}\n[... {omitted} characters omitted ...]\n{output[-half:]}"
-    return ToolResult(output, success=not result.is_error)
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) exception groups of the SDK's task groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
