@@ -4,10 +4,12 @@ address checks at session creation and at delivery time."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,3 +289,53 @@ async def test_the_webhook_secret_is_stored_sealed(settings: Settings, tmp_path:
         )
     stored = b"".join(p.read_bytes() for p in settings.data_dir.iterdir() if p.is_file())
     assert SECRET.encode() not in stored
+
+
+async def test_a_slow_receiver_holds_only_its_own_line_and_settled_rows_are_pruned(
+    settings: Settings, openai_server: ScriptedOpenAIServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.fail_first = 0
+    gate = asyncio.Event()  # the slow receiver answers nothing until the test opens it
+    slow_app = web.Application()
+
+    async def hang(request: web.Request) -> web.Response:
+        await gate.wait()
+        return web.json_response({})
+
+    slow_app.router.add_post("/hook", hang)
+    runner = web.AppRunner(slow_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    slow_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    openai_server.script([finish("one"), finish("two")])
+    try:
+        async with serve(webhook_settings(settings), openai_server) as client:
+            user = await sign_up(client)
+            (tmp_path / "a").mkdir()
+            (tmp_path / "b").mkdir()
+            slow = await expect_json(
+                await make_session(client, user, tmp_path / "a", webhook_url=slow_url), 201
+            )
+            await create_task(client, user, slow["id"], "first")
+            fast = await expect_json(
+                await make_session(client, user, tmp_path / "b", webhook_url=receiver.url), 201
+            )
+            await create_task(client, user, fast["id"], "second")
+            await until(lambda: len(receiver.accepted()) == len(STATUSES), 10, "the fast line")
+            gate.set()
+            store = client.app[RUNTIME].store
+
+            async def delivered() -> int:
+                rows = "SELECT count(*) AS n FROM webhook_deliveries WHERE delivered_at IS NOT NULL"
+                return int((await store.fetch_one(rows))["n"])
+
+            await until(lambda: _is(delivered(), 2 * len(STATUSES)), 10, "the slow line too")
+            await store.forget_webhooks(time.time() + 1, 8)  # settled before now+1: all
+            assert await delivered() == 0
+    finally:
+        gate.set()
+        await runner.cleanup()
+
+
+async def _is(count: Any, wanted: int) -> bool:
+    return bool(await count == wanted)

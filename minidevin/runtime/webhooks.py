@@ -40,7 +40,9 @@ log = structlog.get_logger("minidevin.webhooks")
 
 SIGNATURE_HEADER = "X-Minidevin-Signature"
 RESOLVE_TIMEOUT = 10.0  # seconds a host name may take to resolve
-BATCH = 32  # deliveries taken (and sent concurrently, one a task) a round
+BATCH = 32  # deliveries in flight at once (one a task: a task's line goes in order)
+PRUNE_INTERVAL = 3600.0  # seconds between prunings of settled deliveries
+KEEP_SETTLED = 24 * 3600.0  # a delivered or given-up delivery is kept this long
 
 
 class WebhookRefused(Exception):
@@ -163,27 +165,48 @@ class WebhookDeliverer:
     async def stop(self) -> None:
         """Stop sending; a delivery cut short is sent again by the next server."""
         if self._task is not None:
-            self._task.cancel()
+            self._task.cancel()  # (attempts in flight are cancelled with the loop's end)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
 
     async def _run(self) -> None:
+        """Start each due delivery as its own attempt (at most `BATCH` in flight): a slow
+        receiver holds only its own task's line, never the others'. Woken by a status
+        commit or an attempt's end; otherwise asleep until the next delivery is due."""
         max_attempts = self.settings.webhook_max_attempts
+        in_flight: dict[str, asyncio.Task[None]] = {}
+        pruned = 0.0
         while True:
             self._wake.clear()
             try:
-                due = await self.store.due_webhooks(time.time(), max_attempts, BATCH)
-                if due:
-                    await asyncio.gather(*(self._attempt(row) for row in due))
-                    continue
-                next_due = await self.store.next_webhook_due(max_attempts)
+                if time.monotonic() - pruned > PRUNE_INTERVAL:
+                    pruned = time.monotonic()
+                    await self.store.forget_webhooks(time.time() - KEEP_SETTLED, max_attempts)
+                now = time.time()
+                if (room := BATCH - len(in_flight)) > 0:
+                    due = await self.store.due_webhooks(now, max_attempts, BATCH + len(in_flight))
+                    for row in [row for row in due if row["id"] not in in_flight][:room]:
+                        in_flight[row["id"]] = self._start_attempt(row, in_flight)
+                next_due = await self.store.next_webhook_due(max_attempts, after=now)
+                timeout = None if next_due is None else max(0.0, next_due - time.time())
             except Exception:  # (the store down: try again a little later)
                 log.exception("webhook_outbox_failed")
-                next_due = time.time() + self.settings.webhook_retry_base_delay
-            timeout = None if next_due is None else max(0.0, next_due - time.time())
+                timeout = self.settings.webhook_retry_base_delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _start_attempt(
+        self, row: dict[str, Any], in_flight: dict[str, asyncio.Task[None]]
+    ) -> asyncio.Task[None]:
+        attempt = asyncio.create_task(self._attempt(row))
+
+        def ended(_: asyncio.Task[None]) -> None:
+            in_flight.pop(row["id"], None)
+            self._wake.set()  # (its task's next delivery may be due now)
+
+        attempt.add_done_callback(ended)
+        return attempt
 
     async def _attempt(self, row: dict[str, Any]) -> None:
         attempts = row["attempts"] + 1

@@ -342,11 +342,16 @@ class Repository(Protocol):
         earliest pending one of its task, oldest first."""
         ...
 
-    async def next_webhook_due(self, max_attempts: int) -> float | None:
-        """When (epoch seconds) the next such delivery is due; None when none is pending."""
+    async def next_webhook_due(self, max_attempts: int, after: float = 0.0) -> float | None:
+        """When (epoch seconds) the next such delivery is due after `after`; None when
+        none is pending."""
         ...
 
     async def webhook_delivered(self, delivery_id: str, at: str, attempts: int) -> None: ...
+    async def forget_webhooks(self, before: float, max_attempts: int) -> None:
+        """Delete the deliveries settled (delivered, or given up) before `before` (epoch)."""
+        ...
+
     async def webhook_failed(
         self, delivery_id: str, attempts: int, next_attempt_at: float, error: str
     ) -> None: ...

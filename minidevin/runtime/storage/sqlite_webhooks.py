@@ -96,10 +96,12 @@ class SqliteWebhooks:
             (max_attempts, max_attempts, now, limit),
         )
 
-    async def next_webhook_due(self, max_attempts: int) -> float | None:
-        """When the next head of a line is due (epoch seconds), None when nothing waits."""
+    async def next_webhook_due(self, max_attempts: int, after: float = 0.0) -> float | None:
+        """When the next head of a line is due after `after` (epoch seconds), None when
+        nothing waits."""
         row = await self.fetch_one(
-            f"SELECT min(d.next_attempt_at) AS due {_HEAD}", (max_attempts, max_attempts)
+            f"SELECT min(d.next_attempt_at) AS due {_HEAD}AND d.next_attempt_at > ?",
+            (max_attempts, max_attempts, after),
         )
         return None if row is None else row["due"]
 
@@ -117,4 +119,12 @@ class SqliteWebhooks:
             "UPDATE webhook_deliveries SET attempts = ?, next_attempt_at = ?, last_error = ? "
             "WHERE id = ?",
             (attempts, next_attempt_at, error[:1000], delivery_id),
+        )
+
+    async def forget_webhooks(self, before: float, max_attempts: int) -> None:
+        """Delete the deliveries settled (delivered, or given up) before `before` (epoch)."""
+        await self.write(
+            "DELETE FROM webhook_deliveries WHERE next_attempt_at < ? "
+            "AND (delivered_at IS NOT NULL OR attempts >= ?)",
+            (before, max_attempts),
         )
