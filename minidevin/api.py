@@ -41,6 +41,7 @@ from minidevin.runtime.logging import use_host_logging
 from minidevin.runtime.mcp.config import McpServer
 from minidevin.runtime.pagination import Page, check_limit, decode_cursor
 from minidevin.runtime.providers.registry import ProviderRegistry
+from minidevin.runtime.redaction import Redactor
 from minidevin.runtime.retention import RetentionSweeper
 from minidevin.runtime.secrets_store import Secrets
 from minidevin.runtime.settings import Settings
@@ -288,6 +289,11 @@ class Runtime(TaskControl):
             request = schemas.TaskRequest(description=request, **fields)
         session = await self._session_row(session_id, owner)
         model, identity = await self.admission.admit(session, request.model, await self.owner(None))
+        if names := json.loads(session["secrets"] or "[]"):  # never stored in clear, even here
+            values = await self.secrets.values(session["user_id"], names)
+            masked = Redactor(values).text(request.description) if values else None
+            if masked is not None and masked != request.description:
+                request = request.model_copy(update={"description": masked})
         task_id = new_id()
         created_at = utc_now()
         max_iterations = request.max_iterations or self.settings.max_iterations

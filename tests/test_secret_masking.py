@@ -46,7 +46,7 @@ async def test_a_secret_is_used_by_a_command_and_shown_nowhere(
         with pytest.raises(ValidationFailed):
             await runtime.create_session("s", work, secrets=["NOT_STORED"])
         session = await runtime.create_session("s", work, secrets=["DOOR_CODE"])
-        task = await runtime.create_task(session.id, "use the door code")
+        task = await runtime.create_task(session.id, f"use the door code ({VALUE})")
         detail = await runtime.wait(task.id)
         events = [event async for event in runtime.events(task.id)]
         artifacts = {
@@ -54,6 +54,7 @@ async def test_a_secret_is_used_by_a_command_and_shown_nowhere(
             for a in await runtime.list_artifacts(task.id)
         }
     assert detail.status == "completed"
+    assert task.description == detail.description == f"use the door code ({MARK})"
     assert (work / "code.txt").read_text() == VALUE  # the command had the real value
     everything = json.dumps([e.to_message() for e in events])
     assert VALUE not in everything and "sesame" not in everything.replace(MARK, "")
