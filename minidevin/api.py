@@ -299,12 +299,14 @@ class Runtime(TaskControl):
         max_iterations = request.max_iterations or self.settings.max_iterations
         async with self._session_lock(session_id):
             await self._session_row(session_id, owner)  # (not deleted meanwhile)
-            spec = new_spec(task_id, session, request, model, identity, self.settings)
+            spec = self._with_mcp(  # (opened first: a key that cannot open it stores nothing)
+                new_spec(task_id, session, request, model, identity, self.settings), session
+            )
             await self.store.insert_task(
                 task_id, session_id, request, model, max_iterations, created_at,
                 spec.approval_policy,
             )  # fmt: skip
-            status = await self._submit(self._with_mcp(spec, session))
+            status = await self._submit(spec)
         return schemas.TaskCreated(
             id=task_id, description=request.description, status=status, created_at=created_at
         )

@@ -106,7 +106,8 @@ async def requeue(runtime: Runtime, row: dict[str, Any]) -> None:
         model, identity = await runtime.admission.admit(
             session, row["model"], await runtime.owner(None)
         )
-    except ApiError as exc:
+        spec = runtime._with_mcp(requeued_spec(row, session, model, identity, newest), session)
+    except ApiError as exc:  # (also a secrets key that cannot open its MCP servers)
         events = TaskEventLog(row["id"], store.append, newest.seq if newest else 0)
         reason = f"The queued task cannot run after the server restart: {exc.detail}"
         events.emit(Error(error=reason, code="REQUEUE_FAILED"))
@@ -114,7 +115,6 @@ async def requeue(runtime: Runtime, row: dict[str, Any]) -> None:
         await store.flush()
         log.warning("requeue_failed", task_id=row["id"], error=exc.detail)
         return
-    spec = runtime._with_mcp(requeued_spec(row, session, model, identity, newest), session)
     status = await runtime._submit(spec)  # (at start: nothing else submits meanwhile)
     log.info("task_requeued_after_restart", task_id=row["id"], status=status)
 

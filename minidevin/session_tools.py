@@ -9,13 +9,17 @@ stopping them. A server that does not start is a problem in the answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minidevin.actors.children import tool_context
 from minidevin.runtime import schemas
 from minidevin.runtime.cancel import CancelToken
+from minidevin.runtime.mcp.config import hidden_values
 from minidevin.runtime.mcp.servers import list_tools
 from minidevin.runtime.redaction import Redactor
 from minidevin.runtime.tools.registry import TOOLS
@@ -23,6 +27,10 @@ from minidevin.runtime.workspace_claims import working_directory_identity
 
 if TYPE_CHECKING:
     from minidevin.api import Runtime
+
+# listings wait on servers for up to `mcp_start_timeout`: never on the loop's own executor
+_LISTING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mcp-tools")
+_LOCKS: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 async def session_tools(runtime: Runtime, session: dict[str, Any]) -> schemas.SessionTools:
@@ -57,14 +65,18 @@ async def session_tools(runtime: Runtime, session: dict[str, Any]) -> schemas.Se
         workspace_identity=identity,
         secrets=secrets,
     )
-    found, problems = await asyncio.to_thread(
+    masked = {**secrets, **hidden_values(servers)}  # (before any server can log a value)
+    mask = Redactor(masked).text if masked else str
+    listing = functools.partial(
         list_tools,
         servers,
         context,
         start_timeout=runtime.settings.mcp_start_timeout,
         allow_private=runtime.settings.mcp_allow_private,
     )
-    mask = Redactor(secrets).text if secrets else str
+    lock = _LOCKS.setdefault(session["id"], asyncio.Lock())
+    async with lock:  # one listing of a session at a time, on threads of its own
+        found, problems = await asyncio.get_running_loop().run_in_executor(_LISTING, listing)
     tools += [
         schemas.SessionTool(
             name=info.name,

@@ -18,7 +18,7 @@ from minidevin.runtime.errors import Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event
 from minidevin.runtime.hub import EventHub, SlowSubscriber, StoreUnavailable
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.storage import task_detail
+from minidevin.runtime.storage import StoreError, task_detail
 from minidevin.runtime.task_stream import history_then_live
 
 ACTOR_REPLY_TIMEOUT = 10.0
@@ -91,8 +91,11 @@ class TaskControl:
             await self.store.flush()
             return schemas.ApprovalDecided(call_id=call_id, decision=outcome)
         if outcome == "not_live":
-            await self.store.flush()
-            state = await self.store.approval_state(task_id, call_id)
+            try:
+                await self.store.flush()
+                state = await self.store.approval_state(task_id, call_id)
+            except StoreError as exc:
+                raise Unavailable(f"the store cannot be read now: {exc}") from None
             outcome = "unknown" if state is None else "decided" if state != "pending" else "ended"
         if outcome == "unknown":
             raise NotFound("no approval was asked for this call")

@@ -314,7 +314,7 @@ def approvals(data_dir: Path, task_id: str) -> list[Any]:
 @pytest.mark.parametrize(
     "command",
     ["ls -la", "cat a b | grep x | head -5", "git status", "git diff HEAD~1 -- src",
-     "git log --oneline -n 5", "find . -name '*.py'", "sort -r f | uniq -c", "cd src && ls",
+     "git log --oneline -n 5", "find . -name '*.py'", "sort -r f | uniq -c", "ls src && ls",
      "grep -rn 'a > b' .", "wc -l a.py", "git branch -a"],
 )  # fmt: skip
 def test_commands_that_only_read_do_not_wait(command: str) -> None:
@@ -329,7 +329,11 @@ def test_commands_that_only_read_do_not_wait(command: str) -> None:
      "git branch newb", "git diff --output=x", "./ls", "FOO=1 ls", "python -m pytest", "pytest",
      "npm test", "sed -i s/a/b/ f", "awk 1 f", "tee f", "cat <<EOF", "cat < f", "(ls)",
      "ls && touch x", "ls | xargs rm", "rg --pre=sh x", "git grep -O x", "l\\s", "date -s now",
-     "cat 'unterminated", "tree -o f", "`rm x`", "ls\r", "git stash", "git checkout ."],
+     "cat 'unterminated", "tree -o f", "`rm x`", "ls\r", "git stash", "git checkout .",
+     "find . -maxdepth 0 {-exec,sh,-c,id,sh} {} +", "sort {-o,out} f", "rg {--pre,sh} x",
+     "rg --hostname-bin=./x --hyperlink-format=default x", "rg -z x",
+     "cd vendor/evil.git && git status", "tree -R -H . -L 1", "find . *", "rg x *",
+     "sort * ", "git branch --set-upstream-to=origin/x", "uniq f*"],
 )  # fmt: skip
 def test_commands_that_may_change_something_wait(command: str) -> None:
     assert command_risk(command) is not None

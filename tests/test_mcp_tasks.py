@@ -38,7 +38,8 @@ def work(tmp_path: Path) -> Path:
 
 def stdio_server(name: str = "fx", marker: str = "") -> dict[str, Any]:
     args = ["tools_server.py", *([marker] if marker else [])]
-    return {"name": name, "command": sys.executable, "args": args, "env": {"EXTRA": "e"}}
+    env = {"EXTRA": "e", "SERVER_TOKEN": "hidden-token-123"}
+    return {"name": name, "command": sys.executable, "args": args, "env": env}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,7 @@ async def test_a_stdio_servers_tools_are_called_and_stop_with_the_task(
         ("mcp__fx__echo_env", {"name": "API_TOKEN"}),
         ("mcp__fx__echo_env", {"name": "EXTRA"}),
         ("mcp__fx__fail", {"reason": "nope"}),
+        ("mcp__fx__echo_env", {"name": "SERVER_TOKEN"}),
     ]
     scripted.script([ScriptedTurn(tool_calls=calls), finish("used them")])
     async with serve(settings, scripted) as client:
@@ -110,6 +112,8 @@ async def test_a_stdio_servers_tools_are_called_and_stop_with_the_task(
             ("mcp__fx__fail", results[3]["output"], False),
         ]
         assert "nope" in results[3]["output"]
+        # a server's `env` value is hidden like a secret (short ones, like "e", are settings)
+        assert results[4]["output"] == "<secret:fx.env.SERVER_TOKEN>"
         first = scripted.requests[0]
         assert {"mcp__fx__add", "mcp__fx__slow", "terminal"} <= set(tool_names(first))
         add = next(t for t in first["tools"] if t["function"]["name"] == "mcp__fx__add")
@@ -218,6 +222,11 @@ async def test_the_session_tool_list(
 @pytest.mark.parametrize(
     "servers",
     [
+        [{"name": "x", "command": "true", "env": {"LD_PRELOAD": "/tmp/evil.so"}}],
+        [{"name": "x", "command": "true", "env": {"PATH": "/tmp"}}],
+        [{"name": "x", "command": "true", "env": {"MINIDEVIN_TASK_ID": "other"}}],
+        [{"name": "x", "command": "true", "env": {"A=B": "c"}}],
+        [{"name": "a_", "command": "x"}],
         [{"name": "Bad", "command": "x"}],
         [{"name": "a__b", "command": "x"}],
         [{"name": "x", "command": "a", "url": "http://example.com/mcp"}],

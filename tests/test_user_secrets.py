@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.fernet import Fernet
 from http_helpers import expect_json, sign_up
@@ -113,3 +114,36 @@ async def test_a_damaged_key_file_stops_the_start_naming_it(tmp_path: Path) -> N
             raise AssertionError("started with an empty secrets key")
     except SecretFileError as exc:
         assert "secrets_key" in str(exc)
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "GCONV_PATH", "PATH",
+                                  "BASH_ENV", "MINIDEVIN_TASK_ID", "GLIBC_TUNABLES"])  # fmt: skip
+def test_names_that_change_how_programs_start_cannot_be_secrets(name: str) -> None:
+    from pydantic import ValidationError
+
+    from minidevin.runtime.schemas import SecretRequest
+    from minidevin.runtime.tools.environment import user_variables
+
+    with pytest.raises(ValidationError):
+        SecretRequest(name=name, value="/tmp/evil.so")
+    # one stored before the rule is left out of a command's environment
+    assert user_variables({name: "/tmp/evil.so", "API_TOKEN": "x" * 8}) == {"API_TOKEN": "x" * 8}
+
+
+async def test_a_changed_secrets_key_refuses_cleanly_and_stores_nothing(tmp_path: Path) -> None:
+    from minidevin.runtime.secrets_store import SecretUnreadable
+
+    work = tmp_path / "w"
+    work.mkdir()
+    servers = [{"name": "fx", "command": "true", "env": {"TOKEN": "t" * 12}}]
+    settings = _settings(tmp_path / "d", secrets_key=Fernet.generate_key().decode())
+    async with Runtime(settings) as runtime:
+        session = await runtime.create_session("s", work, mcp_servers=servers)
+    settings = settings.model_copy(update={"secrets_key": Fernet.generate_key().decode()})
+    async with Runtime(settings) as runtime:
+        with pytest.raises(SecretUnreadable) as refused:
+            await runtime.create_task(session.id, "go", model="replay:none")
+        assert refused.value.status == 503 and refused.value.code == "SECRETS_UNREADABLE"
+        with pytest.raises(SecretUnreadable):
+            await runtime.session_tools(session.id)
+        assert await runtime.list_tasks(session.id) == []  # nothing left queued

@@ -40,7 +40,7 @@ from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.providers.retry import RetryPolicy, stream_with_retries
 from minidevin.runtime.token_coalescer import TokenCoalescer
 from minidevin.runtime.tools import TOOLS, ToolContext, ToolRegistry, ToolResult
-from minidevin.runtime.tools.environment import command_environment
+from minidevin.runtime.tools.environment import command_environment, user_variables
 from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.sandbox import run_identity, sandbox_status
 from minidevin.runtime.workspace import Snapshots, verify_working_directory
@@ -269,7 +269,7 @@ def tool_context(
         sandbox=settings.sandbox != "off" and sandbox_status().works,
         network=run_mode == "online",
         hidden_paths=(settings.data_dir, *settings.workspace_roots),  # other workspaces too
-        env={**command_environment(task_id, uid), **(secrets or {})},
+        env={**command_environment(task_id, uid), **user_variables(secrets or {})},
         redactor=redactor,
         workspace_identity=workspace_identity,
         uid=uid,

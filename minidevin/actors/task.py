@@ -54,9 +54,11 @@ from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.context import fit_messages, input_budget
 from minidevin.runtime.event_types import EventBody
 from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.mcp.config import hidden_values
 from minidevin.runtime.mcp.servers import McpTools
 from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
 from minidevin.runtime.redaction import Redactor
+from minidevin.runtime.secrets_store import SecretUnreadable
 from minidevin.runtime.storage import StoreError
 from minidevin.runtime.task_history import TaskHistory
 from minidevin.runtime.tools import ToolContext, ToolResult
@@ -118,8 +120,9 @@ class TaskActor(TaskTools, TaskWaits, TaskEnding, pykka.ThreadingActor):
             self.history = load_history(spec, self.deps)  # a resumed task's, from its log
             self.meter.restore(self.history.usage)
             secrets = load_secrets(spec, self.deps)
-            if secrets and self.events.redactor is None:  # masked in every event from now on
-                self.events.redactor = Redactor(secrets)
+            masked = {**secrets, **hidden_values(list(spec.mcp_servers))}
+            if masked and self.events.redactor is None:  # masked in every event from now on
+                self.events.redactor = Redactor(masked)
             try:  # the directory the session was opened on, still (not a link swapped in)
                 verify_working_directory(spec.working_directory, spec.workspace_identity)
             except WorkspaceChanged as exc:
@@ -165,6 +168,10 @@ class TaskActor(TaskTools, TaskWaits, TaskEnding, pykka.ThreadingActor):
             self.events.unblock()
             problem = f"the task could not start: {exc}"
             self.ending = ("failed", None, ("STORE_UNAVAILABLE", problem), "Task failed")
+            self._finalize("")
+        except SecretUnreadable as exc:  # (the secrets key was changed since they were stored)
+            problem = f"the task could not start: {exc.detail}"
+            self.ending = ("failed", None, (exc.code, problem), "Task failed")
             self._finalize("")
         except Exception:  # pykka would not call on_failure for this: fail the task here
             self.on_failure(*sys.exc_info())

@@ -134,7 +134,9 @@ class TaskWaits:
             return "ended"
         call = self.approval_call
         if call is None or call.id != call_id:
-            return "decided" if call_id in self.history.approvals else "unknown"
+            if call_id not in self.history.approvals:
+                return "unknown"
+            return "ended" if self.history.approvals[call_id] is None else "decided"
         if not self._emit(
             ev.ApprovalDecisionEvent(call_id=call_id, decision=decision, reason=reason)  # type: ignore[arg-type]
         ):

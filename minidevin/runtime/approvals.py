@@ -10,24 +10,29 @@ How a command is judged read-only (anything else waits):
 1. It is refused outright if it holds a character bash would treat in ways a
    plain split cannot see: `$` and backquotes (expansions and substitutions), `#`
    (a comment hides the rest from a parser, not from bash), newlines, `\\r`, NUL,
-   `!`, and a backslash (line continuations, escaped operators).
+   `!`, a backslash (line continuations, escaped operators), and braces (`{-o,f}`
+   is two words to bash, one to a parser).
 2. It is split like a shell does (`shlex`, punctuation mode) into commands joined by
    `|`, `&&`, `||` or `;`. Any other operator token (`>`, `<`, `>>`, `&`, `(`, `)`,
    `<<`, `>&`...) refuses it: redirections write, subshells and background jobs hide.
 3. Each command's first word must be a bare program name (no `/`: a `./ls` in the
    workspace is the agent's own program) with no `NAME=value` prefix, found in
    `READ_ONLY`, and its options must pass that program's rule: options that write
-   (`sort -o`, `tree -o`, `git diff --output`), run programs (`find -exec`, `rg
+   (`sort -o`, `git diff --output`), run programs (`find -exec`, `rg
    --pre`, `git grep -O`) or change state (`date -s`) refuse it; `git` takes only the
    listed subcommands and no global options (`git -c core.pager=...` runs a program).
    Long options are matched by prefix, as getopt accepts abbreviations (`--out`).
+   Such a program is never given an unquoted pattern (`*`, `?`, `[`): it could
+   expand to a file the agent named like one of the options refused.
 4. The commands' `PATH` must hold absolute directories only, none inside the working
    directory, or no command counts as read-only (the agent could plant an `ls`).
 
 Test runners, `sed`, `awk`, `xargs`, `env`, interpreters and package managers are
-not on the list: they run code. What a repository's own configuration makes a listed
-program do (a `.git/config` pager or fsmonitor hook) was written by a change that
-waited for approval itself, under the same policy.
+not on the list: they run code; nor `tree` (`-R -H` writes a page into every
+directory) or `cd`: a `cd` into a repository the workspace holds (a bare one in a
+vendored tree, say) would make `git status` run the hooks its own configuration
+names. The working directory's own repository configuration is the user's, or was
+written by a change that waited for approval itself.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from minidevin.runtime.mcp.config import TOOL_PREFIX
 POLICIES = ("never", "risky", "always")
 EDITOR_READS = frozenset({"view"})
 _SEPARATORS = frozenset({"|", "&&", "||", ";"})
-_REFUSED_CHARACTERS = frozenset("$`#\n\r\0!\\")
+_REFUSED_CHARACTERS = frozenset("$`#\n\r\0!\\{}")
+_GLOB = frozenset("*?[")
 
 
 @dataclass(frozen=True)
@@ -82,19 +88,19 @@ _GIT = Rule(
 )
 _PLAIN = _words(
     "ls cat head tail wc nl pwd echo stat du df which whoami id basename dirname realpath "
-    "readlink diff cmp grep egrep fgrep cut tr true test cd sha256sum sha1sum md5sum comm "
+    "readlink diff cmp grep egrep fgrep cut tr true test sha256sum sha1sum md5sum comm "
     "column uname hostname printenv"
 )
 _FIND_ACTIONS = _words("-exec -execdir -ok -okdir -delete -fprint -fprint0 -fprintf -fls")
 
+PLAIN = Rule()
 READ_ONLY: dict[str, Rule] = {
-    **{name: Rule() for name in _PLAIN},
+    **{name: PLAIN for name in _PLAIN},
     "file": Rule(short="C", long=("--compile",)),
     "date": Rule(short="s", long=("--set",)),
-    "tree": Rule(short="o", long=("--output",)),
     "sort": Rule(short="oT", long=("--output", "--compress-program", "--temporary-directory")),
     "uniq": Rule(max_operands=1),  # (a second operand is the file it writes)
-    "rg": Rule(long=("--pre", "--search-zip")),
+    "rg": Rule(short="z", long=("--pre", "--search-zip", "--hostname-bin")),
     "find": Rule(words=frozenset(_FIND_ACTIONS)),
     "git": _GIT,
 }
@@ -149,10 +155,11 @@ def command_risk(
         tokens = list(lexer)
     except ValueError as exc:  # unbalanced quotes
         return f"it cannot be parsed ({exc})"
+    globbed = _unquoted_glob(command)
     words: list[str] = []
     for token in [*tokens, ";"]:
         if token in _SEPARATORS:
-            if why := _simple_command_risk(words):
+            if why := _simple_command_risk(words, globbed):
                 return why
             words = []
         elif token and set(token) <= set("();<>|&"):
@@ -162,7 +169,7 @@ def command_risk(
     return None
 
 
-def _simple_command_risk(words: list[str]) -> str | None:
+def _simple_command_risk(words: list[str], globbed: bool) -> str | None:
     if not words:
         return None  # (`a; ; b` is bash's error, not a write)
     program, args = words[0], words[1:]
@@ -173,6 +180,9 @@ def _simple_command_risk(words: list[str]) -> str | None:
     rule = READ_ONLY.get(program)
     if rule is None:
         return f"{program!r} is not on the read-only list"
+    if rule != PLAIN and globbed:
+        # (a pattern can expand to a file the agent named `--pre=./x` or `-delete`)
+        return f"{program} is given a pattern that could expand to one of its options"
     if rule.subcommands:
         if not args or args[0].startswith("-"):
             return f"{program} needs one of its read-only subcommands first"
@@ -199,13 +209,29 @@ def _arguments_risk(program: str, rule: Rule, args: list[str]) -> str | None:
             return f"{program} {arg} acts on what it finds"
         if arg.startswith("--"):
             name = arg.split("=", 1)[0]
-            if any(option.startswith(name) and len(name) > 2 for option in rule.long):
+            # `--out` abbreviates `--output`; `--set-upstream-to` is a `--set-upstream`
+            if len(name) > 2 and any(
+                option.startswith(name) or name.startswith(option) for option in rule.long
+            ):
                 return f"{program} {name} may write or run a program"
         elif rule.short and set(arg[1:]).intersection(rule.short):
             return f"{program} {arg} may write or run a program"
     if rule.max_operands is not None and operands > rule.max_operands:
         return f"{program} with {operands} operands may write"
     return None
+
+
+def _unquoted_glob(command: str) -> bool:
+    """Whether `command` holds `*`, `?` or `[` outside quotes (bash would expand it)."""
+    quote = ""
+    for char in command:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in _GLOB:
+            return True
+    return False
 
 
 def _path_problem(path: str | None, working_directory: Path | None) -> str | None:

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from minidevin.runtime.auth import MAX_PASSWORD_BYTES
 from minidevin.runtime.mcp.config import McpServer
+from minidevin.runtime.tools.environment import unsafe_name
 
 TaskStatus = Literal[
     "queued", "running", "waiting_input", "waiting_approval", "completed", "failed", "stopped"
@@ -155,7 +156,18 @@ class ApiKeyCreated(ApiKey):
 
 # -- secrets -------------------------------------------------------------------
 
-SecretName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$", min_length=1, max_length=128)]
+
+def _safe_variable(name: str) -> str:
+    if unsafe_name(name):
+        raise ValueError(f"{name} cannot be a secret's name: it would change how programs start")
+    return name
+
+
+SecretName = Annotated[
+    str,
+    Field(pattern=r"^[A-Z_][A-Z0-9_]*$", min_length=1, max_length=128),
+    AfterValidator(_safe_variable),
+]
 
 
 class SecretRequest(Body):

@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from minidevin.runtime import schemas
 from minidevin.runtime.auth import SecretFileError, write_private_file
-from minidevin.runtime.errors import NotFound
+from minidevin.runtime.errors import ApiError, NotFound
 from minidevin.runtime.events import utc_now
 from minidevin.runtime.storage import Store
 
@@ -56,8 +56,11 @@ def load_secrets_key(data_dir: Path, configured: str | None) -> Fernet:
         ) from None
 
 
-class SecretUnreadable(Exception):
+class SecretUnreadable(ApiError):
     """A stored value cannot be opened with this server's key (the key was changed)."""
+
+    status = 503
+    code = "SECRETS_UNREADABLE"
 
 
 class Secrets:

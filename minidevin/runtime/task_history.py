@@ -82,7 +82,7 @@ class TaskHistory:
                     {"role": "tool", "tool_call_id": data["call_id"], "content": data["output"]}
                 )
             case "approval_request":
-                self.approvals.setdefault(data["call_id"], None)
+                self.approvals[data["call_id"]] = None  # (asked again: undecided again)
             case "approval_decision":
                 self.approvals[data["call_id"]] = data["decision"]
             case "plan_update":

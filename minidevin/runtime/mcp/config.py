@@ -7,10 +7,13 @@ digits, `_` and `-`, and never hold `__` (the separator).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from minidevin.runtime.tools.environment import unsafe_name
 
 TOOL_PREFIX = "mcp__"
 SEPARATOR = "__"
@@ -22,9 +25,13 @@ def _no_separator(value: str) -> str:
     return value
 
 
+# (no `_` at the end either: `mcp__a___x` would be server `a_`'s tool `x` or `a`'s `_x`)
 ServerName = Annotated[
-    str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=24), AfterValidator(_no_separator)
+    str,
+    Field(pattern=r"^[a-z0-9]([a-z0-9_-]*[a-z0-9-])?$", max_length=24),
+    AfterValidator(_no_separator),
 ]
+VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HIDDEN = "<hidden>"  # what the API shows of an `env` or `headers` value
 
 
@@ -48,13 +55,26 @@ class _Server(BaseModel):
         return data
 
 
+def _safe_env(env: dict[str, str]) -> dict[str, str]:
+    for name in env:
+        if not VARIABLE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        if unsafe_name(name):
+            raise ValueError(f"{name} cannot be set: it would change how programs start")
+    return env
+
+
 class McpStdioServer(_Server):
     """A server the runtime starts (in the command sandbox) and talks to over stdin/stdout."""
 
     transport: Literal["stdio"] = "stdio"
     command: Annotated[str, Field(min_length=1, max_length=4096)]
     args: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = []
-    env: Annotated[dict[str, Annotated[str, Field(max_length=16_384)]], Field(max_length=64)] = {}
+    env: Annotated[
+        dict[str, Annotated[str, Field(max_length=16_384)]],
+        Field(max_length=64),
+        AfterValidator(_safe_env),
+    ] = {}
 
 
 class McpHttpServer(_Server):
@@ -90,3 +110,22 @@ def parse_servers(raw: list[dict[str, Any]]) -> list[McpServer]:
 
 def tool_name(server: str, tool: str) -> str:
     return f"{TOOL_PREFIX}{server}{SEPARATOR}{tool}"
+
+
+HIDDEN_MIN = 8  # shorter `env` values (`1`, `true`, `prod`) are settings, not credentials
+
+
+def hidden_values(servers: list[dict[str, Any]]) -> dict[str, str]:
+    """The servers' `env` and `headers` values to mask like secrets (name -> value): each
+    of `HIDDEN_MIN` characters or more, and a header's credential after its scheme
+    (`Bearer <token>`) on its own too."""
+    values: dict[str, str] = {}
+    for server in servers:
+        name = server.get("name", "?")
+        for kind in ("env", "headers"):
+            for key, value in (server.get(kind) or {}).items():
+                parts = [value, value.rpartition(" ")[2]] if kind == "headers" else [value]
+                for index, part in enumerate(parts):
+                    if len(part) >= HIDDEN_MIN:
+                        values[f"{name}.{kind}.{key}" + ("" if index == 0 else ".token")] = part
+    return values

@@ -35,7 +35,7 @@ from mcp.shared.message import SessionMessage
 from minidevin.runtime.mcp.config import McpStdioServer
 from minidevin.runtime.tools import cgroups, sandbox
 from minidevin.runtime.tools.base import ToolContext
-from minidevin.runtime.tools.environment import command_environment
+from minidevin.runtime.tools.environment import command_environment, user_variables
 from minidevin.runtime.tools.network import UserNetwork, network_status
 
 # the terminal's own checks: the same working-directory identity and cgroup rules
@@ -112,7 +112,7 @@ class StdioServerProcess:
     ) -> tuple[Process, cgroups.CommandCgroup | None]:
         context = self.context
         env = dict(context.env or command_environment(context.task_id, context.uid))
-        env.update(self.server.env)
+        env.update(user_variables(self.server.env))  # (checked at creation; again here)
         limits = cgroups.Limits(context.memory_mb, context.pids, context.cpus)
         cgroup = _command_cgroup(context, limits)
         if cgroup is not None:
