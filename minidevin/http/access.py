@@ -20,13 +20,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from minidevin.http.console import public_origin
 from minidevin.http.keys import PRINCIPAL, RUNTIME
 from minidevin.http.ratelimit import RATE_HEADERS, FixedWindowLimiter, RateLimited, client_address
 from minidevin.runtime.auth import Principal
 from minidevin.runtime.errors import Forbidden, Unauthorized
 from minidevin.runtime.schemas import normalize_email
 
-PUBLIC_PATHS = frozenset({"/health", "/api/auth/register", "/api/auth/login", "/api/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {"/health", "/api/auth/register", "/api/auth/login", "/api/openapi.json", "/api/docs"}
+)
 LOGIN_PATHS = frozenset({"/api/auth/register", "/api/auth/login"})
 PASSWORD_PATH = "/api/auth/password"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -139,10 +142,13 @@ def _ascii(value: str) -> str:
 
 
 def _check_origin(request: web.Request) -> None:
-    """A browser's WebSocket must come from an allowed origin (tools send none)."""
+    """A browser's WebSocket must come from an allowed origin, or the console's own
+    (tools send none)."""
     origin = request.headers.get("Origin")
     allowed = request.app[RUNTIME].settings.cors_origins
-    if origin is not None and "*" not in allowed and origin not in allowed:
+    if origin is None or "*" in allowed or origin in allowed:
+        return
+    if origin != public_origin(request):
         raise Forbidden("origin not allowed")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from minidevin.api import Runtime
-from minidevin.http import openapi, routes, secret_routes, websocket
+from minidevin.http import console, openapi, routes, secret_routes, websocket
 from minidevin.http.access import access_middleware
 from minidevin.http.idempotency import idempotency_middleware
 from minidevin.http.keys import READ_CACHE, RUNTIME, WEBSOCKETS
@@ -37,6 +37,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Applicat
     app.add_routes(secret_routes.routes)
     app.add_routes(websocket.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(console.routes)
     app.on_response_prepare.append(add_rate_headers)
     app.on_shutdown.append(websocket.close_all)
     if manage_runtime:

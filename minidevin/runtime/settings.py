@@ -221,6 +221,11 @@ class Settings(BaseModel):
     cors_origins: tuple[str, ...] = Field(
         DEFAULT_CORS_ORIGINS, description="Comma-separated browser origins allowed; `*` for any."
     )
+    public_url: str | None = Field(
+        None,
+        description="The URL users reach the server at, when a proxy serves it under a path "
+        "(e.g. https://example.com/minidevin): the console's links and its WebSocket origin.",
+    )
     host: str = Field("127.0.0.1", description="Address `minidevin serve` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `minidevin serve` listens on.")
     log_level: str = Field("info", description="debug, info, warning or error.")
