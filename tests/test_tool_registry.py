@@ -25,6 +25,7 @@ from minidevin.api import Runtime
 from minidevin.run_view import HumanView
 from minidevin.runtime.events import Event
 from minidevin.runtime.providers.anthropic_messages import to_anthropic_tools
+from minidevin.runtime.snapshots import Snapshots
 from minidevin.runtime.tools import TOOLS, ToolContext, ToolError, ToolResult
 from minidevin.runtime.tools.registry import (
     STEP_STATUSES,
@@ -34,7 +35,6 @@ from minidevin.runtime.tools.registry import (
     default_registry,
 )
 from minidevin.runtime.tools.terminal import TerminalArguments
-from minidevin.runtime.workspace import Snapshots
 
 BUILT_IN = ("terminal", "editor", "plan", "ask_user", "finish")
 

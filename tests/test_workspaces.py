@@ -33,7 +33,7 @@ from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 
 from minidevin.api import Runtime
 from minidevin.runtime.settings import Settings
-from minidevin.runtime.workspace import Snapshots
+from minidevin.runtime.snapshots import Snapshots
 
 NOT_AVAILABLE = "working_directory is not available"
 FINISH = ScriptedTurn(tool_calls=[("finish", {"summary": "done", "success": True})])

@@ -38,12 +38,13 @@ from minidevin.runtime.mcp.servers import McpTools
 from minidevin.runtime.providers.base import Model, ProviderError
 from minidevin.runtime.providers.registry import ProviderRegistry
 from minidevin.runtime.providers.retry import RetryPolicy, stream_with_retries
+from minidevin.runtime.snapshots import Snapshots
 from minidevin.runtime.token_coalescer import TokenCoalescer
 from minidevin.runtime.tools import TOOLS, ToolContext, ToolRegistry, ToolResult
 from minidevin.runtime.tools.environment import command_environment, user_variables
 from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.sandbox import run_identity, sandbox_status
-from minidevin.runtime.workspace import Snapshots, verify_working_directory
+from minidevin.runtime.workspace import verify_working_directory
 
 log = structlog.get_logger(__name__)
 

@@ -59,13 +59,14 @@ from minidevin.runtime.mcp.servers import McpTools
 from minidevin.runtime.providers.base import CONTINUE_MESSAGE, ToolCall
 from minidevin.runtime.redaction import Redactor
 from minidevin.runtime.secrets_store import SecretUnreadable
+from minidevin.runtime.snapshots import snapshots_for
 from minidevin.runtime.storage import StoreError
 from minidevin.runtime.task_history import TaskHistory
 from minidevin.runtime.tools import ToolContext, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.registry import TOOLS, default_registry
 from minidevin.runtime.usage import UsageMeter
-from minidevin.runtime.workspace import Snapshots, verify_working_directory
+from minidevin.runtime.workspace import verify_working_directory
 
 log = structlog.get_logger(__name__)
 
@@ -106,10 +107,8 @@ class TaskActor(TaskTools, TaskWaits, TaskEnding, pykka.ThreadingActor):
         self.snapshot_failed = False  # no "before" tree: the diff cannot be made
         self.released = False
         events.on_store_lost = self._store_lost  # (called on whichever thread emitted)
-        self.snapshots = Snapshots(
-            spec.working_directory,
-            deps.settings.snapshots_dir / f"{spec.task_id}.git",
-            spec.workspace_identity,
+        self.snapshots = snapshots_for(
+            deps.settings.snapshots_dir, spec.working_directory, spec.workspace_identity
         )
 
     # -- lifecycle -------------------------------------------------------------------

@@ -16,8 +16,8 @@ from minidevin.runtime.artifacts import write_task_artifacts
 from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.event_types import Error, Status
 from minidevin.runtime.events import TaskEventLog
+from minidevin.runtime.snapshots import Snapshots
 from minidevin.runtime.task_history import TaskHistory
-from minidevin.runtime.workspace import Snapshots
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from minidevin.runtime.workspace import git_environment
+from minidevin.runtime.snapshots import git_environment
 
 GIT_TIMEOUT = 300  # seconds for the whole diff; the process is killed beyond
 PIECE = 64 * 1024  # bytes read at a time: a long line is copied in pieces

@@ -23,20 +23,14 @@ tool call re-opens the path without following links and compares (see
 `tools.paths.open_workspace`). A root-owned directory opened by a root server is
 handed to `sandbox_uid` (commands run as that uid, never as root).
 
-Snapshots live in a private git directory under the data directory (one per
-task), so the user's own repository is never touched: `git add -A` into a
-throwaway index records the tree as it stood, and the diff at the end is
-`git diff --binary <before> <after>`, which `git apply` accepts. The work
-tree's `.gitignore` files are honoured.
+The snapshots behind `diff.patch` are `runtime/snapshots.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -297,77 +291,3 @@ def _give_entry(
             counts["changed"] += 1
     finally:
         os.close(child)
-
-
-class Snapshots:
-    """Snapshots of one working directory into one private git directory."""
-
-    def __init__(
-        self, working_directory: Path, git_dir: Path, identity: tuple[int, int] | None = None
-    ) -> None:
-        self.working_directory = working_directory
-        self.git_dir = git_dir
-        self.identity = identity  # when known: a snapshot of a swapped directory is refused
-
-    def _git(self, *args: str) -> str:
-        env = {
-            **git_environment(self.git_dir),
-            "GIT_DIR": str(self.git_dir),
-            "GIT_WORK_TREE": str(self.working_directory),
-            "GIT_INDEX_FILE": str(self.git_dir / "snapshot-index"),
-        }
-        done = subprocess.run(
-            ["git", "-c", "core.autocrlf=false", "-c", "core.quotepath=off", *args],
-            cwd=self.working_directory,
-            env=env,
-            capture_output=True,
-            timeout=GIT_TIMEOUT,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"git {args[0]} failed: {done.stderr.decode(errors='replace')}")
-        return done.stdout.decode(errors="replace")
-
-    def take(self) -> str:
-        """Record the working tree; returns the tree id (`WorkspaceChanged` if it changed)."""
-        if self.identity is not None:
-            verify_working_directory(self.working_directory, self.identity)
-        if not (self.git_dir / "HEAD").exists():
-            self.git_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            subprocess.run(
-                ["git", "init", "--quiet", "--bare", str(self.git_dir)],
-                env=git_environment(self.git_dir),
-                capture_output=True,
-                timeout=GIT_TIMEOUT,
-                check=True,
-            )
-            # never record the user's repository itself, nor bytecode caches
-            (self.git_dir / "info").mkdir(exist_ok=True)
-            (self.git_dir / "info" / "exclude").write_text(".git\n__pycache__/\n*.py[co]\n")
-        self._git("add", "--all", ".")
-        return self._git("write-tree").strip()
-
-    def diff(self, before: str, after: str) -> str:
-        return self._git("diff", "--binary", "--no-color", "--no-ext-diff", before, after)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.git_dir, ignore_errors=True)
-
-
-def git_environment(git_dir: Path) -> dict[str, str]:
-    """What the server's own git (snapshots, diffs) runs with: no config but ours.
-
-    Snapshot git runs as the server, over a tree a tenant's commands wrote: no
-    system or global config (a filter, fsmonitor or pager there would run as the
-    server), no `HOME` of the server's, none of the server's other variables.
-    """
-    env = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL") if name in os.environ}
-    return {
-        **env,
-        "HOME": str(git_dir),
-        "XDG_CONFIG_HOME": str(git_dir),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_ATTR_NOSYSTEM": "1",
-        "GIT_TERMINAL_PROMPT": "0",
-    }
