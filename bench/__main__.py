@@ -28,6 +28,7 @@ BENCHMARKS = {
     "rebuild": "bench.rebuild",  # issue 11: the log's size, a conversation rebuilt from it
     "replay": "bench.replay",  # issue 12 item 5: late subscribers to a long history
     "console": "bench.console",  # issue 14 item 5: the task page in a real browser
+    "snapshots": "bench.snapshots",  # issue 15 item 2: task cost against repository size
     "scale": "bench.scale",  # item 4 (last: 1,000 tasks ending at once load the machine)
 }
 ALIASES = {"store": "latency"}

@@ -1,0 +1,135 @@
+"""Task cost against repository size (issue 15, item 2).
+
+A generated tree of 20,000 files (about 150 MB; `--quick`: 2,000), once committed
+in git and once as a plain directory, and a one-file directory, in the same run.
+Each task runs one `echo` and finishes (the in-process `EchoOnce` model), from
+`POST` to its final status. Measured:
+
+- task overhead on the git repository against the one-file directory (target: at
+  most 100 ms more), and on the plain directory for its second task (the first
+  pays for hashing every file once);
+- the data directory's growth per task on the git repository (target: under 5 MB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Config, InProcessServer, Row, bench_settings, percentile
+from minidevin.runtime.cancel import CancelToken
+from minidevin.runtime.providers.base import ModelTurn, TokenSink, ToolCall
+from minidevin.runtime.providers.registry import ProviderRegistry
+
+FINAL = ("completed", "failed", "stopped")
+
+
+class EchoOnce:
+    """First turn: `terminal` runs `echo hi`; the next one finishes."""
+
+    model_id = "bench-echo"
+
+    def register(self, providers: ProviderRegistry) -> None:
+        providers.register(self.model_id, lambda: self)
+
+    def stream_turn(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        on_token: TokenSink,
+        cancel: CancelToken,
+    ) -> ModelTurn:
+        own = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        if any(m["role"] == "tool" for m in messages[own:]):
+            call = ToolCall("call-finish", "finish", '{"summary": "echoed", "success": true}')
+        else:
+            call = ToolCall("call-echo", "terminal", '{"command": "echo hi"}')
+        return ModelTurn(text="", tool_calls=(call,), finish_reason="tool_calls")
+
+
+def generate(root: Path, files: int) -> None:
+    """`files` files of about 7.5 KB in 100-file directories."""
+    for n in range(files):
+        directory = root / f"pkg{n // 100:03d}"
+        if n % 100 == 0:
+            directory.mkdir(parents=True)
+        (directory / f"module{n}.py").write_text(f"# module {n}\n" + "x = 1234567890\n" * 500)
+
+
+def commit(root: Path) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.com"}  # fmt: skip
+    for args in (["init", "--quiet"], ["add", "-A"], ["commit", "--quiet", "-m", "tree"]):
+        subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
+
+
+def size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+async def one_task(server: InProcessServer, session_id: str) -> float:
+    """Seconds from `POST` to the final status."""
+    assert server.http is not None
+    started = time.perf_counter()
+    task_id = await server.new_task(Path("."), EchoOnce.model_id, session_id)
+    while True:
+        async with server.http.get(f"/api/tasks/{task_id}", headers=server.auth) as response:
+            if (await response.json())["status"] in FINAL:
+                return time.perf_counter() - started
+        await asyncio.sleep(0.005)  # (a poll of the benchmark's client, not a test's wait)
+
+
+async def session_on(server: InProcessServer, directory: Path) -> str:
+    assert server.http is not None
+    body = {"name": directory.name, "working_directory": str(directory)}
+    async with server.http.post("/api/sessions", json=body, headers=server.auth) as response:
+        return str((await response.json())["id"])
+
+
+async def run(cfg: Config) -> list[Row]:
+    files, rounds = (2_000, 3) if cfg.quick else (20_000, 5)
+    base = cfg.workdir / "snapshots"
+    small, repo, plain = base / "one-file", base / "repo", base / "plain"
+    small.mkdir(parents=True)
+    (small / "a.txt").write_text("a\n")
+    began = time.perf_counter()
+    generate(repo, files)
+    commit(repo)
+    generate(plain, files)
+    prepared = time.perf_counter() - began
+    providers = ProviderRegistry({})
+    EchoOnce().register(providers)
+    data = base / "data"
+    async with InProcessServer(bench_settings(data), providers) as server:
+        sessions = {name: await session_on(server, d) for name, d in
+                    (("small", small), ("repo", repo), ("plain", plain))}  # fmt: skip
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        first_plain = await one_task(server, sessions["plain"])
+        growth: list[float] = []
+        for _ in range(rounds):
+            times["small"].append(await one_task(server, sessions["small"]))
+            before = size_mb(data)
+            times["repo"].append(await one_task(server, sessions["repo"]))
+            growth.append(size_mb(data) - before)
+            times["plain"].append(await one_task(server, sessions["plain"]))
+    small_ms = percentile(times["small"], 50) * 1000
+    repo_ms = percentile(times["repo"], 50) * 1000
+    plain_ms = percentile(times["plain"], 50) * 1000
+    tree = f"{files:,} files, {size_mb(plain):.0f} MB"
+    note = (f"median of {rounds}; one-file directory {small_ms:.0f} ms; generated in "
+            f"{prepared:.0f} s")  # fmt: skip
+    return [
+        Row("snapshots", f"task overhead, git repository of {tree}", repo_ms - small_ms, "ms",
+            target="<= 100 ms", passed=repo_ms - small_ms <= 100,
+            notes=f"{note}; the task took {repo_ms:.0f} ms"),
+        Row("snapshots", f"task overhead, plain directory of {tree}, later tasks",
+            plain_ms - small_ms, "ms", target="<= 100 ms", passed=plain_ms - small_ms <= 100,
+            notes=f"{note}; its first task {first_plain * 1000:.0f} ms (hashes every file)"),
+        Row("snapshots", "data directory growth per task, git repository", max(growth), "MB",
+            target="< 5 MB", passed=max(growth) < 5,
+            notes=f"largest of {rounds} tasks; median {percentile(growth, 50):.2f} MB"),
+    ]  # fmt: skip
