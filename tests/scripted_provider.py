@@ -60,6 +60,7 @@ class ScriptedTurn:
     drop_after: int = 2
     drop_mode: str = "abort"  # or "eof": end the body cleanly; "garbage": send non-JSON
     chunk_delay: float = 0.0  # seconds between streamed chunks
+    no_usage: bool = False  # like llama.cpp or vLLM without `stream_options`: no usage chunk
 
 
 def finish(summary: str = "done") -> ScriptedTurn:
@@ -213,7 +214,7 @@ class ScriptedOpenAIServer(ScriptedServer[ScriptedTurn]):
                 delta = {"index": index, "function": {"arguments": piece}}
                 chunks.append(chunk({"tool_calls": [delta]}))
         chunks.append(chunk({}, self._finish_reason(turn)))
-        if include_usage:
+        if include_usage and not turn.no_usage:
             chunks.append({**base, "choices": [], "usage": self._usage(turn)})
         return chunks
 

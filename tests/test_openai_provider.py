@@ -122,6 +122,20 @@ async def test_usage_is_recorded(server: ScriptedOpenAIServer, client: openai.Op
     assert (turn.usage.prompt_tokens, turn.usage.completion_tokens) == (1234, 56)
 
 
+async def test_a_server_that_streams_no_usage_is_counted_approximately_and_says_so(
+    server: ScriptedOpenAIServer, client: openai.OpenAI
+) -> None:
+    server.script(ScriptedTurn(text="x" * 400, no_usage=True))
+    turn, _ = await run_turn(OpenAIChatModel("gpt-test", client))
+    assert turn.usage.estimated
+    assert turn.usage.completion_tokens == 100  # about 4 characters a token
+    sent = len(json.dumps(MESSAGES, ensure_ascii=False)) + len(json.dumps([]))
+    assert turn.usage.prompt_tokens == -(-sent // 4) > 0
+    server.script(ScriptedTurn(text="ok", prompt_tokens=7, completion_tokens=3))
+    turn, _ = await run_turn(OpenAIChatModel("gpt-test", client))
+    assert not turn.usage.estimated and turn.usage.prompt_tokens == 7
+
+
 async def test_request_carries_messages_tools_and_model(
     server: ScriptedOpenAIServer, client: openai.OpenAI
 ) -> None:

@@ -64,3 +64,17 @@ async def test_fix_a_test_through_the_embedding_api(
         "ask_user",
         "finish",
     }
+
+
+async def test_a_task_on_a_server_without_usage_reports_estimated_tokens(
+    runtime: Runtime, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    from scripted_provider import ScriptedTurn
+
+    openai_server.script([ScriptedTurn(text="done " * 50, no_usage=True)])
+    (tmp_path / "w").mkdir()
+    session = await runtime.create_session("s", tmp_path / "w")
+    task = await runtime.create_task(session.id, "say done", model="gpt-4o")
+    detail = await runtime.wait(task.id)
+    assert detail.usage.estimated and detail.usage.completion_tokens == 63  # 250 chars / 4
+    assert detail.usage.prompt_tokens > 0 and detail.usage.cost_usd > 0

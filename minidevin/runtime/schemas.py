@@ -303,6 +303,8 @@ class Usage(Out):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    # the provider reported no usage: counted approximately (about 4 characters a token)
+    estimated: bool = False
 
 
 class TaskCreated(Out):

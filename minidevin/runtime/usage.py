@@ -17,7 +17,11 @@ class UsageMeter:
 
     def restore(self, usage: dict[str, Any]) -> None:
         """Go on from a resumed task's `usage` so far (its log's latest `usage` event)."""
-        self.usage = Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        self.usage = Usage(
+            usage.get("prompt_tokens", 0),
+            usage.get("completion_tokens", 0),
+            bool(usage.get("estimated", False)),
+        )
         self.cost_usd = float(usage.get("cost_usd", 0.0))
 
     def add(self, turn: Usage) -> None:
@@ -25,6 +29,7 @@ class UsageMeter:
         self.usage = Usage(
             self.usage.prompt_tokens + turn.prompt_tokens,
             self.usage.completion_tokens + turn.completion_tokens,
+            self.usage.estimated or turn.estimated,  # (any turn counted by us: the sum is too)
         )
         if self.price is not None:
             rate_in, rate_out = self.price
@@ -40,8 +45,11 @@ class UsageMeter:
 
     def as_dict(self) -> dict[str, Any]:
         """The `usage` of the task's row, events and trajectory."""
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens,
             "cost_usd": round(self.cost_usd, 6),
         }
+        if self.usage.estimated:
+            usage["estimated"] = True
+        return usage

@@ -7,6 +7,7 @@ we store, and providers with another wire format translate at their edge.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,23 @@ class ToolCall:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated: bool = False  # counted by us (`estimate_usage`): the provider reported none
+
+
+CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text and code
+
+
+def estimate_usage(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]], output: str
+) -> Usage:
+    """A turn's tokens, approximately, for a server that streams no usage (llama.cpp, vLLM
+    without `stream_options`): about 4 characters a token of what was sent and received."""
+    sent = len(json.dumps(messages, ensure_ascii=False)) + len(json.dumps(tools))
+    return Usage(
+        prompt_tokens=-(-sent // CHARS_PER_TOKEN),
+        completion_tokens=-(-len(output) // CHARS_PER_TOKEN),
+        estimated=True,
+    )
 
 
 # Why a turn ended when the output-token limit cut it: OpenAI's and Anthropic's names.

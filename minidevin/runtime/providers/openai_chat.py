@@ -31,6 +31,7 @@ from minidevin.runtime.providers.base import (
     TokenSink,
     ToolCall,
     Usage,
+    estimate_usage,
 )
 from minidevin.runtime.providers.streaming import (
     admit_output,
@@ -72,7 +73,7 @@ class _TurnBuilder:
         self._on_token = on_token
         self._text: list[str] = []
         self._calls: dict[int, _PartialCall] = {}
-        self.usage = Usage()
+        self.usage: Usage | None = None  # (None: the server streamed none)
         self.finish_reason: str | None = None
 
     def add(self, chunk: ChatCompletionChunk) -> None:
@@ -105,7 +106,7 @@ class _TurnBuilder:
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
 
-    def build(self) -> ModelTurn:
+    def build(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ModelTurn:
         if self.finish_reason is None:
             raise ProviderError(
                 "PROVIDER_UNAVAILABLE", "OpenAI stream ended before the turn finished"
@@ -119,11 +120,13 @@ class _TurnBuilder:
                 )
             call_id = call.id or f"call_{uuid.uuid4().hex[:24]}"
             calls.append(ToolCall(id=call_id, name=call.name, arguments="".join(call.arguments)))
+        text = "".join(self._text)
+        usage = self.usage
+        if usage is None:  # counted approximately, and said so
+            output = text + "".join(call.name + call.arguments for call in calls)
+            usage = estimate_usage(messages, tools, output)
         return ModelTurn(
-            text="".join(self._text),
-            tool_calls=tuple(calls),
-            usage=self.usage,
-            finish_reason=self.finish_reason,
+            text=text, tool_calls=tuple(calls), usage=usage, finish_reason=self.finish_reason
         )
 
 
@@ -164,7 +167,7 @@ class OpenAIChatModel:
             cancel,
             self._raise_provider_error,
         )
-        return builder.build()
+        return builder.build(messages, tools)
 
     def _raise_provider_error(self, error: Exception) -> NoReturn:
         if not isinstance(error, openai.OpenAIError | _MalformedStream):
