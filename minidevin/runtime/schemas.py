@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from minidevin.runtime.auth import MAX_PASSWORD_BYTES
 from minidevin.runtime.mcp.config import McpServer
-from minidevin.runtime.tools.environment import unsafe_name
+from minidevin.runtime.variables import unsafe_name
 
 TaskStatus = Literal[
     "queued", "running", "waiting_input", "waiting_approval", "completed", "failed", "stopped"

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from minidevin.runtime.tools.environment import unsafe_name
+from minidevin.runtime.variables import unsafe_name
 
 TOOL_PREFIX = "mcp__"
 SEPARATOR = "__"

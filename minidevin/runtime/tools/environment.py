@@ -24,26 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from minidevin.runtime.tools import cgroups
+from minidevin.runtime.variables import unsafe_name
 
 ALLOWED = ("PATH", "LANG", "TERM", "TZ", "SHELL")
 ALLOWED_PREFIXES = ("LC_",)
 TASK_MARKER = "MINIDEVIN_TASK_ID"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# names a user's variables (session secrets, an MCP server's `env`) may not take: the
-# loader's and libc's (glibc drops them for setuid programs), the shells' start-up hooks,
-# the lookup path, and our own marker. The sandbox's helpers (`sh`, `prlimit`, `bwrap`,
-# `setpriv`) start as root with the command's environment.
-UNSAFE_NAMES = frozenset(
-    ("GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
-     "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR", "BASH_ENV",
-     "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "IFS", "PATH", "CDPATH")
-)  # fmt: skip
-UNSAFE_PREFIXES = ("LD_", "MALLOC_", "MINIDEVIN_", "BASH_FUNC_")
-
-
-def unsafe_name(name: str) -> bool:
-    """Whether a user's variable may not be called `name` (see `UNSAFE_NAMES`)."""
-    return name.upper() in UNSAFE_NAMES or name.upper().startswith(UNSAFE_PREFIXES)
 
 
 def user_variables(variables: Mapping[str, str]) -> dict[str, str]:
