@@ -5,14 +5,17 @@ in the task's description, so tests run in any order against one model server), 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from playwright.sync_api import Browser, ConsoleMessage, Page
 from scripted_provider import ScriptedTurn, finish
 from serve_process import ServeProcess
@@ -81,7 +84,10 @@ SCENARIOS: dict[str, list[ScriptedTurn]] = {
         finish("Done after a reconnect."),
     ],
     "small": [
-        ScriptedTurn(text="Listing the files.", tool_calls=[("terminal", {"command": "ls"})]),
+        ScriptedTurn(
+            text="Listing the files.",
+            tool_calls=[("terminal", {"command": "ls"}), ("terminal", {"command": "seq 1 40"})],
+        ),
         finish("Listed them."),
     ],
 }
@@ -160,10 +166,13 @@ class Watched:
 
 
 def open_page(
-    browser: Browser, base_url: str, width: int = 1440, height: int = 900
+    browser: Browser, base_url: str, width: int = 1440, height: int = 900, dark: bool = False
 ) -> Iterator[Watched]:
     context = browser.new_context(
-        base_url=base_url, viewport={"width": width, "height": height}, accept_downloads=True
+        base_url=base_url,
+        viewport={"width": width, "height": height},
+        accept_downloads=True,
+        color_scheme="dark" if dark else "light",
     )
     page = context.new_page()
     watched = Watched(page)
@@ -201,6 +210,42 @@ def seqs(page: Page) -> list[int]:
         "(nodes) => nodes.map((node) => node.dataset.seq)"
     )
     return [int(value) for value in found]
+
+
+def events_of(server: ServeProcess, user: Account, task_id: str) -> list[dict[str, Any]]:
+    """A finished task's whole log, as its WebSocket replays it (until the close)."""
+
+    async def read() -> list[dict[str, Any]]:
+        url = f"{server.url.replace('http', 'ws', 1)}/ws/tasks/{task_id}?token={user.token}"
+        async with aiohttp.ClientSession() as client, client.ws_connect(url) as socket:
+            return [json.loads(message.data) async for message in socket]
+
+    with ThreadPoolExecutor(1) as thread:  # (Playwright's loop holds this thread)
+        return thread.submit(asyncio.run, read()).result(timeout=30)
+
+
+SHOWN = {"status", "tool_call", "tool_result", "approval_request", "approval_decision"}
+SHOWN |= {"error", "user_message", "resumed", "turn_restart"}
+
+
+def shown_seqs(events: list[dict[str, Any]]) -> set[int]:
+    """The seqs the timeline shows one element for: each of the types above, the first token
+    of each run of tokens, and a model turn's text that was not streamed."""
+    shown: set[int] = set()
+    previous = ""
+    streamed = False
+    for event in events:
+        kind = event["type"]
+        if kind == "turn_start":
+            streamed = False
+        if kind in SHOWN or (kind == "token" and previous != "token"):
+            shown.add(event["seq"])
+        if kind == "token":
+            streamed = True
+        if kind == "model_turn" and event.get("content") and not streamed:
+            shown.add(event["seq"])
+        previous = kind
+    return shown
 
 
 def status_of(server: ServeProcess, user: Account, task_id: str) -> str:

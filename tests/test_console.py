@@ -25,11 +25,13 @@ from console_helpers import (  # noqa: E402
     Watched,
     account,
     copy_of_buggy_calc,
+    events_of,
     log_in,
     open_page,
     responder,
     screenshots_dir,
     seqs,
+    shown_seqs,
     start_server,
     status_of,
 )
@@ -212,7 +214,8 @@ def test_approve_one_call_reject_another_and_reload_mid_task(
     page.reload()  # the finished task, from its history alone
     status_badge(page, "completed")
     expect(page.get_by_role("region", name="Summary")).to_be_visible()
-    assert seqs(page) == live  # nothing missing either
+    assert seqs(page) == live
+    assert set(live) == shown_seqs(events_of(server, user, task_id))  # nothing missing either
     assert status_of(server, user, task_id) == "completed"
     watched.no_errors()
 
@@ -273,18 +276,25 @@ def test_a_dropped_websocket_reconnects_after_the_last_seq_and_says_so(
     watched.no_errors()
 
 
-def test_a_390_px_screen_reads_without_sideways_scrolling(
+def test_a_390_px_dark_screen_reads_without_sideways_scrolling(
     browser: Browser, server: ServeProcess, work: Path, shots: Path
 ) -> None:
     user = account(server, "katherine@example.com")
-    for watched in open_page(browser, server.url, width=390, height=844):
+    for watched in open_page(browser, server.url, width=390, height=844, dark=True):
         page = watched.page
         log_in(page, user)
         new_session(page, "Narrow", copy_of_buggy_calc(work / "calc"))
         run_task(page, "[small] List the files")
         status_badge(page, "completed")
         expect(page.get_by_role("region", name="Diff")).to_be_visible()
-        expect(page.get_by_role("region", name="Timeline")).to_contain_text("calc.py")
+        timeline = page.get_by_role("region", name="Timeline")
+        expect(timeline).to_contain_text("calc.py")
+        long_output = timeline.locator(".item.tool", has_text="seq 1 40").locator("details")
+        expect(long_output.locator("summary")).to_have_text(re.compile(r"Output \(4\d lines\)"))
+        expect(long_output.locator("pre")).to_be_hidden()  # collapsed: 40 lines
+        long_output.locator("summary").focus()
+        page.keyboard.press("Enter")  # opened from the keyboard
+        expect(long_output.locator("pre")).to_contain_text("39\n40")
         page.screenshot(path=shots / "task-390.png", full_page=True)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page is {width} px wide"

@@ -105,7 +105,7 @@ export class Timeline {
     const card = this.cards.get(event.call_id);
     const part = h(
       "div",
-      { class: `result ${event.success ? "ok" : "failed"}`, dataset: { seq: event.seq } },
+      { class: `result ${event.success ? "result-ok" : "result-failed"}`, dataset: { seq: event.seq } },
       outputBlock(event),
     );
     if (card) {
@@ -198,6 +198,7 @@ function outputBlock(event) {
   if (event.tool === "plan" || event.tool === "finish") {
     return event.success ? null : h("p", { class: "pre" }, output);
   }
+  if (!output.trim()) return h("p", { class: "muted no-output" }, "(no output)");
   const lines = output.split("\n").length;
   let cut = "";
   if (output.length > MAX_OUTPUT_CHARS) {

@@ -237,6 +237,11 @@ export function taskView({ main, params, showError, clearError }) {
           ? h("p", { class: "pre" }, state.result.summary || "")
           : h("p", { class: "error-text" }, `${state.lastError.code}: ${state.lastError.error}`),
       );
+      if (state.task && state.task.session_id) {
+        summary.append(
+          h("p", {}, h("a", { href: `#/sessions/${state.task.session_id}` }, "Start a follow-up task")),
+        );
+      }
       summary.hidden = false;
     }
     try {
