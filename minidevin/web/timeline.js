@@ -199,7 +199,7 @@ function outputBlock(event) {
     return event.success ? null : h("p", { class: "pre" }, output);
   }
   if (!output.trim()) return h("p", { class: "muted no-output" }, "(no output)");
-  const lines = output.split("\n").length;
+  const lines = output.replace(/\n$/, "").split("\n").length;
   let cut = "";
   if (output.length > MAX_OUTPUT_CHARS) {
     cut = `\n… ${output.length - MAX_OUTPUT_CHARS} more characters (trajectory.json has them all)`;
