@@ -9,6 +9,7 @@ to the parent; a child never asks its parent.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from minidevin.actors.messages import (
     TakeSnapshot,
     ToolDone,
 )
+from minidevin.runtime import metrics, tracing
 from minidevin.runtime.cancel import Cancelled, CancelToken
 from minidevin.runtime.diffs import write_diff
 from minidevin.runtime.event_types import Token, TurnRestart
@@ -72,6 +74,8 @@ class ModelActor(pykka.ThreadingActor):
         self.cancel = cancel
         self.policy = policy
         self.model: Model | None = None
+        self.provider = metrics.provider_of(providers, model_id)
+        self.timer = metrics.TurnTimer(self.provider)  # a turn's duration and first text
         self.tokens = TokenCoalescer(self._emit_token, policy.token_coalesce_ms / 1000)
         self._unregister_flush = cancel.on_cancel(self.tokens.flush)  # before the stop's events
 
@@ -81,10 +85,16 @@ class ModelActor(pykka.ThreadingActor):
                 self.parent.tell(self._stream(list(messages), list(tools)))
 
     def _stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
-        try:
-            return self._turn(messages, tools)
-        finally:
-            self.tokens.flush()  # the turn's text before its outcome (told by the caller)
+        self.timer = metrics.TurnTimer(self.provider)
+        model = {"gen_ai.request.model": self.model_id, "gen_ai.provider.name": self.provider}
+        with tracing.child_span(self.events.task_id, "model_turn", **model) as span:
+            try:
+                outcome = self._turn(messages, tools)
+            finally:
+                self.tokens.flush()  # the turn's text before its outcome (told by the caller)
+            self.timer.done(outcome)
+            tracing.record_turn(span, outcome)
+        return outcome
 
     def _turn(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
         try:
@@ -110,6 +120,7 @@ class ModelActor(pykka.ThreadingActor):
 
     def _publish(self, text: str) -> None:
         """A text delta: joined with its neighbours, cut in pieces a WebSocket message carries."""
+        self.timer.first_text()
         self.tokens.add(text)
 
     def _emit_token(self, piece: str) -> None:
@@ -204,6 +215,17 @@ class ToolActor(pykka.ThreadingActor):
         self._close_mcp()
 
     def _run(self, name: str, arguments: str) -> ToolResult:
+        """Execute a call, timed (`minidevin_tool_call_seconds`) and traced."""
+        started = time.monotonic()
+        with tracing.child_span(
+            self.context.task_id, "tool_call", **{"gen_ai.tool.name": name}
+        ) as span:
+            result = self._execute(name, arguments)
+            tracing.record_tool(span, name, result)
+        metrics.observe_tool_call(name, result.success, time.monotonic() - started)
+        return result
+
+    def _execute(self, name: str, arguments: str) -> ToolResult:
         context = self.context
         try:  # still the session's directory (the editor checks again on its descriptor)
             verify_working_directory(context.working_directory, context.workspace_identity)

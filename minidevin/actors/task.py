@@ -48,7 +48,7 @@ from minidevin.actors.task_start import (
 )
 from minidevin.actors.task_tools import TaskTools
 from minidevin.actors.task_waits import TaskWaits
-from minidevin.runtime import agent
+from minidevin.runtime import agent, metrics, tracing
 from minidevin.runtime import event_types as ev
 from minidevin.runtime.cancel import CancelToken
 from minidevin.runtime.context import fit_messages, input_budget
@@ -114,6 +114,7 @@ class TaskActor(TaskTools, TaskWaits, TaskEnding, pykka.ThreadingActor):
     # -- lifecycle -------------------------------------------------------------------
 
     def on_start(self) -> None:
+        tracing.start_task(self.spec.task_id, self.spec.model, self.spec.session_id)
         try:
             spec = self.spec
             self.history = load_history(spec, self.deps)  # a resumed task's, from its log
@@ -181,6 +182,7 @@ class TaskActor(TaskTools, TaskWaits, TaskEnding, pykka.ThreadingActor):
             if child is not None:
                 child.stop(block=False)
         status = self.ending[0] if self.ending is not None else None
+        tracing.end_task(self.spec.task_id, status)
         for reply in self.stop_replies:  # nobody waits forever on a stopped actor
             if not reply.done():
                 reply.set_result(status)
@@ -311,7 +313,7 @@ class TaskActor(TaskTools, TaskWaits, TaskEnding, pykka.ThreadingActor):
     def _on_turn(self, turn: Any) -> None:
         if self.ending is not None:
             return
-        self.meter.add(turn.usage)
+        metrics.add_usage(self.meter, turn.usage, self.deps.providers, self.spec.model)
         self._emit(ev.ModelTurnEvent.of(turn))
         self._emit(
             ev.UsageUpdate(usage=self.meter.as_dict(), iteration=self.history.iterations + 1)

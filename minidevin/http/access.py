@@ -23,6 +23,7 @@ from aiohttp import web
 from minidevin.http.console import public_origin
 from minidevin.http.keys import PRINCIPAL, RUNTIME
 from minidevin.http.ratelimit import RATE_HEADERS, FixedWindowLimiter, RateLimited, client_address
+from minidevin.runtime import metrics
 from minidevin.runtime.auth import Principal
 from minidevin.runtime.errors import Forbidden, Unauthorized
 from minidevin.runtime.schemas import normalize_email
@@ -106,10 +107,13 @@ def _hit(
     message: str,
 ) -> None:
     """Count on every counter (limit 0: off); the tightest one's headers go out."""
-    answers = [limiter.hit(key, limit) for key, limit in counters if limit > 0]
+    counted = [(key, limiter.hit(key, limit)) for key, limit in counters if limit > 0]
+    answers = [answer for _, answer in counted]
     if not answers:
         return
     refused = [headers for allowed, headers in answers if not allowed]
+    for key in (key for key, (allowed, _) in counted if not allowed):
+        metrics.count_rate_limited(key)
     tightest = min((headers for _, headers in answers), key=_remaining)
     request[RATE_HEADERS] = {**request.get(RATE_HEADERS, {}), **(refused or [tightest])[0]}
     if refused:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from minidevin.api import Runtime
-from minidevin.http import console, openapi, routes, secret_routes, websocket
+from minidevin.http import console, metrics_routes, openapi, routes, secret_routes, websocket
 from minidevin.http.access import access_middleware
 from minidevin.http.idempotency import idempotency_middleware
 from minidevin.http.keys import READ_CACHE, RUNTIME, WEBSOCKETS
@@ -21,6 +21,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Applicat
     app = web.Application(
         middlewares=[
             cors_middleware(settings.cors_origins),
+            metrics_routes.tracing_middleware,  # (a span sees the status errors give)
             errors_middleware,
             access_middleware(limiter),
             idempotency_middleware(),  # inside access: keys are per user
@@ -38,6 +39,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Applicat
     app.add_routes(websocket.routes)
     app.add_routes(openapi.routes)
     app.add_routes(console.routes)
+    metrics_routes.setup(app)  # /metrics; traces when OTEL_EXPORTER_OTLP_ENDPOINT is set
     app.on_response_prepare.append(add_rate_headers)
     app.on_shutdown.append(websocket.close_all)
     if manage_runtime:

@@ -19,6 +19,7 @@ import asyncio
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
+from minidevin.runtime import metrics
 from minidevin.runtime.events import Event
 
 
@@ -119,6 +120,7 @@ class EventHub:
                 del self._subscribers[subscription.task_id]
 
     def publish(self, events: list[Event]) -> None:
+        metrics.count_published(events)  # (committed: each event passes here once)
         by_task: dict[str, list[Event]] = defaultdict(list)
         for event in events:
             if event.task_id in self._subscribers:

@@ -218,6 +218,11 @@ class Settings(BaseModel):
     ws_send_timeout: float = Field(
         10.0, gt=0, description="A WebSocket send that does not finish in this is cut (4008/abort)."
     )
+    metrics_token: str | None = Field(
+        None,
+        description="Bearer token `GET /metrics` requires (Prometheus' `authorization`); "
+        "unset: the metrics are public.",
+    )
     cors_origins: tuple[str, ...] = Field(
         DEFAULT_CORS_ORIGINS, description="Comma-separated browser origins allowed; `*` for any."
     )

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from minidevin.runtime import metrics
 from minidevin.runtime.events import Event
 from minidevin.runtime.storage.interface import AlreadyExists, StoreError
 from minidevin.runtime.storage.open_errors import OPEN_TIMEOUT_MAX, open_problem
@@ -254,8 +255,10 @@ class SqliteEngine:
         while True:
             batch = [await self._queue.get()]
             self._take_queued(batch, MAX_BATCH)
+            started = time.monotonic()
             try:
                 await self._commit_patiently(batch)
+                metrics.observe_commit(len(batch), time.monotonic() - started)
             except Exception as exc:
                 log.error("store_batch_failed", error=str(exc), size=len(batch))
                 for item in batch:  # isolate the statement the database refuses; keep the rest
@@ -367,6 +370,11 @@ class SqliteEngine:
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
+
+    def task_status_counts(self) -> dict[str, int]:
+        """Tasks by status (through the status index, on the loop thread: for `/metrics`)."""
+        rows = self.fetch_point("SELECT status, count(*) AS n FROM tasks GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
 
     def fetch_point(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """A read through an index of a few rows, right here on the loop thread.

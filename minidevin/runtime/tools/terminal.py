@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from pydantic import Field
 
+from minidevin.runtime import metrics
 from minidevin.runtime.cancel import Cancelled
 from minidevin.runtime.tools import cgroups, sandbox
 from minidevin.runtime.tools.base import (
@@ -238,6 +239,7 @@ class TerminalTool:
                 stack.callback(network.close)
                 network_args = network.bwrap_args()
             else:  # never the host's network: none at all
+                metrics.count_sandbox_failure("no_network")
                 network_args = ["--unshare-net"]
                 note = f"[note: this command had no network: {why}]"
         pass_fds = (workdir_fd, *(network.pass_fds() if network else ()))
@@ -259,12 +261,15 @@ class TerminalTool:
                 pass_fds=pass_fds if context.sandbox else (),
             )
         except (OSError, PermissionError) as exc:
+            if context.sandbox:
+                metrics.count_sandbox_failure("start")
             raise ToolError(f"could not start the command: {exc}") from exc
         group = _ProcessGroup(process)
         if network is not None:
             try:
                 network.attach()
             except Exception as exc:
+                metrics.count_sandbox_failure("network")
                 group.kill_and_reap()
                 assert process.stdout is not None
                 said = process.stdout.read(2000).decode(errors="replace").strip()

@@ -1,0 +1,123 @@
+"""OpenTelemetry traces: one per task, under the request that created it.
+
+A real server and the scripted provider; tracing turned on in this process
+with the SDK's in-memory exporter (what `OTEL_EXPORTER_OTLP_ENDPOINT` would
+send over OTLP), spans read from it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from http_helpers import create_session, serve, sign_up, stream
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
+from waiting import until
+
+from minidevin.runtime import tracing
+from minidevin.runtime.settings import Settings
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracing.enable(SimpleSpanProcessor(exporter))
+    try:
+        yield exporter
+    finally:
+        tracing.disable()
+
+
+def one(found: list[Any]) -> Any:
+    assert len(found) == 1, [span.name for span in found]
+    return found[0]
+
+
+async def test_a_task_is_one_trace_under_the_request_that_created_it(
+    settings: Settings,
+    openai_server: ScriptedOpenAIServer,
+    buggy_repo: Path,
+    spans: InMemorySpanExporter,
+) -> None:
+    openai_server.script(
+        [
+            ScriptedTurn(text="Look", tool_calls=[("terminal", {"command": "echo hi"})]),
+            ScriptedTurn(tool_calls=[("terminal", {"command": "exit 3"})], prompt_tokens=30),
+            finish("looked"),
+        ]
+    )
+    async with serve(settings, openai_server) as client:
+        user = await sign_up(client)
+        session = await create_session(client, user, buggy_repo)
+        created = await client.post(
+            f"/api/sessions/{session['id']}/tasks",
+            json={"description": "look around", "model": "gpt-4o"},
+            headers={**user.key, "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"},
+        )
+        assert created.status == 201, await created.text()
+        task_id = (await created.json())["id"]
+        messages, _ = await stream(client, task_id, user.token)
+        assert messages[-1]["status"] == "completed", messages[-1]
+        finished = await until(
+            lambda: [s for s in spans.get_finished_spans() if s.name == "task"] or None,
+            what="the task span ended",
+        )
+
+    task = one(finished)
+    request = one(
+        [s for s in spans.get_finished_spans() if s.name == "POST /api/sessions/{session_id}/tasks"]
+    )
+    # the request joined the caller's trace; the task is its child, in the same trace
+    assert f"{request.context.trace_id:032x}" == TRACE_ID
+    assert f"{request.parent.span_id:016x}" == CALLER_SPAN
+    assert request.attributes["http.response.status_code"] == 201
+    assert task.context.trace_id == request.context.trace_id
+    assert task.parent.span_id == request.context.span_id
+    assert task.attributes["minidevin.task.id"] == task_id
+    assert task.attributes["minidevin.task.status"] == "completed"
+    assert task.attributes["gen_ai.request.model"] == "gpt-4o"
+
+    children = [s for s in spans.get_finished_spans() if s.parent is not None]
+    of_task = [s for s in children if s.parent.span_id == task.context.span_id]
+    turns = [s for s in of_task if s.name == "model_turn"]
+    tools = [s for s in of_task if s.name == "tool_call"]
+    assert len(turns) == 3 and len(tools) == 2, [s.name for s in of_task]
+    assert all(s.context.trace_id == task.context.trace_id for s in of_task)
+    assert [s.attributes["gen_ai.usage.input_tokens"] for s in turns] == [10, 30, 10]
+    assert all(s.attributes["gen_ai.usage.output_tokens"] == 5 for s in turns)
+    assert all(s.attributes["gen_ai.request.model"] == "gpt-4o" for s in turns)
+    assert all(s.attributes["gen_ai.provider.name"] == "openai" for s in turns)
+    assert [s.attributes["gen_ai.tool.name"] for s in tools] == ["terminal", "terminal"]
+    assert [s.attributes["process.exit.code"] for s in tools] == [0, 3]
+    assert [s.attributes["minidevin.tool.success"] for s in tools] == [True, False]
+    assert tools[1].status.status_code == StatusCode.ERROR
+    assert all(task.start_time <= s.start_time and s.end_time <= task.end_time for s in of_task)
+
+
+def test_tracing_is_off_and_the_sdk_not_imported_without_the_endpoint(tmp_path: Path) -> None:
+    """A server app built without `OTEL_EXPORTER_OTLP_ENDPOINT`: no SDK, no spans."""
+    program = (
+        "import sys\n"
+        "from minidevin.api import Runtime\n"
+        "from minidevin.http.app import create_app\n"
+        "from minidevin.runtime import tracing\n"
+        "from minidevin.runtime.settings import Settings\n"
+        f"create_app(Runtime(Settings(data_dir={str(tmp_path / 'data')!r})))\n"
+        "assert not tracing.enabled()\n"
+        "assert 'opentelemetry.sdk' not in sys.modules, 'SDK imported'\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
