@@ -173,3 +173,18 @@ def test_repositories_whose_index_or_objects_live_elsewhere_are_plain_directorie
     assert not (snapshots.git_dir / "objects" / "info" / "alternates").exists()
     the_task(repo)
     check_diff(snapshots.diff(before, snapshots.take()))
+
+
+def test_an_unchanged_small_tree_is_not_handed_to_git_again(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    fill(work, files=20)
+    snapshots = snapshots_for(tmp_path / "snapshots", work, None)
+    before = snapshots.take()
+    index = snapshots.git_dir / "snapshot-index"
+    stamp = index.stat().st_mtime_ns
+    assert snapshots.take() == before  # nothing changed: no git ran (the index untouched)
+    assert index.stat().st_mtime_ns == stamp
+    (work / "keep.txt").write_text("keep\n")  # the same bytes again: a new ctime
+    assert snapshots.take() == before and index.stat().st_mtime_ns != stamp  # git decided
+    (work / "src" / "m3.py").write_text("value = 3\n")
+    assert snapshots.take() != before

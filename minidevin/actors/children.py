@@ -242,12 +242,14 @@ class ToolActor(pykka.ThreadingActor):
             log.warning("snapshot_failed", error=str(exc))
             return None
 
-    def _diff(self, request: MakeDiff) -> Path | None:
+    def _diff(self, request: MakeDiff) -> Path | str | None:
         """The patch file (capped at `request.max_bytes`, never held in memory), or None."""
         git_dir = self.snapshots.git_dir
         out = request.path or git_dir.with_name(git_dir.name + ".patch")
         try:
             after = self.snapshots.take()
+            if after == request.before:
+                return ""  # (the same tree: an empty diff, without running git)
             result = write_diff(git_dir, request.before, after, out, request.max_bytes)
             if result.left_out:
                 log.info("diff_capped", size=result.size, files_left_out=len(result.left_out))

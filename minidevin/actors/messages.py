@@ -196,7 +196,7 @@ class StoreLost:
 
 @dataclass(frozen=True)
 class DiffMade:
-    patch: Path | None  # the patch file, or None without a diff
+    patch: Path | str | None  # the patch file, "" for an empty one, or None without a diff
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from minidevin.runtime.events import utc_now
+from minidevin.runtime.group_sync import ARTIFACTS
 from minidevin.runtime.storage import ArtifactRow, new_id
 
 TASK_ARTIFACTS = (
@@ -43,7 +44,7 @@ def write_task_artifacts(
         "diff": lambda: patch if isinstance(patch, Path) else (patch or "").encode(),
         "trajectory": lambda: json.dumps(trajectory, indent=2, default=str).encode(),
     }
-    rows, failures = [], []
+    rows, failures, written = [], [], []
     for name, type_, content_type in TASK_ARTIFACTS:
         if type_ == "diff" and patch is None:
             failures.append(f"{name}: the diff could not be made")
@@ -56,12 +57,20 @@ def write_task_artifacts(
         except OSError as exc:
             failures.append(f"{name}: {exc}")
             continue
+        written.append(path)
         rows.append(ArtifactRow(artifact_id, task_id, name, type_, content_type, size, utc_now()))
+    if written:
+        try:  # durable before the task's final status is (one sync for the tasks ending now)
+            ARTIFACTS.wait(artifacts_dir, written)
+        except OSError as exc:
+            failures += [f"{row.name}: not made durable: {exc}" for row in rows]
+            rows = []
     return rows, failures
 
 
 def _write_file(path: Path, data: bytes | Path) -> int:
-    """Put `data` (bytes, or a synced file moved in) at `path`, durably; its size."""
+    """Put `data` (bytes, or a file moved in) at `path`; its size. Made durable by the
+    caller's group sync (`runtime/group_sync.py`), not here."""
     if isinstance(data, Path):
         size = data.stat().st_size
         data.replace(path)
@@ -71,8 +80,6 @@ def _write_file(path: Path, data: bytes | Path) -> int:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(descriptor, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         temporary.replace(path)
     except BaseException:
         temporary.unlink(missing_ok=True)  # (a full disk: free what was written)

@@ -29,9 +29,11 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -40,6 +42,7 @@ from minidevin.runtime.tools.paths import check_workspace
 log = structlog.get_logger(__name__)
 
 GIT_TIMEOUT = 120
+SIGNATURE_LIMIT = 2_000  # entries: a smaller tree is compared by its stat first
 INDEX = "snapshot-index"
 EXCLUDE = ".git\n__pycache__/\n*.py[co]\n"  # never the user's repository, nor bytecode
 
@@ -62,6 +65,9 @@ class Snapshots:
         self.working_directory = working_directory
         self.git_dir = git_dir
         self.identity = identity  # when known: a snapshot of a swapped directory is refused
+        # the stat of a small tree at this object's last snapshot, and that snapshot's tree:
+        # a tree whose every entry has the same stat is the same tree (no git run needed)
+        self._last: tuple[tuple[tuple[Any, ...], ...], str] | None = None
 
     def _git(self, *args: str) -> str:
         env = {
@@ -87,6 +93,14 @@ class Snapshots:
         """Record the working tree; returns the tree id (`WorkspaceChanged` if it changed)."""
         if self.identity is not None:
             check_workspace(self.working_directory, self.identity)
+        signature = tree_signature(self.working_directory)
+        if signature is not None and self._last is not None and self._last[0] == signature:
+            return self._last[1]
+        tree = self._take()
+        self._last = None if signature is None else (signature, tree)
+        return tree
+
+    def _take(self) -> str:
         with self._locked():
             if not (self.git_dir / "HEAD").exists():
                 self._create()
@@ -135,6 +149,29 @@ class Snapshots:
         if any(entry[:1].islower() or entry[:1] == "S" for entry in flags if entry):
             (self.git_dir / INDEX).unlink()  # its marks hide changes: start from nothing
             log.info("snapshot_index_not_reused", reason="assume-unchanged or skip-worktree")
+
+
+def tree_signature(directory: Path) -> tuple[tuple[Any, ...], ...] | None:
+    """Every entry under `directory` (`.git` aside) with its type, size, times and inode, in
+    order; None past `SIGNATURE_LIMIT` entries (git's stat cache is then the cheaper)."""
+    entries: list[tuple[Any, ...]] = []
+    pending = [directory]
+    try:
+        while pending:
+            with os.scandir(pending.pop()) as listing:
+                for entry in listing:
+                    if entry.name == ".git":
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                    entries.append((entry.path, info.st_mode, info.st_size, info.st_mtime_ns,
+                                    info.st_ctime_ns, info.st_ino))  # fmt: skip
+                    if len(entries) > SIGNATURE_LIMIT:
+                        return None
+                    if stat.S_ISDIR(info.st_mode):
+                        pending.append(Path(entry.path))
+    except OSError:
+        return None  # (unreadable: git decides)
+    return tuple(sorted(entries))
 
 
 def _repository_at(directory: Path) -> Path | None:

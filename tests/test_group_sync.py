@@ -1,0 +1,80 @@
+"""`GroupSync`: one `syncfs` covers every caller that arrived before it began; a caller never
+returns on a sync that began before its call; a failed sync fails exactly its callers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+from minidevin.runtime.group_sync import GroupSync
+
+
+class GatedSync:
+    """The real `syncfs`, held at a gate so the test decides when each one finishes."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.gate = threading.Semaphore(0)
+        self.fail_next = False
+        self.calls: list[int] = []
+
+    def __call__(self, fd: int) -> None:
+        self.started += 1
+        self.gate.acquire()
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(5, "Input/output error")
+        import os
+
+        os.fsync(fd)  # (the directory: a real sync, just narrower)
+
+
+def test_callers_share_syncs_and_never_return_on_one_that_began_before_them(
+    tmp_path: Path,
+) -> None:
+    sync = GatedSync()
+    group = GroupSync(sync)
+    done: list[int] = []
+
+    def caller(n: int) -> None:
+        group.wait(tmp_path)
+        done.append(n)
+
+    first = threading.Thread(target=caller, args=(0,))
+    first.start()
+    wait_for(lambda: sync.started == 1, 5, "the first sync to begin")
+    later = [threading.Thread(target=caller, args=(n,)) for n in range(1, 21)]
+    for thread in later:
+        thread.start()
+    wait_for(lambda: group._asked == 21, 5, "every caller to ask")
+    sync.gate.release()  # the first sync ends: it began before the 20 others asked
+    wait_for(lambda: done == [0], 5, "the first caller only")
+    wait_for(lambda: sync.started == 2, 5, "one more sync, for all 20")
+    assert done == [0]
+    sync.gate.release()
+    for thread in [first, *later]:
+        thread.join(5)
+    assert sorted(done) == list(range(21)) and group.syncs == 2  # 21 callers, 2 syncs
+
+
+def test_a_failed_sync_fails_its_own_callers_only(tmp_path: Path) -> None:
+    sync = GatedSync()
+    group = GroupSync(sync)
+    sync.fail_next = True
+    sync.gate.release()
+    with pytest.raises(OSError):
+        group.wait(tmp_path)
+    sync.gate.release()
+    group.wait(tmp_path)  # the next one is fine
+
+
+def test_without_syncfs_each_file_is_fsynced(tmp_path: Path) -> None:
+    group = GroupSync()
+    group._syncfs = None
+    (tmp_path / "a").write_text("a")
+    group.wait(tmp_path, [tmp_path / "a"])
+    with pytest.raises(OSError):
+        group.wait(tmp_path, [tmp_path / "missing"])
