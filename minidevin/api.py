@@ -47,6 +47,7 @@ from minidevin.runtime.secrets_store import Secrets
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import new_id, open_store
 from minidevin.runtime.storage.open_errors import data_dir_error
+from minidevin.runtime.tracing import remember_request
 from minidevin.runtime.webhooks import WebhookDeliverer, check_webhook_url
 from minidevin.runtime.workspace import Workspaces
 from minidevin.runtime.workspace_claims import claim_working_directory
@@ -357,6 +358,7 @@ class Runtime(TaskControl):
 
     async def _submit(self, spec: TaskSpec) -> str:
         """Hand a task to its session actor: "running", "queued" (or "conflict")."""
+        remember_request(spec.task_id)  # (a trace's request span: the task run's parent)
         actor = self._session_actor(spec.session_id)
         self._submitted[spec.session_id] += 1
         status = await self._ask(actor, SubmitTask, spec)

@@ -133,6 +133,13 @@ OPERATIONS: tuple[Operation, ...] = (
         schemas.Health, errors=(500,), security=PUBLIC,
     ),
     Operation(
+        "get", "/metrics", "get_metrics", "Prometheus metrics (text exposition format)",
+        "health", 200, errors=(401, 500), security=PUBLIC,
+        content={"text/plain": {"schema": {"type": "string"}}},
+        description="Public unless `MINIDEVIN_METRICS_TOKEN` is set; then it takes that "
+        "token as `Authorization: Bearer <token>`. Never rate-limited.",
+    ),
+    Operation(
         "get", OPENAPI_PATH, "get_openapi", "This OpenAPI document", "health", 200,
         errors=(429, 500), security=PUBLIC,
         content={"application/json": {"schema": {"type": "object"}}},

@@ -33,8 +33,7 @@ def setup(app: web.Application) -> None:
     runtime = app[RUNTIME]
     app[RUNTIME_METRICS] = metrics.runtime_registry(runtime)
     app.add_routes(routes)
-    if tracing.enable_from_environment():
-        tracing.instrument(runtime)
+    tracing.enable_from_environment()
 
 
 @routes.get(METRICS_PATH)

@@ -18,7 +18,6 @@ request hands the task to its session) and the live task spans.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import threading
@@ -92,22 +91,6 @@ def disable() -> None:
 
 
 # -- the HTTP side -----------------------------------------------------------------------
-
-
-def instrument(runtime: Any) -> None:
-    """Have `runtime` remember, for each task it hands to a session, the context of the
-    request doing it (the task's `_submit`, in the request's own context)."""
-    submit = runtime._submit
-    if getattr(submit, "traced", False):
-        return
-
-    @functools.wraps(submit)
-    async def traced_submit(spec: Any) -> str:
-        remember_request(spec.task_id)
-        return await submit(spec)
-
-    traced_submit.traced = True  # type: ignore[attr-defined]
-    runtime._submit = traced_submit
 
 
 def remember_request(task_id: str) -> None:
