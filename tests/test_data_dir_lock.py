@@ -73,8 +73,10 @@ async def test_a_held_data_directory_refuses_others_and_frees_on_kill_9(
         tasks_url = f"/api/sessions/{session['id']}/tasks"
         task = holder.request("POST", tasks_url, {"description": "run long"}, auth)
         await until(lambda: bool(pids_running(f"sleep {marker} ", prefix=True)), what="command")
-        snapshot = data / "snapshots" / f"{task['id']}.git"
-        await until(snapshot.is_dir, what="the task's snapshot")
+        # (the snapshot store of the task's working directory)
+        snapshot = await until(
+            lambda: next((data / "snapshots").glob("*.git"), None), what="the task's snapshot"
+        )
         snapshot_files = sorted(p.relative_to(snapshot) for p in snapshot.rglob("*"))
 
         with pytest.raises(DataDirInUse) as refused:  # an embedded runtime, in this process

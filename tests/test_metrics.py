@@ -76,7 +76,7 @@ async def test_a_task_shows_in_the_metrics(
 
         during = await until(subscribed, what="the subscriber gauge at 1")
         assert value(during, "minidevin_tasks", status="running") == 1
-        assert value(during, "minidevin_actors") >= 3  # (session, task, its model)
+        assert value(during, "minidevin_actors") >= 2  # (session, task; its children may come)
         assert value(during, "minidevin_threads") >= value(during, "minidevin_actors")
         gate.set()
         messages = await read_until_closed(ws)

@@ -193,7 +193,9 @@ async def test_usage_and_cost_are_recorded_per_turn(
     async with Runtime(make_settings(tmp_path), provider_env=openai_env(openai_server)) as runtime:
         events, detail = await run_task(runtime, tmp_path, model="gpt-4o")
     usage_events = [e.data["usage"] for e in events if e.type == "usage"]
-    assert usage_events[0] == {"prompt_tokens": 1000, "completion_tokens": 100, "cost_usd": 0.0035}
+    assert usage_events[0] == {
+        "prompt_tokens": 1000, "completion_tokens": 100, "cost_usd": 0.0035, "estimated": False
+    }  # fmt: skip
     assert detail.usage.prompt_tokens == 2000 and detail.usage.cost_usd == pytest.approx(0.007)
 
 

@@ -176,6 +176,9 @@ class WebhookDeliverer:
         commit or an attempt's end; otherwise asleep until the next delivery is due."""
         max_attempts = self.settings.webhook_max_attempts
         in_flight: dict[str, asyncio.Task[None]] = {}
+        # when each recent attempt ended: a read begun before that may show its row as due
+        # still (the attempt's write committed after the read began), so it is not taken
+        ended: dict[str, float] = {}
         pruned = 0.0
         while True:
             self._wake.clear()
@@ -183,11 +186,17 @@ class WebhookDeliverer:
                 if time.monotonic() - pruned > PRUNE_INTERVAL:
                     pruned = time.monotonic()
                     await self.store.forget_webhooks(time.time() - KEEP_SETTLED, max_attempts)
-                now = time.time()
+                now, asked = time.time(), time.monotonic()
                 if (room := BATCH - len(in_flight)) > 0:
                     due = await self.store.due_webhooks(now, max_attempts, BATCH + len(in_flight))
-                    for row in [row for row in due if row["id"] not in in_flight][:room]:
-                        in_flight[row["id"]] = self._start_attempt(row, in_flight)
+                    fresh = [
+                        row for row in due
+                        if row["id"] not in in_flight and ended.get(row["id"], -1.0) < asked
+                    ]  # fmt: skip
+                    for row in fresh[:room]:
+                        in_flight[row["id"]] = self._start_attempt(row, in_flight, ended)
+                for key in [key for key, at in ended.items() if at < asked - 60]:
+                    del ended[key]  # (long past every read)
                 next_due = await self.store.next_webhook_due(max_attempts, after=now)
                 timeout = None if next_due is None else max(0.0, next_due - time.time())
             except Exception:  # (the store down: try again a little later)
@@ -197,15 +206,19 @@ class WebhookDeliverer:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _start_attempt(
-        self, row: dict[str, Any], in_flight: dict[str, asyncio.Task[None]]
+        self,
+        row: dict[str, Any],
+        in_flight: dict[str, asyncio.Task[None]],
+        ended: dict[str, float],
     ) -> asyncio.Task[None]:
         attempt = asyncio.create_task(self._attempt(row))
 
-        def ended(_: asyncio.Task[None]) -> None:
+        def done(_: asyncio.Task[None]) -> None:
+            ended[row["id"]] = time.monotonic()
             in_flight.pop(row["id"], None)
             self._wake.set()  # (its task's next delivery may be due now)
 
-        attempt.add_done_callback(ended)
+        attempt.add_done_callback(done)
         return attempt
 
     async def _attempt(self, row: dict[str, Any]) -> None:
