@@ -1,8 +1,9 @@
-"""`GroupSync`: one `syncfs` covers every caller that arrived before it began; a caller never
-returns on a sync that began before its call; a failed sync fails exactly its callers."""
+"""`GroupSync`: one group sync covers every caller that arrived before it began; a caller
+never returns on a sync that began before its call; a failed sync fails exactly its callers."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from minidevin.runtime.group_sync import GroupSync
 
 
 class GatedSync:
-    """The real `syncfs`, held at a gate so the test decides when each one finishes."""
+    """The real `fsync`, held at a gate so the test decides when each one finishes (the
+    callers here give no files: one sync of their directory each group)."""
 
     def __init__(self) -> None:
         self.started = 0
@@ -27,8 +29,6 @@ class GatedSync:
         if self.fail_next:
             self.fail_next = False
             raise OSError(5, "Input/output error")
-        import os
-
         os.fsync(fd)  # (the directory: a real sync, just narrower)
 
 
@@ -71,10 +71,17 @@ def test_a_failed_sync_fails_its_own_callers_only(tmp_path: Path) -> None:
     group.wait(tmp_path)  # the next one is fine
 
 
-def test_without_syncfs_each_file_is_fsynced(tmp_path: Path) -> None:
-    group = GroupSync()
-    group._syncfs = None
+def test_each_callers_files_are_synced_and_a_missing_one_fails(tmp_path: Path) -> None:
+    synced: list[int] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        os.fsync(fd)
+
+    group = GroupSync(fsync)
     (tmp_path / "a").write_text("a")
-    group.wait(tmp_path, [tmp_path / "a"])
+    (tmp_path / "b").write_text("b")
+    group.wait(tmp_path, [tmp_path / "a", tmp_path / "b"])
+    assert len(synced) == 3  # two files and their directory
     with pytest.raises(OSError):
         group.wait(tmp_path, [tmp_path / "missing"])
