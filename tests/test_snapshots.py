@@ -188,3 +188,25 @@ def test_an_unchanged_small_tree_is_not_handed_to_git_again(tmp_path: Path) -> N
     assert snapshots.take() == before and index.stat().st_mtime_ns != stamp  # git decided
     (work / "src" / "m3.py").write_text("value = 3\n")
     assert snapshots.take() != before
+
+
+def test_a_repository_reached_through_a_link_or_outside_the_workspace_is_not_read(
+    tmp_path: Path,
+) -> None:
+    other = tmp_path / "other"
+    fill(other, files=5)
+    git(other, "init", "--quiet")
+    git(other, "add", "-A")
+    git(other, "commit", "--quiet", "-m", "someone else's")
+    work = tmp_path / "work"
+    fill(work, files=5)
+    (work / ".git").write_text(f"gitdir: {other / '.git'}\n")  # a repository elsewhere
+    linked = tmp_path / "linked"
+    fill(linked, files=5)
+    (linked / ".git").mkdir()
+    (linked / ".git" / "objects").mkdir()
+    (linked / ".git" / "index").symlink_to(other / ".git" / "index")  # an index elsewhere
+    for directory in (work, linked):
+        snapshots = snapshots_for(tmp_path / "snapshots", directory, None)
+        snapshots.take()
+        assert not (snapshots.git_dir / "objects" / "info" / "alternates").exists()

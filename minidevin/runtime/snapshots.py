@@ -186,9 +186,14 @@ def _repository_at(directory: Path) -> Path | None:
             return None
         target = Path(text.removeprefix("gitdir:").strip())
         dot_git = target if target.is_absolute() else directory / target
+        if not dot_git.resolve().is_relative_to(directory.resolve()):
+            return None  # (never read a repository outside the workspace: another's, say)
         if (dot_git / "commondir").exists():
             return None  # a linked worktree: its objects live elsewhere
-    if not (dot_git / "index").is_file() or not (dot_git / "objects").is_dir():
+    index, objects = dot_git / "index", dot_git / "objects"
+    if index.is_symlink() or objects.is_symlink():
+        return None  # (read as the server: never through a link the workspace holds)
+    if not index.is_file() or not objects.is_dir():
         return None
     if (dot_git / "objects" / "info" / "alternates").exists():
         return None  # objects elsewhere still: not followed
