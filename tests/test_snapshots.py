@@ -206,7 +206,14 @@ def test_a_repository_reached_through_a_link_or_outside_the_workspace_is_not_rea
     (linked / ".git").mkdir()
     (linked / ".git" / "objects").mkdir()
     (linked / ".git" / "index").symlink_to(other / ".git" / "index")  # an index elsewhere
-    for directory in (work, linked):
+    planted = tmp_path / "planted"  # a repository of its own, one object linked elsewhere
+    fill(planted, files=5)
+    git(planted, "init", "--quiet")
+    git(planted, "add", "-A")
+    loose = next((planted / ".git" / "objects").glob("??/*"))
+    loose.unlink()
+    loose.symlink_to(next((other / ".git" / "objects").glob("??/*")))
+    for directory in (work, linked, planted):
         snapshots = snapshots_for(tmp_path / "snapshots", directory, None)
         snapshots.take()
         assert not (snapshots.git_dir / "objects" / "info" / "alternates").exists()

@@ -197,9 +197,25 @@ def _repository_at(directory: Path) -> Path | None:
         return None
     if (dot_git / "objects" / "info" / "alternates").exists():
         return None  # objects elsewhere still: not followed
+    if _holds_links(objects):
+        return None  # (an object linked to another's file would be read as the server)
     if any(dot_git.glob("sharedindex.*")):
         return None  # a split index: its other half lives beside it
     return dot_git
+
+
+def _holds_links(objects: Path) -> bool:
+    """Whether any entry of a git objects directory (two levels: `ab/...`, `pack/...`) is a
+    symbolic link."""
+    with os.scandir(objects) as top:
+        for entry in top:
+            if entry.is_symlink():
+                return True
+            if entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as inner:
+                    if any(child.is_symlink() for child in inner):
+                        return True
+    return False
 
 
 def git_environment(git_dir: Path) -> dict[str, str]:
