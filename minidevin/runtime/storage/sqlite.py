@@ -18,17 +18,13 @@ from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id, session_options
 from minidevin.runtime.storage.sqlite_accounts import SqliteAccounts
 from minidevin.runtime.storage.sqlite_approvals import SqliteApprovals
-from minidevin.runtime.storage.sqlite_batch import Write, decode_json
+from minidevin.runtime.storage.sqlite_batch import Write, decode_json, first_row
 from minidevin.runtime.storage.sqlite_retention import SqliteRetention
 from minidevin.runtime.storage.sqlite_secrets import SqliteSecrets
 from minidevin.runtime.storage.sqlite_webhooks import SqliteWebhooks
 from minidevin.runtime.storage.sqlite_wire import wire_page
 
 _TASK_JSON = ("plan", "result", "usage")
-
-
-def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return rows[0] if rows else None
 
 
 def _task(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -78,7 +74,7 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
         return page("sessions", rows, limit, schemas.SessionSummary)
 
     async def session_row(self, session_id: str, user_id: str) -> dict[str, Any] | None:
-        return _first(
+        return first_row(
             self.fetch_point(
                 "SELECT * FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id)
             )
@@ -170,7 +166,7 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
 
     async def task_row(self, task_id: str, user_id: str) -> dict[str, Any] | None:
         return _task(
-            _first(
+            first_row(
                 self.fetch_point(
                     "SELECT t.* FROM tasks t JOIN sessions s ON s.id = t.session_id "
                     "WHERE t.id = ? AND s.user_id = ?",
@@ -243,7 +239,7 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
         return [_event(task_id, row) for row in rows]
 
     async def last_event(self, task_id: str) -> Event | None:
-        row = _first(
+        row = first_row(
             self.fetch_point(
                 "SELECT seq, type, data, timestamp FROM events WHERE task_id = ? "
                 "ORDER BY seq DESC LIMIT 1",
@@ -281,7 +277,7 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
         return [schemas.Artifact(**row) for row in rows]
 
     async def artifact_row(self, task_id: str, artifact_id: str) -> dict[str, Any] | None:
-        return _first(
+        return first_row(
             self.fetch_point(
                 "SELECT * FROM artifacts WHERE id = ? AND task_id = ?", (artifact_id, task_id)
             )
@@ -292,7 +288,7 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
     async def remembered_response(
         self, user_id: str, key: str, since: float
     ) -> dict[str, Any] | None:
-        return _first(
+        return first_row(
             self.fetch_point(
                 "SELECT fingerprint, status, body, created_at FROM idempotency_keys "
                 "WHERE user_id = ? AND key = ? AND created_at >= ?",

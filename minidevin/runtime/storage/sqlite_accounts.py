@@ -7,6 +7,7 @@ from typing import Any
 from minidevin.runtime import schemas
 from minidevin.runtime.events import utc_now
 from minidevin.runtime.storage.interface import new_id
+from minidevin.runtime.storage.sqlite_batch import first_row
 from minidevin.runtime.storage.sqlite_engine import SqliteEngine
 
 # every key a key created, and theirs: revoking a key revokes what it created
@@ -14,10 +15,6 @@ _KEY_CHAIN = (
     "WITH RECURSIVE chain(id) AS (SELECT ? UNION "
     "SELECT k.id FROM api_keys k JOIN chain c ON k.parent_key_id = c.id) "
 )
-
-
-def _first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return rows[0] if rows else None
 
 
 class SqliteAccounts(SqliteEngine):
@@ -30,7 +27,7 @@ class SqliteAccounts(SqliteEngine):
         return user
 
     async def user_by_email(self, email: str) -> dict[str, Any] | None:
-        return _first(self.fetch_point("SELECT * FROM users WHERE email = ?", (email.strip(),)))
+        return first_row(self.fetch_point("SELECT * FROM users WHERE email = ?", (email.strip(),)))
 
     def has_users_besides(self, email: str) -> bool:
         return bool(self.fetch_point("SELECT 1 FROM users WHERE email != ? LIMIT 1", (email,)))
@@ -83,7 +80,7 @@ class SqliteAccounts(SqliteEngine):
         return [schemas.ApiKey(**row) for row in rows]
 
     async def api_key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
-        return _first(
+        return first_row(
             self.fetch_point(
                 "SELECT id, user_id, expires_at, revoked_at FROM api_keys WHERE key_hash = ?",
                 (key_hash,),

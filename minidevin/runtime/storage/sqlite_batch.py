@@ -98,3 +98,7 @@ def _projection(task_id: str, columns: dict[str, Any]) -> tuple[str, tuple[Any, 
             assignments.append(f"{name} = ?")
         values.append(encode_json(value) if name in JSON_COLUMNS else value)
     return f"UPDATE tasks SET {', '.join(assignments)} WHERE id = ?", (*values, task_id)
+
+
+def first_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return rows[0] if rows else None
