@@ -8,9 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from scripted_provider import ScriptedOpenAIServer
 from waiting import wait_for
 
 from minidevin.runtime.group_sync import GroupSync
+from minidevin.runtime.settings import Settings
 
 
 class GatedSync:
@@ -85,3 +87,28 @@ def test_each_callers_files_are_synced_and_a_missing_one_fails(tmp_path: Path) -
     assert len(synced) == 3  # two files and their directory
     with pytest.raises(OSError):
         group.wait(tmp_path, [tmp_path / "missing"])
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+async def test_the_sync_setting_sets_the_database_and_the_artifacts_alike(
+    settings: Settings, openai_server: ScriptedOpenAIServer, tmp_path: Path, sync: str
+) -> None:
+    from conftest import provider_env
+    from scripted_provider import finish
+
+    from minidevin.api import Runtime
+    from minidevin.runtime.group_sync import ARTIFACTS
+
+    openai_server.script([finish("done")])
+    (tmp_path / "w").mkdir()
+    async with Runtime(
+        settings.model_copy(update={"sync": sync}), provider_env=provider_env(openai_server)
+    ) as runtime:
+        level = await runtime.store.fetch_one("PRAGMA synchronous")
+        assert level is not None and list(level.values()) == [2 if sync == "full" else 1]
+        before = ARTIFACTS.syncs
+        session = await runtime.create_session("s", tmp_path / "w")
+        task = await runtime.create_task(session.id, "finish", model="gpt-4o")
+        assert (await runtime.wait(task.id)).status == "completed"
+        assert len(await runtime.list_artifacts(task.id)) == 3
+        assert (ARTIFACTS.syncs > before) == (sync == "full")

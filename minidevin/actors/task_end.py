@@ -77,7 +77,12 @@ def record_task_end(
         except OSError:
             patch = None  # (named as a failed artifact below)
     rows, failures = write_task_artifacts(
-        deps.settings.artifacts_dir, spec.task_id, history.plan, patch, trajectory
+        deps.settings.artifacts_dir,
+        spec.task_id,
+        history.plan,
+        patch,
+        trajectory,
+        sync=deps.settings.sync == "full",
     )
     deps.store.add_artifacts(rows)
     if failures:  # (before the task's own error: the one right before the status is the cause)

@@ -29,6 +29,8 @@ def write_task_artifacts(
     plan: dict[str, Any],
     patch: str | Path | None,
     trajectory: dict[str, Any],
+    *,
+    sync: bool = False,
 ) -> tuple[list[ArtifactRow], list[str]]:
     """Write a finished task's three artifact files: the rows to store, and what failed.
 
@@ -37,7 +39,10 @@ def write_task_artifacts(
     None: the diff could not be made (no `diff.patch`, and that is a failure).
     Each file is written on its own: one that cannot be (a full disk) is named
     in the failures (`"diff.patch: [Errno 28] No space left on device"`), and
-    the others are still written.
+    the others are still written. With `sync` (`MINIDEVIN_SYNC=full`) they are also
+    fsynced, in a group with the other tasks ending meanwhile, before this returns;
+    without, they are in the page cache, as durable as the database's own commits
+    (`synchronous=NORMAL`): they survive the process's death, not a power cut.
     """
     contents = {
         "plan": lambda: json.dumps(plan, indent=2).encode(),
@@ -59,7 +64,7 @@ def write_task_artifacts(
             continue
         written.append(path)
         rows.append(ArtifactRow(artifact_id, task_id, name, type_, content_type, size, utc_now()))
-    if written:
+    if written and sync:
         try:  # durable before the task's final status is (one sync for the tasks ending now)
             ARTIFACTS.wait(artifacts_dir, written)
         except OSError as exc:

@@ -226,6 +226,14 @@ class Settings(BaseModel):
     cors_origins: tuple[str, ...] = Field(
         DEFAULT_CORS_ORIGINS, description="Comma-separated browser origins allowed; `*` for any."
     )
+    sync: str = Field(
+        "normal",
+        pattern="^(normal|full)$",
+        description="Durability of what clients are told: normal (survives the process's "
+        "death, kill -9 included: SQLite synchronous=NORMAL, artifact files written before "
+        "the final status) or full (also a power cut: synchronous=FULL, artifact files "
+        "fsynced in groups).",
+    )
     public_url: str | None = Field(
         None,
         description="The URL users reach the server at, when a proxy serves it under a path "

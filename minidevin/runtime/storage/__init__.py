@@ -40,4 +40,6 @@ def open_store(settings: Settings) -> Store:
     """
     from minidevin.runtime.storage.sqlite import SqliteStore
 
-    return SqliteStore(settings.database_path, retry_seconds=settings.store_retry_seconds)
+    return SqliteStore(
+        settings.database_path, retry_seconds=settings.store_retry_seconds, sync=settings.sync
+    )

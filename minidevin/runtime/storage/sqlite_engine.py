@@ -53,9 +53,10 @@ def _private_file(path: Path) -> None:
 
 
 class SqliteEngine:
-    def __init__(self, path: Path, *, retry_seconds: float = 10.0) -> None:
+    def __init__(self, path: Path, *, retry_seconds: float = 10.0, sync: str = "normal") -> None:
         self.path = path
         self.retry_seconds = retry_seconds
+        self.sync = sync  # SQLite's `synchronous`: "normal" (crash-safe) or "full" (power-safe)
         # bumped after every committed batch with a write other than events: a
         # read cached at generation N is current while the generation is still N
         self.generation = 0
@@ -140,7 +141,7 @@ class SqliteEngine:
             for pragma in (
                 "busy_timeout=200",  # short: the writer waits out locks itself, in steps
                 "journal_mode=WAL",
-                "synchronous=NORMAL",
+                f"synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}",
                 "foreign_keys=ON",
             ):
                 await conn.execute(f"PRAGMA {pragma}")
