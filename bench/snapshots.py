@@ -5,10 +5,13 @@ in git and once as a plain directory, and a one-file directory, in the same run.
 Each task runs one `echo` and finishes (the in-process `EchoOnce` model), from
 `POST` to its final status. Measured:
 
-- task overhead on the git repository against the one-file directory (target: at
-  most 100 ms more), and on the plain directory for its second task (the first
-  pays for hashing every file once);
-- the data directory's growth per task on the git repository (target: under 5 MB).
+- task overhead on the git repository and on the plain directory against the
+  one-file directory, for the tasks after the first (target: at most 100 ms more;
+  the first task of a directory pays for hashing every file once, into the store
+  its later tasks share: the repository's own index is not trusted, see
+  `runtime/snapshots.py`);
+- the data directory's growth per task on the git repository (target: under 5 MB),
+  and what the first task's store took.
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ async def run(cfg: Config) -> list[Row]:
                     (("small", small), ("repo", repo), ("plain", plain))}  # fmt: skip
         times: dict[str, list[float]] = {name: [] for name in sessions}
         first_plain = await one_task(server, sessions["plain"])
+        before = size_mb(data)
+        first_repo = await one_task(server, sessions["repo"])
+        first_growth = size_mb(data) - before
         growth: list[float] = []
         for _ in range(rounds):
             times["small"].append(await one_task(server, sessions["small"]))
@@ -123,13 +129,15 @@ async def run(cfg: Config) -> list[Row]:
     note = (f"median of {rounds}; one-file directory {small_ms:.0f} ms; generated in "
             f"{prepared:.0f} s")  # fmt: skip
     return [
-        Row("snapshots", f"task overhead, git repository of {tree}", repo_ms - small_ms, "ms",
-            target="<= 100 ms", passed=repo_ms - small_ms <= 100,
-            notes=f"{note}; the task took {repo_ms:.0f} ms"),
+        Row("snapshots", f"task overhead, git repository of {tree}, later tasks",
+            repo_ms - small_ms, "ms", target="<= 100 ms", passed=repo_ms - small_ms <= 100,
+            notes=f"{note}; the task took {repo_ms:.0f} ms; its first task "
+            f"{first_repo * 1000:.0f} ms (hashes every file)"),
         Row("snapshots", f"task overhead, plain directory of {tree}, later tasks",
             plain_ms - small_ms, "ms", target="<= 100 ms", passed=plain_ms - small_ms <= 100,
             notes=f"{note}; its first task {first_plain * 1000:.0f} ms (hashes every file)"),
-        Row("snapshots", "data directory growth per task, git repository", max(growth), "MB",
-            target="< 5 MB", passed=max(growth) < 5,
-            notes=f"largest of {rounds} tasks; median {percentile(growth, 50):.2f} MB"),
+        Row("snapshots", "data directory growth per task, git repository, later tasks",
+            max(growth), "MB", target="< 5 MB", passed=max(growth) < 5,
+            notes=f"largest of {rounds} tasks; median {percentile(growth, 50):.2f} MB; the "
+            f"first task's store: {first_growth:.1f} MB"),
     ]  # fmt: skip

@@ -1,21 +1,25 @@
 """The snapshots behind `diff.patch`, at a cost proportional to what changed.
 
 A working directory's tasks share one private git store under the data
-directory (`snapshots_for`), so the user's own repository is never written:
+directory (`snapshots_for`), so the user's own repository is never touched:
 `git add --all` into the store's index records the tree as it stands, and the
 diff at the end is `git diff --binary <before> <after>`, which `git apply`
 accepts. The work tree's `.gitignore` files are honoured.
 
 The store's index is git's stat cache: a file whose size and times did not change
-is not read again. So only the first snapshot of a directory hashes every file,
-and the next ones (this task's "after", the next task's "before") only what
-changed. When the directory is the top of a git repository, even the first one
-is cheap: the store starts from a copy of the repository's index and reads its
-objects through `objects/info/alternates`, so unchanged files are neither hashed
-nor copied (a repository with a split index, alternates of its own, or entries
-marked assume-unchanged or skip-worktree, whose changes `git add` would not see,
-is snapshotted as a plain directory instead). Snapshots of one directory take an
-`flock` on the store, so two sessions on one directory do not mix their indexes.
+is not read again. So only the first snapshot of a directory (after a server
+start) hashes every file, and the next ones (this task's "after", the next task's
+"before") only what changed. A small tree whose stat signature did not change
+since the last snapshot is not handed to git at all. Snapshots of one directory
+take an `flock` on the store, so two sessions on one directory do not mix their
+indexes.
+
+Not reused: the repository's own index and objects. Everything under `.git` is
+written by the task's commands (they run as the directory's owner), so an index
+there can claim any content for a file whose stat it copies, and its objects can
+be links the server's git would follow with the server's rights: a snapshot
+seeded from them could hide a change from the diff, or read what the task may
+not. Every blob in the store was hashed by the server from the work tree itself.
 
 The server's git runs with no configuration but ours (`git_environment`): the
 tree it reads was written by a tenant's commands, and a filter, fsmonitor or
@@ -31,6 +35,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ log = structlog.get_logger(__name__)
 
 GIT_TIMEOUT = 120
 SIGNATURE_LIMIT = 2_000  # entries: a smaller tree is compared by its stat first
+RACY_NS = 100_000_000  # a signature with an entry this recent is not trusted later
 INDEX = "snapshot-index"
 EXCLUDE = ".git\n__pycache__/\n*.py[co]\n"  # never the user's repository, nor bytecode
 
@@ -68,6 +74,7 @@ class Snapshots:
         # the stat of a small tree at this object's last snapshot, and that snapshot's tree:
         # a tree whose every entry has the same stat is the same tree (no git run needed)
         self._last: tuple[tuple[tuple[Any, ...], ...], str] | None = None
+        self.racy_ns = RACY_NS
 
     def _git(self, *args: str) -> str:
         env = {
@@ -93,21 +100,31 @@ class Snapshots:
         """Record the working tree; returns the tree id (`WorkspaceChanged` if it changed)."""
         if self.identity is not None:
             check_workspace(self.working_directory, self.identity)
+        taken = time.time_ns()
         signature = tree_signature(self.working_directory)
         if signature is not None and self._last is not None and self._last[0] == signature:
             return self._last[1]
         tree = self._take()
-        self._last = None if signature is None else (signature, tree)
+        racy = signature is None or _racy(signature, taken - self.racy_ns)
+        self._last = None if racy else (signature, tree)
         return tree
 
     def _take(self) -> str:
         with self._locked():
-            if not (self.git_dir / "HEAD").exists():
-                self._create()
-            # (a git killed mid-write left its lock; we hold the store's, so it is stale)
-            (self.git_dir / f"{INDEX}.lock").unlink(missing_ok=True)
-            self._git("add", "--all", ".")
-            return self._git("write-tree").strip()
+            for attempt in (1, 2):
+                try:
+                    if not (self.git_dir / "HEAD").exists():
+                        self._create()
+                    # (a git killed mid-write left its lock; we hold the store's: it is stale)
+                    (self.git_dir / f"{INDEX}.lock").unlink(missing_ok=True)
+                    self._git("add", "--all", ".")
+                    return self._git("write-tree").strip()
+                except RuntimeError as exc:
+                    if attempt == 2:
+                        raise
+                    log.warning("snapshot_store_rebuilt", error=str(exc)[:500])
+                    shutil.rmtree(self.git_dir, ignore_errors=True)  # (damaged: start over)
+        raise AssertionError("unreachable")
 
     def diff(self, before: str, after: str) -> str:
         return self._git("diff", "--binary", "--no-color", "--no-ext-diff", before, after)
@@ -126,8 +143,7 @@ class Snapshots:
             os.close(lock)
 
     def _create(self) -> None:
-        """A new store: bare, our excludes, and the repository's objects and index when the
-        directory is the top of a usable one."""
+        """A new store: bare, with our excludes."""
         shutil.rmtree(self.git_dir, ignore_errors=True)  # (a half-made one)
         self.git_dir.mkdir(mode=0o700, parents=True)
         subprocess.run(
@@ -139,16 +155,16 @@ class Snapshots:
         )
         (self.git_dir / "info").mkdir(exist_ok=True)
         (self.git_dir / "info" / "exclude").write_text(EXCLUDE)
-        repository = _repository_at(self.working_directory)
-        if repository is None:
-            return
-        alternates = self.git_dir / "objects" / "info" / "alternates"
-        alternates.write_text(f"{repository / 'objects'}\n")
-        shutil.copy2(repository / "index", self.git_dir / INDEX)  # (its time: racy-git checks)
-        flags = self._git("ls-files", "-v", "-z").split("\0")
-        if any(entry[:1].islower() or entry[:1] == "S" for entry in flags if entry):
-            (self.git_dir / INDEX).unlink()  # its marks hide changes: start from nothing
-            log.info("snapshot_index_not_reused", reason="assume-unchanged or skip-worktree")
+
+
+def _racy(signature: tuple[tuple[Any, ...], ...], since: int) -> bool:
+    """Whether a stat signature cannot vouch for its tree later: an entry changed since
+    `since` (`RACY_NS` before it was taken) could change again within the clock's tick,
+    keeping its stat (so git decides then); so could any, on a file system that keeps
+    whole seconds only."""
+    if signature and not any(entry[3] % 1_000_000_000 for entry in signature):
+        return True  # (no sub-second times at all: a coarse file system)
+    return any(max(entry[3], entry[4]) >= since for entry in signature)
 
 
 def tree_signature(directory: Path) -> tuple[tuple[Any, ...], ...] | None:
@@ -172,50 +188,6 @@ def tree_signature(directory: Path) -> tuple[tuple[Any, ...], ...] | None:
     except OSError:
         return None  # (unreadable: git decides)
     return tuple(sorted(entries))
-
-
-def _repository_at(directory: Path) -> Path | None:
-    """The git directory of the repository `directory` is the top of, when its index and
-    objects can be reused as they are (read only, never written)."""
-    dot_git = directory / ".git"
-    if dot_git.is_symlink():
-        return None
-    if dot_git.is_file():  # a worktree or submodule: `gitdir: <path>`
-        text = dot_git.read_text(errors="replace").strip()
-        if not text.startswith("gitdir:"):
-            return None
-        target = Path(text.removeprefix("gitdir:").strip())
-        dot_git = target if target.is_absolute() else directory / target
-        if not dot_git.resolve().is_relative_to(directory.resolve()):
-            return None  # (never read a repository outside the workspace: another's, say)
-        if (dot_git / "commondir").exists():
-            return None  # a linked worktree: its objects live elsewhere
-    index, objects = dot_git / "index", dot_git / "objects"
-    if index.is_symlink() or objects.is_symlink():
-        return None  # (read as the server: never through a link the workspace holds)
-    if not index.is_file() or not objects.is_dir():
-        return None
-    if (dot_git / "objects" / "info" / "alternates").exists():
-        return None  # objects elsewhere still: not followed
-    if _holds_links(objects):
-        return None  # (an object linked to another's file would be read as the server)
-    if any(dot_git.glob("sharedindex.*")):
-        return None  # a split index: its other half lives beside it
-    return dot_git
-
-
-def _holds_links(objects: Path) -> bool:
-    """Whether any entry of a git objects directory (two levels: `ab/...`, `pack/...`) is a
-    symbolic link."""
-    with os.scandir(objects) as top:
-        for entry in top:
-            if entry.is_symlink():
-                return True
-            if entry.is_dir(follow_symlinks=False):
-                with os.scandir(entry.path) as inner:
-                    if any(child.is_symlink() for child in inner):
-                        return True
-    return False
 
 
 def git_environment(git_dir: Path) -> dict[str, str]:
