@@ -73,6 +73,37 @@ def test_a_failed_sync_fails_its_own_callers_only(tmp_path: Path) -> None:
     group.wait(tmp_path)  # the next one is fine
 
 
+def test_a_missing_file_fails_its_own_caller_only(tmp_path: Path) -> None:
+    sync = GatedSync()
+    group = GroupSync(sync)
+    (tmp_path / "good").write_text("g")
+    errors: dict[str, BaseException | None] = {}
+
+    def caller(name: str, files: list[Path]) -> None:
+        try:
+            group.wait(tmp_path, files)
+            errors[name] = None
+        except OSError as exc:
+            errors[name] = exc
+
+    first = threading.Thread(target=caller, args=("first", []))
+    first.start()
+    wait_for(lambda: sync.started == 1, 5, "the first sync")
+    threads = [
+        threading.Thread(target=caller, args=("good", [tmp_path / "good"])),
+        threading.Thread(target=caller, args=("bad", [tmp_path / "missing"])),
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: group._asked == 3, 5, "both to ask")
+    for _ in range(3):
+        sync.gate.release()  # the first group, then the good file and the directory
+    for thread in [first, *threads]:
+        thread.join(5)
+    assert errors["first"] is None and errors["good"] is None
+    assert isinstance(errors["bad"], FileNotFoundError)
+
+
 def test_each_callers_files_are_synced_and_a_missing_one_fails(tmp_path: Path) -> None:
     synced: list[int] = []
 

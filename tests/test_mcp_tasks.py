@@ -120,6 +120,8 @@ async def test_a_stdio_servers_tools_are_called_and_stop_with_the_task(
         assert set(add["function"]["parameters"]["properties"]) == {"a", "b"}
         assert TOKEN not in str(scripted.requests[1])  # the model never saw the value
         await until(lambda: processes_with(marker) == [], 10, "the server to stop")
+        metrics = await (await client.get("/metrics")).text()
+        assert 'tool="mcp"' in metrics and "mcp__fx__add" not in metrics  # (bounded labels)
 
 
 async def test_servers_that_fail_are_errors_and_the_task_goes_on_without_them(

@@ -60,7 +60,8 @@ async def tracing_middleware(request: web.Request, handler: Handler) -> web.Stre
     if not tracing.enabled() or not request.path.startswith(tracing.TRACED_PATHS):
         return await handler(request)
     resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else request.path
+    # (an unrouted path is the client's: never a span name of its own)
+    route = resource.canonical if resource is not None else "unmatched"
     with tracing.request_span(request.method, route, request.headers) as span:
         response = await handler(request)
         tracing.record_response(span, response.status)

@@ -28,55 +28,60 @@ class GroupSync:
         self._lock = threading.Condition()
         self._asked = 0  # tickets handed out
         self._done = 0  # every ticket up to this one is durable (or failed)
-        self._failed: dict[tuple[int, int], OSError] = {}  # tickets (first, last) -> error
-        self._files: list[Path] = []  # what the next sync covers
-        self._directories: set[Path] = set()
+        self._failed: dict[int, OSError] = {}  # ticket -> why its files are not durable
+        self._files: list[tuple[int, Path]] = []  # what the next sync covers, and whose
+        self._directories: dict[Path, list[int]] = {}
         self._syncing = False
         self.syncs = 0  # how many group syncs ran (for the benchmarks and tests)
 
     def wait(self, directory: Path, files: Sequence[Path] = ()) -> None:
         """Return once `files` (in `directory`) are durable, with their names there;
-        `OSError` if the sync that covered them failed."""
+        `OSError` if one of them (or the directory) could not be synced."""
         with self._lock:
             self._asked += 1
             ticket = self._asked
-            self._files.extend(files)
-            self._directories.add(directory)
+            self._files.extend((ticket, path) for path in files)
+            self._directories.setdefault(directory, []).append(ticket)
             while self._done < ticket:
                 if not self._syncing:
                     self._sync_once()
                 else:
                     self._lock.wait()
-            error = next((e for (a, b), e in self._failed.items() if a <= ticket <= b), None)
+            error = self._failed.pop(ticket, None)
         if error is not None:
             raise error
 
     def _sync_once(self) -> None:
         """With the lock held: one sync of every caller's files so far (a caller asking later
-        waits for the next one, run by whoever of them wakes first)."""
+        waits for the next one, run by whoever of them wakes first). A file that cannot be
+        synced fails its own caller only; the others' files are synced all the same."""
         self._syncing = True
-        first, covered = self._done + 1, self._asked
+        covered = self._asked
         files, self._files = self._files, []
-        directories, self._directories = self._directories, set()
+        directories, self._directories = self._directories, {}
         self._lock.release()
-        error: OSError | None = None
+        failed: dict[int, OSError] = {}
         try:
-            for path in [*files, *directories]:
-                flags = os.O_RDONLY | (os.O_DIRECTORY if path in directories else 0)
-                fd = os.open(path, flags)
+            for path, tickets in [*((p, [t]) for t, p in files), *directories.items()]:
                 try:
-                    self._fsync(fd)
-                finally:
-                    os.close(fd)
-        except OSError as exc:
-            error = exc
+                    flags = os.O_RDONLY | (os.O_DIRECTORY if path in directories else 0)
+                    fd = os.open(path, flags)
+                    try:
+                        self._fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    for ticket in tickets:
+                        failed.setdefault(ticket, exc)
+        except BaseException as exc:  # (not an OS error: nobody of this group is covered)
+            error = OSError(f"the sync failed: {exc!r}")
+            for ticket in range(self._done + 1, covered + 1):
+                failed.setdefault(ticket, error)
+            raise
         finally:
             self._lock.acquire()
             self.syncs += 1
-            if error is not None:
-                self._failed[(first, covered)] = error
-                if len(self._failed) > 64:  # (old failures: their callers have read them)
-                    self._failed = dict(list(self._failed.items())[-64:])
+            self._failed.update(failed)  # (each caller takes its own away)
             self._done = covered
             self._syncing = False
             self._lock.notify_all()

@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from minidevin.runtime.events import FINAL_STATUSES, Event
+from minidevin.runtime.mcp.config import TOOL_PREFIX
 
 REGISTRY = CollectorRegistry()
 for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -176,7 +177,10 @@ class TurnTimer:
 
 
 def observe_tool_call(tool: str, success: bool, seconds: float) -> None:
-    TOOL_CALL_SECONDS.labels(tool, "success" if success else "failure").observe(seconds)
+    """A tool call's duration; MCP tools count as `mcp` (their names are a tenant's: one
+    series per name would grow without bound)."""
+    label = "mcp" if tool.startswith(TOOL_PREFIX) else tool
+    TOOL_CALL_SECONDS.labels(label, "success" if success else "failure").observe(seconds)
 
 
 def observe_commit(size: int, seconds: float) -> None:
