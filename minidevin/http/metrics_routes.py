@@ -24,6 +24,7 @@ from minidevin.runtime.errors import Unauthorized
 
 METRICS_PATH = "/metrics"
 RUNTIME_METRICS = web.AppKey("runtime_metrics", CollectorRegistry)
+RUNTIME_COLLECTOR = web.AppKey("runtime_collector", metrics.RuntimeCollector)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
 
@@ -31,7 +32,7 @@ routes = web.RouteTableDef()
 def setup(app: web.Application) -> None:
     """Add `/metrics` over `app`'s runtime; turn tracing on if the environment asks."""
     runtime = app[RUNTIME]
-    app[RUNTIME_METRICS] = metrics.runtime_registry(runtime)
+    app[RUNTIME_METRICS], app[RUNTIME_COLLECTOR] = metrics.runtime_registry(runtime)
     app.add_routes(routes)
     tracing.enable_from_environment()
 
@@ -39,6 +40,7 @@ def setup(app: web.Application) -> None:
 @routes.get(METRICS_PATH)
 async def get_metrics(request: web.Request) -> web.Response:
     _check_token(request)
+    await request.app[RUNTIME_COLLECTOR].refresh()
     body = generate_latest(metrics.REGISTRY) + generate_latest(request.app[RUNTIME_METRICS])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

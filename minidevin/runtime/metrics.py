@@ -198,17 +198,26 @@ def count_rate_limited(key: str) -> None:
 
 
 class RuntimeCollector(Collector):
-    """Gauges of one runtime, read when scraped (on the event loop's thread: the store's
-    point reader lives there)."""
+    """Gauges of one runtime, read when scraped. The tasks by status are a scan: the route
+    reads them through the store's reader thread first (`refresh`), never on the loop."""
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
+        self.task_counts: dict[str, int] | None = None
+
+    async def refresh(self) -> None:
+        """Read the tasks by status (None when the store cannot say: the gauge is left out)."""
+        counts = getattr(self.runtime.store, "task_status_counts", None)
+        try:
+            self.task_counts = None if counts is None else dict(await counts())
+        except Exception:  # a scrape never fails for the store
+            self.task_counts = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         tasks = GaugeMetricFamily(
             "minidevin_tasks", "Tasks in the store, by status.", labels=["status"]
         )
-        counts = self._task_counts()
+        counts = self.task_counts
         if counts is not None:
             for status, count in sorted(counts.items()):
                 tasks.add_metric([status], count)
@@ -226,19 +235,10 @@ class RuntimeCollector(Collector):
             "minidevin_threads", "Threads of the process.", value=threading.active_count()
         )
 
-    def _task_counts(self) -> dict[str, int] | None:
-        """Tasks by status; None when the store cannot say (closed, unavailable)."""
-        counts = getattr(self.runtime.store, "task_status_counts", None)
-        if counts is None:
-            return None
-        try:
-            return dict(counts())
-        except Exception:  # a scrape never fails for the store: the gauge is left out
-            return None
 
-
-def runtime_registry(runtime: Any) -> CollectorRegistry:
-    """A registry of `runtime`'s own gauges, for its app's `/metrics`."""
+def runtime_registry(runtime: Any) -> tuple[CollectorRegistry, RuntimeCollector]:
+    """A registry of `runtime`'s own gauges, for its app's `/metrics`, and its collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(runtime))
-    return registry
+    collector = RuntimeCollector(runtime)
+    registry.register(collector)
+    return registry, collector

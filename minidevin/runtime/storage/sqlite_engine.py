@@ -372,9 +372,9 @@ class SqliteEngine:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
-    def task_status_counts(self) -> dict[str, int]:
-        """Tasks by status (through the status index, on the loop thread: for `/metrics`)."""
-        rows = self.fetch_point("SELECT status, count(*) AS n FROM tasks GROUP BY status")
+    async def task_status_counts(self) -> dict[str, int]:
+        """Tasks by status, for `/metrics` (a scan: on the reader thread)."""
+        rows = await self.fetch_all("SELECT status, count(*) AS n FROM tasks GROUP BY status")
         return {row["status"]: row["n"] for row in rows}
 
     def fetch_point(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
