@@ -276,6 +276,29 @@ def test_a_dropped_websocket_reconnects_after_the_last_seq_and_says_so(
     watched.no_errors()
 
 
+def test_a_revoked_login_sends_the_reader_back_to_log_in_not_into_endless_retries(
+    watched: Watched, server: ServeProcess, work: Path
+) -> None:
+    page = watched.page
+    log_in(page, account(server, "revoked@example.com"))
+    sockets: list[WebSocketRoute] = []
+
+    def through(route: WebSocketRoute) -> None:
+        sockets.append(route)
+        route.connect_to_server()
+
+    page.route_web_socket("**/ws/tasks/**", through)
+    new_session(page, "Revoked", work)
+    run_task(page, "[reconnect] Ask, then go on")
+    status_badge(page, "waiting_input")
+    token = page.evaluate("sessionStorage.getItem('minidevin.token')")
+    server.request("POST", "/api/auth/logout", None, {"Authorization": f"Bearer {token}"})
+    sockets[-1].close(code=4000, reason="dropped by the test")  # the reconnect is refused
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("log in again")
+    # (the refused handshake is a console error of the browser's own: not checked here)
+
+
 def test_a_390_px_dark_screen_reads_without_sideways_scrolling(
     browser: Browser, server: ServeProcess, work: Path, shots: Path
 ) -> None:

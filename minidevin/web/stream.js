@@ -11,7 +11,7 @@ export class TaskStream {
   /**
    * @param {string} taskId
    * @param {{onEvent: (event) => void, onBatchEnd: () => void, onState: (text, kind) => void,
-   *          onEnded: () => void}} handlers
+   *          onEnded: () => void, onRefused?: () => void}} handlers
    */
   constructor(taskId, handlers) {
     this.taskId = taskId;
@@ -31,8 +31,10 @@ export class TaskStream {
     if (this.closed || this.socket) return;
     const socket = new WebSocket(streamUrl(this.taskId, this.queuedSeq));
     this.socket = socket;
+    let opened = false;
     this.handlers.onState(this.dropped ? "Reconnecting…" : "Connecting…", "wait");
     socket.addEventListener("open", () => {
+      opened = true;
       if (this.dropped) {
         this.handlers.onState(
           `Reconnected: continuing after event ${this.queuedSeq}.`,
@@ -70,6 +72,9 @@ export class TaskStream {
         return;
       }
       this.dropped = true;
+      // refused before it opened: perhaps the token expired (the REST check says so, and
+      // sends the reader to the login page, instead of retrying forever)
+      if (!opened && this.handlers.onRefused) this.handlers.onRefused();
       const delay = Math.min(500 * 2 ** this.retries, MAX_DELAY_MS);
       this.retries += 1;
       this.handlers.onState(

@@ -295,6 +295,10 @@ export function taskView({ main, params, showError, clearError }) {
       connection.textContent = message;
       connection.className = `connection ${kind}`;
     },
+    onRefused: () => {
+      // a 401 here goes to the login page (api.js); anything else: keep retrying
+      api("GET", `api/tasks/${taskId}`).catch(() => {});
+    },
   });
 
   (async () => {
