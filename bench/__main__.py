@@ -29,6 +29,7 @@ BENCHMARKS = {
     "replay": "bench.replay",  # issue 12 item 5: late subscribers to a long history
     "console": "bench.console",  # issue 14 item 5: the task page in a real browser
     "snapshots": "bench.snapshots",  # issue 15 item 2: task cost against repository size
+    "mcp": "bench.mcp",  # issue 13: MCP server start-up per task
     "scale": "bench.scale",  # item 4 (last: 1,000 tasks ending at once load the machine)
 }
 ALIASES = {"store": "latency"}
