@@ -332,3 +332,18 @@ def test_a_secret_cut_in_two_by_the_output_limit_leaves_no_part_of_it() -> None:
     answer = mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text=text)])
     output = _as_result(answer, 200, Redactor({"S": "SECRETVALUE"})).output
     assert "omitted" in output and "SECRE" not in output and "VALUE" not in output
+
+
+async def test_an_http_server_is_reached_at_the_address_that_was_checked(http_url: str) -> None:
+    """The name is not looked up again after the check: `pinned.invalid` (which no DNS
+    answers) reaches the checked address, with its own name in `Host`."""
+    import httpx2
+
+    from minidevin.runtime.mcp.connection import PinnedTransport
+
+    port = http_url.split(":")[2].split("/")[0]
+    transport = PinnedTransport("pinned.invalid", "127.0.0.1")
+    async with httpx2.AsyncClient(transport=transport, timeout=10) as client:
+        answer = await client.get(f"http://pinned.invalid:{port}/mcp")
+    assert answer.status_code < 500  # the fixture server answered (its own 4xx for a GET)
+    assert answer.request.headers["Host"] == f"pinned.invalid:{port}"

@@ -152,9 +152,12 @@ class McpConnection:
                 yield streams
             return
         assert isinstance(server, McpHttpServer)
-        await _check_address(server.url, self.owner.allow_private)
+        host, address = await _check_address(server.url, self.owner.allow_private)
+        pinned = PinnedTransport(host, address)  # (the name is not looked up again)
         async with (
-            httpx2.AsyncClient(headers=dict(server.headers), timeout=HTTP_TIMEOUT) as client,
+            httpx2.AsyncClient(
+                headers=dict(server.headers), timeout=HTTP_TIMEOUT, transport=pinned
+            ) as client,
             streamable_http_client(server.url, http_client=client) as streams,
         ):
             yield streams
@@ -176,10 +179,10 @@ async def _list_tools(session: ClientSession) -> list[mcp_types.Tool]:
     return tools
 
 
-async def _check_address(url: str, allow_private: bool) -> None:
-    """Refuse a URL whose host resolves to a private, loopback or link-local address."""
-    if allow_private:
-        return
+async def _check_address(url: str, allow_private: bool) -> tuple[str, str]:
+    """The URL's host and the address to connect to: its first, once every address it
+    resolves to was checked (private, loopback and link-local ones refused unless
+    allowed)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -189,13 +192,34 @@ async def _check_address(url: str, allow_private: bool) -> None:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError) as exc:
         raise AddressRefused(f"the host {host!r} does not resolve: {exc}") from None
-    for *_, address in infos:
-        why = refused_address(str(address[0]))
-        if why is not None:
-            raise AddressRefused(
-                f"refused to connect to {_shown_url(url)}: {why} "
-                "(allowed only with the mcp_allow_private setting)"
-            )
+    if not allow_private:
+        for *_, address in infos:
+            why = refused_address(str(address[0]))
+            if why is not None:
+                raise AddressRefused(
+                    f"refused to connect to {_shown_url(url)}: {why} "
+                    "(allowed only with the mcp_allow_private setting)"
+                )
+    return host, str(infos[0][4][0])
+
+
+class PinnedTransport(httpx2.AsyncBaseTransport):
+    """Sends the requests for `host` to `address`, the one that was checked: a name that
+    resolves elsewhere after the check (DNS rebinding) cannot turn a call inward. TLS
+    still verifies the certificate against `host`."""
+
+    def __init__(self, host: str, address: str) -> None:
+        self.host, self.address = host, address
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.host == self.host and self.host != self.address:
+            request.extensions["sni_hostname"] = self.host
+            request.url = request.url.copy_with(host=self.address)  # (Host: stays the name)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _shown_url(url: str) -> str:
