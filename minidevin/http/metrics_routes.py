@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 
+import pykka
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -32,7 +33,9 @@ routes = web.RouteTableDef()
 def setup(app: web.Application) -> None:
     """Add `/metrics` over `app`'s runtime; turn tracing on if the environment asks."""
     runtime = app[RUNTIME]
-    app[RUNTIME_METRICS], app[RUNTIME_COLLECTOR] = metrics.runtime_registry(runtime)
+    app[RUNTIME_METRICS], app[RUNTIME_COLLECTOR] = metrics.runtime_registry(
+        runtime, lambda: len(pykka.ActorRegistry.get_all())
+    )
     app.add_routes(routes)
     tracing.enable_from_environment()
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import pykka
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -201,8 +200,9 @@ class RuntimeCollector(Collector):
     """Gauges of one runtime, read when scraped. The tasks by status are a scan: the route
     reads them through the store's reader thread first (`refresh`), never on the loop."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Any, count_actors: Callable[[], int]) -> None:
         self.runtime = runtime
+        self.count_actors = count_actors  # (the actor layer's: this layer knows no pykka)
         self.task_counts: dict[str, int] | None = None
 
     async def refresh(self) -> None:
@@ -229,16 +229,18 @@ class RuntimeCollector(Collector):
         )
         yield GaugeMetricFamily(
             "minidevin_actors", "Live actors (sessions, tasks, their children).",
-            value=len(pykka.ActorRegistry.get_all()),
+            value=self.count_actors(),
         )  # fmt: skip
         yield GaugeMetricFamily(
             "minidevin_threads", "Threads of the process.", value=threading.active_count()
         )
 
 
-def runtime_registry(runtime: Any) -> tuple[CollectorRegistry, RuntimeCollector]:
+def runtime_registry(
+    runtime: Any, count_actors: Callable[[], int]
+) -> tuple[CollectorRegistry, RuntimeCollector]:
     """A registry of `runtime`'s own gauges, for its app's `/metrics`, and its collector."""
     registry = CollectorRegistry(auto_describe=False)
-    collector = RuntimeCollector(runtime)
+    collector = RuntimeCollector(runtime, count_actors)
     registry.register(collector)
     return registry, collector
