@@ -33,13 +33,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.message import SessionMessage
 
 from minidevin.runtime.mcp.config import McpStdioServer
-from minidevin.runtime.tools import cgroups, sandbox
+from minidevin.runtime.tools import cgroups
 from minidevin.runtime.tools.base import ToolContext
 from minidevin.runtime.tools.environment import command_environment, user_variables
 from minidevin.runtime.tools.network import UserNetwork, network_status
 
 # the terminal's own checks: the same working-directory identity and cgroup rules
-from minidevin.runtime.tools.terminal import _command_cgroup, _open_workdir
+from minidevin.runtime.tools.terminal import _command_cgroup, _open_workdir, sandboxed_argv
 
 log = structlog.get_logger(__name__)
 # what an `mcp.ClientSession` reads from and writes to
@@ -157,26 +157,10 @@ class StdioServerProcess:
         return None
 
     def _argv(self, workdir_fd: int, network: UserNetwork | None) -> list[str]:
-        context = self.context
+        # (offline, or no user-mode network here: never the host's network)
+        network_args = network.bwrap_args() if network is not None else ["--unshare-net"]
         command = [self.server.command, *self.server.args]
-        if not context.sandbox:
-            return [*sandbox.drop_privileges(context.uid, context.gid, pdeathsig=True), *command]
-        if network is not None:
-            network_args: list[str] | None = network.bwrap_args()
-        else:  # offline, or no user-mode network here: never the host's network
-            network_args = ["--unshare-net"]
-        return sandbox.wrap(
-            command,
-            context.working_directory,
-            network=context.network,
-            hide=context.hidden_paths,
-            workdir_fd=workdir_fd,
-            tmp_mb=context.tmp_mb,
-            read_paths=context.read_paths,
-            network_args=network_args,
-            uid=context.uid,
-            gid=context.gid,
-        )
+        return sandboxed_argv(command, self.context, workdir_fd, network_args)
 
     # -- the pipes ---------------------------------------------------------------------------
 

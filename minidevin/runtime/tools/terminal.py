@@ -154,22 +154,7 @@ class TerminalTool:
 
         Raises `PermissionError` when it would run as root.
         """
-        argv = ["bash", "-c", command]
-        if not context.sandbox:
-            # bash dies with the server even on `kill -9` (the cgroup and a restart reap the rest)
-            return [*sandbox.drop_privileges(context.uid, context.gid, pdeathsig=True), *argv]
-        return sandbox.wrap(
-            argv,
-            context.working_directory,
-            network=context.network,
-            hide=context.hidden_paths,
-            workdir_fd=workdir_fd,
-            tmp_mb=context.tmp_mb,
-            read_paths=context.read_paths,
-            network_args=network_args,
-            uid=context.uid,
-            gid=context.gid,
-        )
+        return sandboxed_argv(["bash", "-c", command], context, workdir_fd, network_args)
 
     def run(
         self, arguments: Mapping[str, Any] | TerminalArguments, context: ToolContext
@@ -339,6 +324,32 @@ class TerminalTool:
                 if pidfd is not None:
                     os.close(pidfd)
         return timed_out, limit
+
+
+def sandboxed_argv(
+    argv: list[str],
+    context: ToolContext,
+    workdir_fd: int | None = None,
+    network_args: Sequence[str] | None = None,
+) -> list[str]:
+    """`argv` as a task's command runs: as `context.uid`, in bwrap when `context.sandbox`
+    (a terminal command, an MCP server). Raises `PermissionError` when it would run as root.
+    """
+    if not context.sandbox:
+        # it dies with the server even on `kill -9` (the cgroup and a restart reap the rest)
+        return [*sandbox.drop_privileges(context.uid, context.gid, pdeathsig=True), *argv]
+    return sandbox.wrap(
+        argv,
+        context.working_directory,
+        network=context.network,
+        hide=context.hidden_paths,
+        workdir_fd=workdir_fd,
+        tmp_mb=context.tmp_mb,
+        read_paths=context.read_paths,
+        network_args=network_args,
+        uid=context.uid,
+        gid=context.gid,
+    )
 
 
 def _open_workdir(context: ToolContext) -> int:
