@@ -38,6 +38,21 @@ export function replace(el, ...children) {
   return el;
 }
 
+/** A table: `headings`, then one row of `cells(row)` (strings or nodes) per row. */
+export function table(headings, rows, cells) {
+  return h(
+    "table",
+    {},
+    h("thead", {}, h("tr", {}, headings.map((t) => h("th", {}, t)))),
+    h("tbody", {}, rows.map((row) => h("tr", {}, cells(row).map((cell) => h("td", {}, cell))))),
+  );
+}
+
+/** A button that destroys something: its visible `text`, its accessible `label`. */
+export function dangerButton(text, label, onclick) {
+  return h("button", { type: "button", class: "danger", "aria-label": label, onclick }, text);
+}
+
 let ids = 0;
 
 /** A labelled form field: returns the wrapper; `.input` is the control. */

@@ -1,7 +1,7 @@
 // API keys: list, create (the key shown once, with Copy), revoke.
 
 import { api } from "../api.js";
-import { field, h, replace, when } from "../dom.js";
+import { dangerButton, field, h, replace, table, when } from "../dom.js";
 
 export function keysView({ main, showError, clearError }) {
   const list = h("div", { class: "list" }, h("p", { class: "muted" }, "Loading…"));
@@ -24,38 +24,12 @@ export function keysView({ main, showError, clearError }) {
       }
       replace(
         list,
-        h(
-          "table",
-          {},
-          h("thead", {}, h("tr", {}, ["Name", "Created", "Expires", ""].map((t) => h("th", {}, t)))),
-          h(
-            "tbody",
-            {},
-            keys.map((key) =>
-              h(
-                "tr",
-                {},
-                h("td", {}, key.name),
-                h("td", {}, when(key.created_at)),
-                h("td", {}, key.expires_at ? when(key.expires_at) : "never"),
-                h(
-                  "td",
-                  {},
-                  h(
-                    "button",
-                    {
-                      type: "button",
-                      class: "danger",
-                      "aria-label": `Revoke ${key.name}`,
-                      onclick: () => revoke(key),
-                    },
-                    "Revoke",
-                  ),
-                ),
-              ),
-            ),
-          ),
-        ),
+        table(["Name", "Created", "Expires", ""], keys, (key) => [
+          key.name,
+          when(key.created_at),
+          key.expires_at ? when(key.expires_at) : "never",
+          dangerButton("Revoke", `Revoke ${key.name}`, () => revoke(key)),
+        ]),
       );
     } catch (error) {
       showError(error);

@@ -1,7 +1,7 @@
 // Secrets: names and dates only (values are never shown); add or replace, delete.
 
 import { api } from "../api.js";
-import { field, h, replace, when } from "../dom.js";
+import { dangerButton, field, h, replace, table, when } from "../dom.js";
 
 export function secretsView({ main, showError, clearError }) {
   const list = h("div", { class: "list" }, h("p", { class: "muted" }, "Loading…"));
@@ -32,38 +32,12 @@ export function secretsView({ main, showError, clearError }) {
       }
       replace(
         list,
-        h(
-          "table",
-          {},
-          h("thead", {}, h("tr", {}, ["Name", "Created", "Updated", ""].map((t) => h("th", {}, t)))),
-          h(
-            "tbody",
-            {},
-            secrets.map((secret) =>
-              h(
-                "tr",
-                {},
-                h("td", {}, h("code", {}, secret.name)),
-                h("td", {}, when(secret.created_at)),
-                h("td", {}, when(secret.updated_at)),
-                h(
-                  "td",
-                  {},
-                  h(
-                    "button",
-                    {
-                      type: "button",
-                      class: "danger",
-                      "aria-label": `Delete ${secret.name}`,
-                      onclick: () => remove(secret.name),
-                    },
-                    "Delete",
-                  ),
-                ),
-              ),
-            ),
-          ),
-        ),
+        table(["Name", "Created", "Updated", ""], secrets, (secret) => [
+          h("code", {}, secret.name),
+          when(secret.created_at),
+          when(secret.updated_at),
+          dangerButton("Delete", `Delete ${secret.name}`, () => remove(secret.name)),
+        ]),
       );
     } catch (error) {
       showError(error);
