@@ -8,6 +8,7 @@ WebSocket), not a provider's stream.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -113,10 +114,12 @@ class Blocking:
         return ModelTurn(text="released", finish_reason="stop")
 
 
-class SleepCommand:
-    """First turn: `terminal` runs `sleep 30`; any later turn finishes."""
+class OneCommand:
+    """First turn: `terminal` runs `command`; any later turn finishes."""
 
-    model_id = "bench-sleep"
+    def __init__(self, command: str, model_id: str) -> None:
+        self.command = command
+        self.model_id = model_id
 
     def register(self, providers: ProviderRegistry) -> None:
         providers.register(self.model_id, lambda: self)
@@ -131,7 +134,15 @@ class SleepCommand:
         cancel.raise_if_set()
         own = max(i for i, m in enumerate(messages) if m["role"] == "user")  # after earlier tasks
         if any(m["role"] == "tool" for m in messages[own:]):
-            call = ToolCall("call-finish", "finish", '{"summary": "slept", "success": true}')
+            call = ToolCall("call-finish", "finish", '{"summary": "ran it", "success": true}')
         else:
-            call = ToolCall("call-sleep", "terminal", '{"command": "sleep 30"}')
+            arguments = json.dumps({"command": self.command})
+            call = ToolCall("call-command", "terminal", arguments)
         return ModelTurn(text="", tool_calls=(call,), finish_reason="tool_calls")
+
+
+class SleepCommand(OneCommand):
+    """First turn: `terminal` runs `sleep 30`; any later turn finishes."""
+
+    def __init__(self) -> None:
+        super().__init__("sleep 30", "bench-sleep")

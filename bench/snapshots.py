@@ -2,7 +2,7 @@
 
 A generated tree of 20,000 files (about 150 MB; `--quick`: 2,000), once committed
 in git and once as a plain directory, and a one-file directory, in the same run.
-Each task runs one `echo` and finishes (the in-process `EchoOnce` model), from
+Each task runs one `echo` and finishes (the in-process `ECHO` model), from
 `POST` to its final status. Measured:
 
 - task overhead on the git repository and on the plain directory against the
@@ -21,37 +21,13 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from bench.common import Config, InProcessServer, Row, bench_settings, percentile
-from minidevin.runtime.cancel import CancelToken
-from minidevin.runtime.providers.base import ModelTurn, TokenSink, ToolCall
+from bench.models import OneCommand
 from minidevin.runtime.providers.registry import ProviderRegistry
 
 FINAL = ("completed", "failed", "stopped")
-
-
-class EchoOnce:
-    """First turn: `terminal` runs `echo hi`; the next one finishes."""
-
-    model_id = "bench-echo"
-
-    def register(self, providers: ProviderRegistry) -> None:
-        providers.register(self.model_id, lambda: self)
-
-    def stream_turn(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]],
-        on_token: TokenSink,
-        cancel: CancelToken,
-    ) -> ModelTurn:
-        own = max(i for i, m in enumerate(messages) if m["role"] == "user")
-        if any(m["role"] == "tool" for m in messages[own:]):
-            call = ToolCall("call-finish", "finish", '{"summary": "echoed", "success": true}')
-        else:
-            call = ToolCall("call-echo", "terminal", '{"command": "echo hi"}')
-        return ModelTurn(text="", tool_calls=(call,), finish_reason="tool_calls")
+ECHO = OneCommand("echo hi", "bench-echo")  # a task that runs one command and finishes
 
 
 def generate(root: Path, files: int) -> None:
@@ -78,7 +54,7 @@ async def one_task(server: InProcessServer, session_id: str) -> float:
     """Seconds from `POST` to the final status."""
     assert server.http is not None
     started = time.perf_counter()
-    task_id = await server.new_task(Path("."), EchoOnce.model_id, session_id)
+    task_id = await server.new_task(Path("."), ECHO.model_id, session_id)
     while True:
         async with server.http.get(f"/api/tasks/{task_id}", headers=server.auth) as response:
             if (await response.json())["status"] in FINAL:
@@ -105,7 +81,7 @@ async def run(cfg: Config) -> list[Row]:
     generate(plain, files)
     prepared = time.perf_counter() - began
     providers = ProviderRegistry({})
-    EchoOnce().register(providers)
+    ECHO.register(providers)
     data = base / "data"
     async with InProcessServer(bench_settings(data), providers) as server:
         sessions = {name: await session_on(server, d) for name, d in
