@@ -244,11 +244,8 @@ def test_stop_a_task_then_resume_it_with_a_message(
     watched.no_errors()
 
 
-def test_a_dropped_websocket_reconnects_after_the_last_seq_and_says_so(
-    watched: Watched, server: ServeProcess, work: Path
-) -> None:
-    page = watched.page
-    log_in(page, account(server, "barbara@example.com"))
+def pass_sockets_through(page: Page) -> list[WebSocketRoute]:
+    """The page's task WebSockets, each passed through to the server and kept (to drop)."""
     sockets: list[WebSocketRoute] = []
 
     def through(route: WebSocketRoute) -> None:
@@ -256,6 +253,15 @@ def test_a_dropped_websocket_reconnects_after_the_last_seq_and_says_so(
         route.connect_to_server()
 
     page.route_web_socket("**/ws/tasks/**", through)
+    return sockets
+
+
+def test_a_dropped_websocket_reconnects_after_the_last_seq_and_says_so(
+    watched: Watched, server: ServeProcess, work: Path
+) -> None:
+    page = watched.page
+    log_in(page, account(server, "barbara@example.com"))
+    sockets = pass_sockets_through(page)
     new_session(page, "Reconnect", work)
     run_task(page, "[reconnect] Ask, then go on")
     expect(page.get_by_text("Ready?").first).to_be_visible()
@@ -281,13 +287,7 @@ def test_a_revoked_login_sends_the_reader_back_to_log_in_not_into_endless_retrie
 ) -> None:
     page = watched.page
     log_in(page, account(server, "revoked@example.com"))
-    sockets: list[WebSocketRoute] = []
-
-    def through(route: WebSocketRoute) -> None:
-        sockets.append(route)
-        route.connect_to_server()
-
-    page.route_web_socket("**/ws/tasks/**", through)
+    sockets = pass_sockets_through(page)
     new_session(page, "Revoked", work)
     run_task(page, "[reconnect] Ask, then go on")
     status_badge(page, "waiting_input")
