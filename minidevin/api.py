@@ -185,9 +185,7 @@ class Runtime(TaskControl):
         checked = await claim_working_directory(
             self.workspaces, user_id, str(working_directory), tenant=owner is not None
         )
-        servers = schemas.SessionRequest.model_validate(  # (checked as a body is)
-            {"name": name, "working_directory": "-", "mcp_servers": mcp_servers or []}
-        ).mcp_servers
+        servers = schemas.MCP_SERVERS.validate_python(mcp_servers or [])  # (as a body's are)
         return await self.store.insert_session(
             user_id,
             name,

@@ -11,7 +11,7 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from minidevin.runtime.auth import MAX_PASSWORD_BYTES
 from minidevin.runtime.mcp.config import McpServer
@@ -79,6 +79,9 @@ def _distinct_names(servers: list[Any]) -> list[Any]:
     return servers
 
 
+# a session's MCP servers (at most 16, each its own name); `MCP_SERVERS` checks them alone
+McpServers = Annotated[list[McpServer], Field(max_length=16), AfterValidator(_distinct_names)]
+MCP_SERVERS: TypeAdapter[list[McpServer]] = TypeAdapter(McpServers)
 Email = Annotated[str, AfterValidator(_email)]  # checked raw, then normalized
 Password = Annotated[str, Field(min_length=8), AfterValidator(_password)]
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
@@ -194,9 +197,7 @@ class SessionRequest(Body):
     # the user's secrets its commands get as environment variables (masked everywhere)
     secrets: Annotated[list[SecretName], Field(max_length=64)] = []
     approval_policy: ApprovalPolicy = "never"  # its tasks' default
-    mcp_servers: Annotated[
-        list[McpServer], Field(max_length=16), AfterValidator(_distinct_names)
-    ] = []
+    mcp_servers: McpServers = []
 
 
 class McpServerShown(Out):
