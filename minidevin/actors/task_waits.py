@@ -118,12 +118,11 @@ class TaskWaits:
     def _ask_approval(self, call: ToolCall, reason: str) -> None:
         """Put `call` to a person; the task waits, without its slot, for the decision."""
         self.approval_call = call
+        shown = agent.input_of(call)
         self._emit(
-            ev.ApprovalRequestEvent(
-                call_id=call.id, tool=call.name, input=agent.input_of(call), reason=reason
-            )
+            ev.ApprovalRequestEvent(call_id=call.id, tool=call.name, input=shown, reason=reason)
         )
-        label = self.registry.label(call.name, agent.input_of(call))
+        label = self.registry.label(call.name, shown)
         self._set_status("waiting_approval", f"Waiting for approval: {label}")
         with contextlib.suppress(pykka.ActorDeadError):
             self.session.tell(TaskParked(self.spec.task_id))
