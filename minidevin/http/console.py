@@ -14,6 +14,7 @@ reference alone allows inline styles, never inline script).
 
 from __future__ import annotations
 
+import html
 import mimetypes
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -58,10 +59,11 @@ routes = web.RouteTableDef()
 
 
 def public_path(request: web.Request) -> str:
-    """The path users reach the server under, ending in `/` (`/` without a proxy)."""
+    """The path users reach the server under, ending in `/` (`/` without a proxy), escaped
+    for the pages' `<base href>`."""
     public_url = request.app[RUNTIME].settings.public_url
     path = urlsplit(public_url).path if public_url else ""
-    return path.rstrip("/") + "/"
+    return html.escape(path.rstrip("/") + "/", quote=True)  # (it goes into an attribute)
 
 
 def public_origin(request: web.Request) -> str:
