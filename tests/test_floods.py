@@ -163,7 +163,14 @@ async def health_from(port: int, source: str) -> float:
 
 
 async def test_slowloris_from_one_address_cannot_take_health_down(tmp_path: Path) -> None:
-    env = {"MINIDEVIN_REQUEST_HEAD_TIMEOUT": "1", "MINIDEVIN_MAX_CONNECTIONS_PER_ADDRESS": "64"}
+    # The head deadline (3 s) is well past the time the server takes to accept all 200 on a
+    # loaded machine: a held connection closed before the last is accepted frees its slot for
+    # another, which is the cap working, not failing, but would blur the counts below.
+    head_timeout = 3.0
+    env = {
+        "MINIDEVIN_REQUEST_HEAD_TIMEOUT": str(head_timeout),
+        "MINIDEVIN_MAX_CONNECTIONS_PER_ADDRESS": "64",
+    }
     server = ServeProcess(tmp_path / "data", env)
     opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
@@ -191,7 +198,8 @@ async def test_slowloris_from_one_address_cannot_take_health_down(tmp_path: Path
         held = [seconds for data, seconds in results if not data]
         assert len(refused) + len(held) == 200
         assert len(held) <= 64 and len(refused) >= 136, (len(held), len(refused))
-        assert max(held) < 1 + 3, max(held)  # closed within about the head timeout
+        first, last = min(held), max(held)  # each closed at about the head deadline
+        assert head_timeout - 0.1 < first and last < head_timeout + 1.5, (first, last)
         p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else latencies[0]
         print(
             f"\nslowloris: {len(held)} held then closed (last after {max(held):.2f} s), "
