@@ -239,6 +239,12 @@ class Settings(BaseModel):
         description="The URL users reach the server at, when a proxy serves it under a path "
         "(e.g. https://example.com/minidevin): the console's links and its WebSocket origin.",
     )
+    database_url: str | None = Field(
+        None,
+        pattern=r"^postgres(ql)?://",
+        description="postgresql://user:password@host:port/database selects the PostgreSQL "
+        "store; unset: SQLite in the data directory.",
+    )
     host: str = Field("127.0.0.1", description="Address `minidevin serve` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `minidevin serve` listens on.")
     log_level: str = Field("info", description="debug, info, warning or error.")
