@@ -77,3 +77,21 @@ def buggy_repo(tmp_path: Path) -> Path:
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "initial"], cwd=repo, check=True)
     return repo
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """One throwaway PostgreSQL server for the run (a `pg_server.ThrowawayPostgres`,
+    loopback only), stopped at its end; the tests that need it skip where PostgreSQL is
+    not installed."""
+    from pg_server import PostgresMissing, ThrowawayPostgres
+
+    try:
+        server = ThrowawayPostgres()
+    except PostgresMissing as missing:
+        pytest.skip(str(missing))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -1,4 +1,4 @@
-"""Storage: the interface the runtime talks to, and its backends (SQLite today).
+"""Storage: the interface the runtime talks to, and its backends (SQLite, PostgreSQL).
 
 Nothing outside this package writes SQL or imports a database driver; the
 actors and the HTTP layer call the domain methods of `interface.Store`.
@@ -34,10 +34,15 @@ __all__ = [
 
 
 def open_store(settings: Settings) -> Store:
-    """The store the settings name (only SQLite, at `settings.database_path`, for now).
+    """The store the settings name: PostgreSQL at `settings.database_url` when it is set,
+    else SQLite at `settings.database_path`.
 
     Not opened yet: the runtime opens it (`await store.open()`) on its loop.
     """
+    if settings.database_url:
+        from minidevin.runtime.storage.postgres import PostgresStore
+
+        return PostgresStore(settings.database_url, retry_seconds=settings.store_retry_seconds)
     from minidevin.runtime.storage.sqlite import SqliteStore
 
     return SqliteStore(
