@@ -5,13 +5,13 @@ in git and once as a plain directory, and a one-file directory, in the same run.
 Each task runs one `echo` and finishes (the in-process `ECHO` model), from
 `POST` to its final status. Measured:
 
-- task overhead on the git repository and on the plain directory against the
-  one-file directory, for the tasks after the first (target: at most 100 ms more;
-  the first task of a directory pays for hashing every file once, into the store
-  its later tasks share: the repository's own index is not trusted, see
-  `runtime/snapshots.py`);
-- the data directory's growth per task on the git repository (target: under 5 MB),
-  and what the first task's store took.
+- task overhead on the git repository against the one-file directory, for its
+  first task (its store starts from the repository's index, see
+  `runtime/snapshots.py`) and for the tasks after it (target: at most 100 ms more);
+- the same on the plain directory, whose first task pays for hashing every file
+  once, into the store its later tasks share (target for the later tasks);
+- the data directory's growth per task on the git repository, the first task
+  included (target: under 5 MB).
 """
 
 from __future__ import annotations
@@ -104,16 +104,21 @@ async def run(cfg: Config) -> list[Row]:
     tree = f"{files:,} files, {size_mb(plain):.0f} MB"
     note = (f"median of {rounds}; one-file directory {small_ms:.0f} ms; generated in "
             f"{prepared:.0f} s")  # fmt: skip
+    first_ms = first_repo * 1000
     return [
+        Row("snapshots", f"task overhead, git repository of {tree}, first task",
+            first_ms - small_ms, "ms", target="<= 100 ms", passed=first_ms - small_ms <= 100,
+            notes=f"{note}; the task took {first_ms:.0f} ms; its store: "
+            f"{first_growth:.1f} MB"),
         Row("snapshots", f"task overhead, git repository of {tree}, later tasks",
             repo_ms - small_ms, "ms", target="<= 100 ms", passed=repo_ms - small_ms <= 100,
-            notes=f"{note}; the task took {repo_ms:.0f} ms; its first task "
-            f"{first_repo * 1000:.0f} ms (hashes every file)"),
+            notes=f"{note}; the task took {repo_ms:.0f} ms"),
         Row("snapshots", f"task overhead, plain directory of {tree}, later tasks",
             plain_ms - small_ms, "ms", target="<= 100 ms", passed=plain_ms - small_ms <= 100,
             notes=f"{note}; its first task {first_plain * 1000:.0f} ms (hashes every file)"),
-        Row("snapshots", "data directory growth per task, git repository, later tasks",
-            max(growth), "MB", target="< 5 MB", passed=max(growth) < 5,
-            notes=f"largest of {rounds} tasks; median {percentile(growth, 50):.2f} MB; the "
-            f"first task's store: {first_growth:.1f} MB"),
+        Row("snapshots", "data directory growth per task, git repository",
+            max([*growth, first_growth]), "MB", target="< 5 MB",
+            passed=max([*growth, first_growth]) < 5,
+            notes=f"largest of {rounds + 1} tasks; median of the later ones "
+            f"{percentile(growth, 50):.2f} MB; the first task's {first_growth:.1f} MB"),
     ]  # fmt: skip

@@ -1,6 +1,6 @@
 """Snapshots at a cost proportional to what changed (`runtime/snapshots.py`), with real git:
-a directory's store shared by its tasks, a repository's `.git` byte for byte unchanged and
-never trusted (a forged index hides nothing), diffs exactly as before: added, changed,
+a directory's store shared by its tasks, a repository's `.git` byte for byte unchanged
+(its index as a stat cache: `test_snapshot_seed.py`), diffs exactly as before: added, changed,
 deleted, renamed, binary and ignored files; changes made before the task left out."""
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ from minidevin.runtime.task_history import TaskHistory
 from minidevin.runtime.tools import ToolContext, ToolResult
 from minidevin.runtime.tools.paths import WorkspaceChanged
 from minidevin.runtime.tools.registry import TOOLS, default_registry
+from minidevin.runtime.tools.sandbox import run_identity
 from minidevin.runtime.usage import UsageMeter
 from minidevin.runtime.workspace import verify_working_directory
 
@@ -108,7 +109,10 @@ class TaskActor(TaskTools, TaskWaits, TaskEnding, pykka.ThreadingActor):
         self.released = False
         events.on_store_lost = self._store_lost  # (called on whichever thread emitted)
         self.snapshots = snapshots_for(
-            deps.settings.snapshots_dir, spec.working_directory, spec.workspace_identity
+            deps.settings.snapshots_dir,
+            spec.working_directory,
+            spec.workspace_identity,
+            run_identity(spec.working_directory, deps.settings.sandbox_uid),
         )
 
     # -- lifecycle -------------------------------------------------------------------

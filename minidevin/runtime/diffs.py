@@ -10,6 +10,9 @@ it):
 
     # minidevin: diff.patch capped at 20 MiB (MINIDEVIN_MAX_DIFF_MB); files left out (1):
     # big/generated.bin
+
+Files whose old content could not be had (`Snapshots.complete`) are left out
+too, named in a note of their own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -36,14 +40,25 @@ class DiffResult:
     left_out: list[str] = field(default_factory=list)
 
 
-def write_diff(git_dir: Path, before: str, after: str, out: Path, max_bytes: int) -> DiffResult:
-    """Write `git diff --binary before after` to `out`, at most `max_bytes` of sections."""
+def write_diff(
+    git_dir: Path,
+    before: str,
+    after: str,
+    out: Path,
+    max_bytes: int,
+    unreadable: Sequence[str] = (),
+) -> DiffResult:
+    """Write `git diff --binary before after` to `out`, at most `max_bytes` of sections,
+    without the files `unreadable`."""
     out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     left_out: list[str] = []
+    excluded = [f":(exclude,literal,top){path}" for path in unreadable]
     with open(out, "wb", opener=_private) as sink:
-        _copy_sections(git_dir, before, after, sink, max_bytes, left_out)
+        _copy_sections(git_dir, [before, after, "--", *excluded], sink, max_bytes, left_out)
         if left_out:
             sink.write(_note(max_bytes, left_out))
+        if unreadable:
+            sink.write(_unreadable_note(unreadable))
         size = sink.tell()  # (durable with the task's artifacts: `group_sync.ARTIFACTS`)
     return DiffResult(out, size, left_out)
 
@@ -61,14 +76,13 @@ DIFF_OPTIONS = ("--no-color", "--no-ext-diff")
 
 def _copy_sections(
     git_dir: Path,
-    before: str,
-    after: str,
+    trees: list[str],
     sink: BinaryIO,
     max_bytes: int,
     left_out: list[str],
 ) -> None:
     process = subprocess.Popen(
-        _git(git_dir, "diff", "--binary", *DIFF_OPTIONS, before, after),
+        _git(git_dir, "diff", "--binary", *DIFF_OPTIONS, *trees),
         env=git_environment(git_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -124,7 +138,19 @@ def _note(max_bytes: int, left_out: list[str]) -> bytes:
         f"# minidevin: diff.patch capped at {mib:g} MiB (MINIDEVIN_MAX_DIFF_MB); "
         f"files left out ({len(left_out)}):"
     ]
-    lines += ["# " + name.replace("\n", "\\n") for name in left_out[:LISTED_AT_MOST]]
-    if len(left_out) > LISTED_AT_MOST:
-        lines.append(f"# ... and {len(left_out) - LISTED_AT_MOST} more")
+    return _listed(lines, left_out)
+
+
+def _unreadable_note(unreadable: Sequence[str]) -> bytes:
+    lines = [
+        "# minidevin: the old content of these files was gone from the repository's objects "
+        f"(deleted during the task?); files left out ({len(unreadable)}):"
+    ]
+    return _listed(lines, unreadable)
+
+
+def _listed(lines: list[str], names: Sequence[str]) -> bytes:
+    lines += ["# " + name.replace("\n", "\\n") for name in names[:LISTED_AT_MOST]]
+    if len(names) > LISTED_AT_MOST:
+        lines.append(f"# ... and {len(names) - LISTED_AT_MOST} more")
     return ("\n".join(lines) + "\n").encode()

@@ -7,19 +7,26 @@ diff at the end is `git diff --binary <before> <after>`, which `git apply`
 accepts. The work tree's `.gitignore` files are honoured.
 
 The store's index is git's stat cache: a file whose size and times did not change
-is not read again. So only the first snapshot of a directory (after a server
+is not read again. So only the first snapshot of a plain directory (after a server
 start) hashes every file, and the next ones (this task's "after", the next task's
 "before") only what changed. A small tree whose stat signature did not change
 since the last snapshot is not handed to git at all. Snapshots of one directory
 take an `flock` on the store, so two sessions on one directory do not mix their
 indexes.
 
-Not reused: the repository's own index and objects. Everything under `.git` is
-written by the task's commands (they run as the directory's owner), so an index
-there can claim any content for a file whose stat it copies, and its objects can
-be links the server's git would follow with the server's rights: a snapshot
-seeded from them could hide a change from the diff, or read what the task may
-not. Every blob in the store was hashed by the server from the work tree itself.
+A repository's first snapshot starts from the repository's own stat cache:
+its index, parsed as untrusted data (`git_index.py`: checksum and paths checked,
+marks that could hide a change dropped, no cache tree), written as the store's
+index. Unchanged files are then neither hashed nor copied; the store names their
+blobs without holding them (`write-tree --missing-ok`). Before a diff, the old
+content of the files the task changed is copied in from the repository's
+objects by a git running with the task's uid, each blob hashed again
+(`repository_objects.py`): the server's git never reads the tenant's `.git`,
+and a link planted there is followed with the tenant's rights. A file whose
+old content cannot be had (the objects were deleted during the task) is left
+out of the diff, named in a note. What the seed trusts is the tenant's own
+word: an index forged to match a file's stat can misstate the old side of that
+tenant's own diff, nothing more.
 
 The server's git runs with no configuration but ours (`git_environment`): the
 tree it reads was written by a tenant's commands, and a filter, fsmonitor or
@@ -42,6 +49,14 @@ from typing import Any
 
 import structlog
 
+from minidevin.runtime.git_index import (
+    UnusableIndex,
+    after_hand_over,
+    read_repository_index,
+    stat_cache,
+    write_index,
+)
+from minidevin.runtime.repository_objects import copy_blobs
 from minidevin.runtime.tools.paths import check_workspace
 
 log = structlog.get_logger(__name__)
@@ -51,32 +66,46 @@ SIGNATURE_LIMIT = 2_000  # entries: a smaller tree is compared by its stat first
 RACY_NS = 100_000_000  # a signature with an entry this recent is not trusted later
 INDEX = "snapshot-index"
 EXCLUDE = ".git\n__pycache__/\n*.py[co]\n"  # never the user's repository, nor bytecode
+SEEDED = "seeded-from-repository"  # in a store whose index began as the repository's
+ZERO_OID = "0" * 40
 
 
 def snapshots_for(
-    snapshots_dir: Path, working_directory: Path, identity: tuple[int, int] | None
+    snapshots_dir: Path,
+    working_directory: Path,
+    identity: tuple[int, int] | None,
+    run_as: tuple[int, int] | None = None,
 ) -> Snapshots:
-    """The snapshots of `working_directory`, in the store its tasks share."""
+    """The snapshots of `working_directory`, in the store its tasks share; `run_as` is the
+    uid/gid its commands run as (what reads the repository's objects)."""
     key = f"{working_directory}\0{identity}".encode()
     name = hashlib.sha256(key).hexdigest()[:32]
-    return Snapshots(working_directory, snapshots_dir / f"{name}.git", identity)
+    return Snapshots(working_directory, snapshots_dir / f"{name}.git", identity, run_as)
 
 
 class Snapshots:
     """Snapshots of one working directory into one private git store."""
 
     def __init__(
-        self, working_directory: Path, git_dir: Path, identity: tuple[int, int] | None = None
+        self,
+        working_directory: Path,
+        git_dir: Path,
+        identity: tuple[int, int] | None = None,
+        run_as: tuple[int, int] | None = None,
     ) -> None:
         self.working_directory = working_directory
         self.git_dir = git_dir
         self.identity = identity  # when known: a snapshot of a swapped directory is refused
+        self.run_as = run_as
         # the stat of a small tree at this object's last snapshot, and that snapshot's tree:
         # a tree whose every entry has the same stat is the same tree (no git run needed)
         self._last: tuple[tuple[tuple[Any, ...], ...], str] | None = None
         self.racy_ns = RACY_NS
 
-    def _git(self, *args: str) -> str:
+    def _git(self, *args: str, stdin: bytes | None = None) -> str:
+        return os.fsdecode(self._git_bytes(*args, stdin=stdin))
+
+    def _git_bytes(self, *args: str, stdin: bytes | None = None) -> bytes:
         env = {
             **git_environment(self.git_dir),
             "GIT_DIR": str(self.git_dir),
@@ -88,13 +117,14 @@ class Snapshots:
              "-c", "core.untrackedCache=false", "-c", "core.fsmonitor=false", *args],
             cwd=self.working_directory,
             env=env,
+            input=stdin,
             capture_output=True,
             timeout=GIT_TIMEOUT,
             check=False,
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"git {args[0]} failed: {done.stderr.decode(errors='replace')}")
-        return done.stdout.decode(errors="replace")
+        return done.stdout
 
     def take(self) -> str:
         """Record the working tree; returns the tree id (`WorkspaceChanged` if it changed)."""
@@ -115,10 +145,12 @@ class Snapshots:
                 try:
                     if not (self.git_dir / "HEAD").exists():
                         self._create()
+                        if attempt == 1:  # (a rebuilt store hashes everything itself)
+                            self._seed()
                     # (a git killed mid-write left its lock; we hold the store's: it is stale)
                     (self.git_dir / f"{INDEX}.lock").unlink(missing_ok=True)
                     self._git("add", "--all", ".")
-                    return self._git("write-tree").strip()
+                    return self._git("write-tree", "--missing-ok").strip()
                 except RuntimeError as exc:
                     if attempt == 2:
                         raise
@@ -126,8 +158,49 @@ class Snapshots:
                     shutil.rmtree(self.git_dir, ignore_errors=True)  # (damaged: start over)
         raise AssertionError("unreachable")
 
-    def diff(self, before: str, after: str) -> str:
-        return self._git("diff", "--binary", "--no-color", "--no-ext-diff", before, after)
+    def diff(self, before: str, after: str, max_bytes: int = 1 << 30) -> str:
+        """The patch a task ending now would get (`diffs.write_diff`), as text."""
+        from minidevin.runtime.diffs import write_diff  # (it uses this module)
+
+        out = self.git_dir.with_name(self.git_dir.name + ".text.patch")
+        try:
+            unreadable = self.complete(before, after)
+            write_diff(self.git_dir, before, after, out, max_bytes, unreadable)
+            return out.read_text(errors="replace")
+        finally:
+            out.unlink(missing_ok=True)
+
+    def complete(self, before: str, after: str) -> list[str]:
+        """Before a diff of `before` and `after`: copy in the blobs of changed files that a
+        seeded store names without holding; the paths whose content could not be had."""
+        if not (self.git_dir / SEEDED).exists():
+            return []  # (every blob of an unseeded store was hashed into it)
+        fields = self._git(
+            "diff", "--raw", "--no-renames", "--no-abbrev", "-z", before, after
+        ).split("\0")
+        changed: list[tuple[str, set[str]]] = []
+        for head, path in zip(fields[0::2], fields[1::2], strict=False):
+            parts = head.split()
+            if len(parts) == 5:
+                changed.append((path, {parts[2], parts[3]} - {ZERO_OID}))
+        wanted = set().union(*(oids for _, oids in changed)) if changed else set()
+        if not wanted:
+            return []
+        listing = "".join(f"{oid}\n" for oid in sorted(wanted)).encode()
+        answers = self._git("cat-file", "--batch-check", stdin=listing).splitlines()
+        missing = {line.split()[0] for line in answers if line.endswith(" missing")}
+        if missing:
+            missing -= copy_blobs(
+                self.working_directory / ".git" / "objects",
+                missing,
+                self.git_dir / "objects",
+                self.run_as,
+                git_environment(self.git_dir),
+            )
+        unreadable = [path for path, oids in changed if oids & missing]
+        if unreadable:
+            log.warning("snapshot_blobs_unreadable", files=len(unreadable))
+        return unreadable
 
     def discard(self) -> None:
         """Nothing: the store is the directory's, for its next task (it goes at a restart)."""
@@ -142,6 +215,32 @@ class Snapshots:
         finally:
             os.close(lock)
 
+    def _seed(self) -> None:
+        """A new store of a repository's top directory: its index from the repository's (see
+        the module's notes); tracked files the store's excludes or `.gitignore` would leave
+        out are taken out again, so the diff is what it would be without the seed."""
+        try:
+            owner = os.stat(self.working_directory, follow_symlinks=False).st_uid
+        except OSError:
+            return
+        owners = {owner} | ({self.run_as[0]} if self.run_as else set())
+        found = read_repository_index(self.working_directory, owners)
+        if found is None:
+            return
+        try:
+            entries = stat_cache(*found, keep=_not_excluded)
+        except UnusableIndex as exc:
+            log.info("snapshot_seed_skipped", reason=str(exc))
+            return
+        if entries and entries[0].fields[7] != owner:  # (handed over since it was written)
+            entries = after_hand_over(entries, self.working_directory)
+        write_index(self.git_dir / INDEX, entries)
+        (self.git_dir / SEEDED).touch()
+        ignored = self._git_bytes("ls-files", "-z", "--cached", "--ignored", "--exclude-standard")
+        if ignored:
+            self._git("--literal-pathspecs", "rm", "-q", "--cached", "--pathspec-from-file=-",
+                      "--pathspec-file-nul", stdin=ignored)  # fmt: skip
+
     def _create(self) -> None:
         """A new store: bare, with our excludes."""
         shutil.rmtree(self.git_dir, ignore_errors=True)  # (a half-made one)
@@ -155,6 +254,11 @@ class Snapshots:
         )
         (self.git_dir / "info").mkdir(exist_ok=True)
         (self.git_dir / "info" / "exclude").write_text(EXCLUDE)
+
+
+def _not_excluded(path: bytes) -> bool:
+    """Whether `EXCLUDE` keeps `path` (a tracked file) in the store."""
+    return b"__pycache__" not in path.split(b"/") and not path.endswith((b".pyc", b".pyo"))
 
 
 def _racy(signature: tuple[tuple[Any, ...], ...], since: int) -> bool:
