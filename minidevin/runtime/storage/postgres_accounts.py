@@ -19,7 +19,7 @@ from minidevin.runtime.storage.postgres_engine import PostgresEngine
 
 # every key a key created, and theirs: revoking a key revokes what it created
 _KEY_CHAIN = (
-    "WITH RECURSIVE chain(id) AS (SELECT $1::text UNION "
+    'WITH RECURSIVE chain(id) AS (SELECT $1::text COLLATE "C" UNION '
     "SELECT k.id FROM api_keys k JOIN chain c ON k.parent_key_id = c.id) "
 )
 _KNOWN_EMAILS = 2  # enough to answer "anyone but X?" for every X
