@@ -37,6 +37,7 @@ from minidevin.runtime.storage.postgres_errors import (
     storage_unavailable,
     store_error,
     target,
+    without_password,
 )
 from minidevin.runtime.storage.postgres_schema import migrate
 
@@ -95,11 +96,16 @@ class PostgresEngine:
                 await self._close_connections()
                 waited = time.monotonic() - started
                 if not open_transient(exc) or waited + delay > self.open_timeout:
-                    raise StoreError(open_problem(self.where, exc, waited)) from None
-                log.warning("store_open_retrying", error=describe(exc, self.where),
+                    problem = open_problem(self.where, exc, waited)
+                    raise StoreError(without_password(problem, self._url)) from None
+                log.warning("store_open_retrying", error=self._describe(exc),
                             waited=round(waited, 2))  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            except (asyncpg.InterfaceError, ValueError) as exc:  # (a URL asyncpg cannot use)
+                await self._close_connections()
+                problem = f"MINIDEVIN_DATABASE_URL ({self.where}) cannot be used: {exc}"
+                raise StoreError(without_password(problem, self._url)) from None
             except BaseException:
                 await self._close_connections()
                 raise
@@ -118,7 +124,7 @@ class PostgresEngine:
             log.info("store_migrated", version=version, database=self.where)
         self._pool = await asyncpg.create_pool(
             self._url,
-            min_size=1,
+            min_size=0,  # (no floor to restore, and log about, while the server is down)
             max_size=self.pool_size,
             command_timeout=COMMAND_TIMEOUT,
             timeout=CONNECT_TIMEOUT,
@@ -264,7 +270,7 @@ class PostgresEngine:
                 except Exception as exc:
                     if not storage_unavailable(exc):
                         raise
-                    self.outage.begin(describe(exc, self.where))
+                    self.outage.begin(self._describe(exc))
                     if self.outage.expired():
                         self._fail_awaited(batch)
                     self._retry_now.clear()
@@ -332,16 +338,26 @@ class PostgresEngine:
     # -- reading -----------------------------------------------------------
 
     async def fetch_all(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        """Rows of a read on a pool connection; one that was lost (a server restart, a
+        terminated backend) is tried once more on a fresh one before `StoreError`."""
         assert self._pool is not None, "store is not open"
-        try:
-            rows = await self._pool.fetch(sql, *params)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise StoreError(f"read failed: {describe(exc, self.where)}") from exc
+        for attempt in (1, 2):
+            try:
+                rows = await self._pool.fetch(sql, *params)
+                break
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                if attempt == 1 and connection_broken(exc) and not isinstance(exc, TimeoutError):
+                    continue
+                raise StoreError(f"read failed: {self._describe(exc)}") from exc
         return [dict(row) for row in rows]
 
     async def fetch_one(self, sql: str, *params: Any) -> dict[str, Any] | None:
         rows = await self.fetch_all(sql, *params)
         return rows[0] if rows else None
+
+    def _describe(self, error: BaseException) -> str:
+        """One line on a failure of the storage (never with the URL's password)."""
+        return without_password(describe(error, self.where), self._url)
 
     async def task_status_counts(self) -> dict[str, int]:
         """Tasks by status, for `/metrics`."""

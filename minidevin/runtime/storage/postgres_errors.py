@@ -40,6 +40,19 @@ def target(url: str) -> str:
     return f"{host}:{port}/{database}"
 
 
+def without_password(text: str, url: str) -> str:
+    """`text` with the URL's password (if any, plain or %-encoded) masked: a driver's
+    message could quote what it was given."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    if password:
+        for form in {password, unquote(password)}:
+            text = text.replace(form, "***")
+    return text
+
+
 def _sqlstate(error: BaseException) -> str:
     return str(getattr(error, "sqlstate", "") or "")
 
