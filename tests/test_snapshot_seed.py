@@ -6,8 +6,10 @@ out of the diff, named in a note."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -82,10 +84,8 @@ def test_marks_that_would_hide_a_change_are_not_trusted(tmp_path: Path) -> None:
     assert "+new a" in patch and "+new b" in patch
 
 
-def test_a_file_whose_old_content_is_gone_is_left_out_and_named(tmp_path: Path) -> None:
+def test_a_file_whose_old_content_is_gone_still_shows_whole_and_named(tmp_path: Path) -> None:
     repo = committed_repo(tmp_path, files=3)
-    pristine = tmp_path / "pristine"
-    shutil.copytree(repo, pristine, ignore=shutil.ignore_patterns(".git"))
     snapshots = snapshots_for(tmp_path / "snapshots", repo, None)
     before = snapshots.take()
     # the task forges one object (other bytes under its id) and deletes another
@@ -97,14 +97,36 @@ def test_a_file_whose_old_content_is_gone_is_left_out_and_named(tmp_path: Path) 
     (repo / "b.txt").write_text("new b\n")
     (repo / "c.txt").write_text("added\n")
     patch = snapshots.diff(before, snapshots.take())
+    assert patch.startswith("# minidevin: the old content of these files")
+    assert "(2):\n# a.txt\n# b.txt\n" in patch  # named, every one, at the top
     assert "+added" in patch and "forged" not in patch
-    assert "diff --git a/a.txt" not in patch and "diff --git a/b.txt" not in patch
-    assert "files left out (2):\n# a.txt\n# b.txt" in patch
-    copy = tmp_path / "applied"
-    shutil.copytree(pristine, copy)
-    (tmp_path / "p.patch").write_text(patch)
-    subprocess.run(["git", "apply", str(tmp_path / "p.patch")], cwd=copy, check=True)
-    assert (copy / "c.txt").read_text() == "added\n"
+    assert "+new a" in patch and "+new b" in patch  # never hidden: shown whole
+
+
+def test_many_old_blobs_are_copied_without_the_pipes_filling_up(tmp_path: Path) -> None:
+    repo = committed_repo(tmp_path, files=2_500)
+    snapshots = snapshots_for(tmp_path / "snapshots", repo, None)
+    before = snapshots.take()
+    shutil.rmtree(repo / "src")  # (2,500 old blobs to copy: far past a pipe's 64 KiB)
+    patch = snapshots.diff(before, snapshots.take())
+    assert patch.count("deleted file mode") == 2_500 and "minidevin:" not in patch
+
+
+def test_an_index_that_would_grow_without_bound_is_not_used(tmp_path: Path) -> None:
+    """A version-4 index whose every name is the last plus a suffix: small on disk, huge
+    once decoded (the server would run out of memory)."""
+    repo = committed_repo(tmp_path, files=3)
+    body = bytearray(struct.pack(">4sII", b"DIRC", 4, 20_000))
+    for n in range(20_000):
+        name_length = min((n + 1) * 100, 0xFFF)
+        body += struct.pack(">10I20sH", *([0] * 6), 0o100644, 0, 0, 1, b"\1" * 20, name_length)
+        body += b"\0" + b"x" * 100 + b"\0"  # strip nothing, add 100 bytes
+    (repo / ".git" / "index").write_bytes(bytes(body) + hashlib.sha1(body).digest())
+    snapshots = snapshots_for(tmp_path / "snapshots", repo, None)
+    before = snapshots.take()  # (not seeded: hashed from the work tree)
+    assert not (snapshots.git_dir / "seeded-from-repository").exists()
+    (repo / "a.txt").write_text("new a\n")
+    assert "-old a" in snapshots.diff(before, snapshots.take())
 
 
 @pytest.fixture
@@ -136,8 +158,32 @@ def test_old_content_is_read_with_the_tasks_uid_only(tmp_path: Path, open_root: 
     (repo / "b.txt").write_text("new b\n")
     patch = snapshots.diff(before, snapshots.take())
     assert "-old b" in patch and "+new b" in patch  # read as the tenant: allowed
-    assert "-old a" not in patch and "files left out (1):\n# a.txt" in patch
+    assert "-old a" not in patch and "(1):\n# a.txt\n" in patch and "+new a" in patch
     assert (hidden / "object").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (two tenants' uids)")
+def test_alternates_cannot_reach_past_the_tasks_own_view(tmp_path: Path, open_root: Path) -> None:
+    """Another workspace of the same uid, readable on the host: the copy runs in the
+    sandbox's view (this working directory only), so alternates pointing there find
+    nothing."""
+    other = committed_repo(open_root / "other", files=3)
+    repo = committed_repo(open_root, files=3)
+    secret = loose_object(other, "a.txt")
+    loose_object(repo, "a.txt").unlink()
+    shutil.copy(secret, open_root / "decoy")  # (the same blob elsewhere: still not reachable)
+    alternates = repo / ".git" / "objects" / "info" / "alternates"
+    alternates.write_text(f"{other / '.git' / 'objects'}\n")
+    refresh = ["git", "-c", "safe.directory=*", "update-index", "-q", "--refresh"]
+    for tree in (other, repo):
+        subprocess.run(["chown", "-R", "-h", f"{NOBODY}:{NOBODY}", str(tree)], check=True)
+        subprocess.run(refresh, cwd=tree, check=True)
+        os.chown(tree / ".git" / "index", NOBODY, NOBODY)
+    snapshots = snapshots_for(tmp_path / "snapshots", repo, None, run_as=(NOBODY, NOBODY))
+    before = snapshots.take()
+    (repo / "a.txt").write_text("new a\n")
+    patch = snapshots.diff(before, snapshots.take())
+    assert "-old a" not in patch and "(1):\n# a.txt\n" in patch
 
 
 def test_an_index_that_does_not_check_out_is_not_used(tmp_path: Path) -> None:

@@ -250,8 +250,8 @@ class ToolActor(pykka.ThreadingActor):
             after = self.snapshots.take()
             if after == request.before:
                 return ""  # (the same tree: an empty diff, without running git)
-            unreadable = self.snapshots.complete(request.before, after)
-            result = write_diff(git_dir, request.before, after, out, request.max_bytes, unreadable)
+            before, unreadable = self.snapshots.complete(request.before, after)
+            result = write_diff(git_dir, before, after, out, request.max_bytes, unreadable)
             if result.left_out:
                 log.info("diff_capped", size=result.size, files_left_out=len(result.left_out))
             return result.path

@@ -11,8 +11,8 @@ it):
     # minidevin: diff.patch capped at 20 MiB (MINIDEVIN_MAX_DIFF_MB); files left out (1):
     # big/generated.bin
 
-Files whose old content could not be had (`Snapshots.complete`) are left out
-too, named in a note of their own.
+Files whose old content could not be had (`Snapshots.complete`) are named in a
+note at the top (all of them) and diffed as if added.
 """
 
 from __future__ import annotations
@@ -48,17 +48,17 @@ def write_diff(
     max_bytes: int,
     unreadable: Sequence[str] = (),
 ) -> DiffResult:
-    """Write `git diff --binary before after` to `out`, at most `max_bytes` of sections,
-    without the files `unreadable`."""
+    """Write `git diff --binary before after` to `out`, at most `max_bytes` of sections;
+    `unreadable` (files whose old content could not be had, shown as added) are named in a
+    note at the top, every one."""
     out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     left_out: list[str] = []
-    excluded = [f":(exclude,literal,top){path}" for path in unreadable]
     with open(out, "wb", opener=_private) as sink:
-        _copy_sections(git_dir, [before, after, "--", *excluded], sink, max_bytes, left_out)
-        if left_out:
-            sink.write(_note(max_bytes, left_out))
         if unreadable:
             sink.write(_unreadable_note(unreadable))
+        _copy_sections(git_dir, [before, after], sink, max_bytes, left_out)
+        if left_out:
+            sink.write(_note(max_bytes, left_out))
         size = sink.tell()  # (durable with the task's artifacts: `group_sync.ARTIFACTS`)
     return DiffResult(out, size, left_out)
 
@@ -142,11 +142,16 @@ def _note(max_bytes: int, left_out: list[str]) -> bytes:
 
 
 def _unreadable_note(unreadable: Sequence[str]) -> bytes:
+    """Every name (a task could bury one among many): the old content of these files was
+    gone or forged in the repository's objects; each shows whole, as added (or, deleted, not
+    at all)."""
     lines = [
-        "# minidevin: the old content of these files was gone from the repository's objects "
-        f"(deleted during the task?); files left out ({len(unreadable)}):"
+        "# minidevin: the old content of these files could not be read from the repository's "
+        f"objects (changed or deleted during the task); each is shown whole, as added, or, "
+        f"deleted, only here ({len(unreadable)}):",
+        *("# " + name.replace("\n", "\\n") for name in unreadable),
     ]
-    return _listed(lines, unreadable)
+    return ("\n".join(lines) + "\n").encode(errors="surrogateescape")
 
 
 def _listed(lines: list[str], names: Sequence[str]) -> bytes:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_INDEX_BYTES = 64 << 20  # about 600,000 files; a larger index is not used
+MAX_PATH, MAX_NAME = 4096, 255  # bytes (a version-4 index could grow names without bound)
 HEADER = struct.Struct(">4sII")
 ENTRY = struct.Struct(">10I20sH")  # ctime s/ns, mtime s/ns, dev, ino, mode, uid, gid, size
 SHA1_BYTES = 20
@@ -82,11 +83,14 @@ def stat_cache(data: bytes, index_mtime_ns: int, keep: Callable[[bytes], bool]) 
         raise UnusableIndex("size")
     if hashlib.sha1(data[:-SHA1_BYTES]).digest() != data[-SHA1_BYTES:]:
         raise UnusableIndex("checksum")  # (torn, foreign, or not SHA-1)
-    kept, previous = [], b""
+    kept, previous, total = [], b"", 0
     for flags, entry in _entries(data):
-        if entry.path <= previous:
-            raise UnusableIndex("order")
+        if entry.path < previous or (entry.path == previous and not flags & STAGE):
+            raise UnusableIndex("order")  # (a conflict's stages share a path: dropped below)
         previous = entry.path
+        total += len(entry.path)
+        if total > 2 * len(data):
+            raise UnusableIndex("names")
         _check_path(entry.path)
         mode = entry.fields[6]
         if (
@@ -100,27 +104,32 @@ def stat_cache(data: bytes, index_mtime_ns: int, keep: Callable[[bytes], bool]) 
     return kept
 
 
-def after_hand_over(entries: list[IndexEntry], working_directory: Path) -> list[IndexEntry]:
-    """`entries` with the ctime and owner each file has now, where only those changed (a
-    tree handed over to the sandbox uid by `chown`): mtime, size, inode and device still
-    as the index says. (The ctime in an index the tenant writes guards nothing against the
-    tenant; without this, a handed-over tree would be hashed whole.)"""
+def after_hand_over(
+    entries: list[IndexEntry], working_directory: Path, owner: int
+) -> list[IndexEntry]:
+    """`entries` with the ctime and owner each file has now, for the entries recorded with
+    another owner than `owner` whose file kept its mtime, size, inode and device: a tree
+    handed over to the sandbox uid by `chown`. (The ctime in an index the tenant writes
+    guards nothing against the tenant; without this, a handed-over tree would be hashed
+    whole.)"""
     refreshed = []
     for entry in entries:
-        try:
-            info = os.lstat(working_directory / os.fsdecode(entry.path))
-        except OSError:
-            refreshed.append(entry)
-            continue
         fields = entry.fields
-        if (
-            (info.st_mtime_ns // 1_000_000_000, info.st_mtime_ns % 1_000_000_000) == fields[2:4]
-            and (info.st_dev & 0xFFFFFFFF, info.st_ino & 0xFFFFFFFF) == fields[4:6]
-            and info.st_size & 0xFFFFFFFF == fields[9]
-        ):
-            ctime = divmod(info.st_ctime_ns, 1_000_000_000)
-            fields = (*ctime, *fields[2:7], info.st_uid, info.st_gid, fields[9])
-            entry = IndexEntry(entry.path, fields, entry.oid)
+        if fields[7] != owner:
+            try:
+                info = os.lstat(working_directory / os.fsdecode(entry.path))
+            except OSError:
+                info = None
+            if (
+                info is not None
+                and info.st_uid == owner
+                and divmod(info.st_mtime_ns, 1_000_000_000) == fields[2:4]
+                and (info.st_dev & 0xFFFFFFFF, info.st_ino & 0xFFFFFFFF) == fields[4:6]
+                and info.st_size & 0xFFFFFFFF == fields[9]
+            ):
+                ctime = divmod(info.st_ctime_ns, 1_000_000_000)
+                fields = (*ctime, *fields[2:7], info.st_uid, info.st_gid, fields[9])
+                entry = IndexEntry(entry.path, fields, entry.oid)
         refreshed.append(entry)
     return refreshed
 
@@ -155,7 +164,7 @@ def _entries(data: bytes) -> Iterator[tuple[int, IndexEntry]]:
                 raise UnusableIndex("name")
             path = data[offset:stop]
             offset = start + ((offset - start + len(path) + 8) & ~7)
-        if (flags & NAME_LENGTH) != min(len(path), NAME_LENGTH):
+        if (flags & NAME_LENGTH) != min(len(path), NAME_LENGTH) or len(path) > MAX_PATH:
             raise UnusableIndex("name length")
         previous = path
         yield flags, IndexEntry(path, tuple(fields), oid)
@@ -182,7 +191,7 @@ def _check_path(path: bytes) -> None:
     if not path or path.startswith(b"/") or b"\0" in path or b"\\" in path:
         raise UnusableIndex("path")
     for part in path.split(b"/"):
-        if part in (b"", b".", b"..") or part.lower() == b".git":
+        if part in (b"", b".", b"..") or part.lower() == b".git" or len(part) > MAX_NAME:
             raise UnusableIndex("path")
 
 

@@ -24,7 +24,8 @@ objects by a git running with the task's uid, each blob hashed again
 (`repository_objects.py`): the server's git never reads the tenant's `.git`,
 and a link planted there is followed with the tenant's rights. A file whose
 old content cannot be had (the objects were deleted during the task) is left
-out of the diff, named in a note. What the seed trusts is the tenant's own
+out of the diff's old side: its new content shows whole, as added, and it is
+named in a note at the top. What the seed trusts is the tenant's own
 word: an index forged to match a file's stat can misstate the old side of that
 tenant's own diff, nothing more.
 
@@ -68,6 +69,7 @@ INDEX = "snapshot-index"
 EXCLUDE = ".git\n__pycache__/\n*.py[co]\n"  # never the user's repository, nor bytecode
 SEEDED = "seeded-from-repository"  # in a store whose index began as the repository's
 ZERO_OID = "0" * 40
+BLOB_MODES = frozenset({"100644", "100755", "120000"})  # (not trees, nor submodules' commits)
 
 
 def snapshots_for(
@@ -102,15 +104,17 @@ class Snapshots:
         self._last: tuple[tuple[tuple[Any, ...], ...], str] | None = None
         self.racy_ns = RACY_NS
 
-    def _git(self, *args: str, stdin: bytes | None = None) -> str:
-        return os.fsdecode(self._git_bytes(*args, stdin=stdin))
+    def _git(self, *args: str, stdin: bytes | None = None, index: Path | None = None) -> str:
+        return os.fsdecode(self._git_bytes(*args, stdin=stdin, index=index))
 
-    def _git_bytes(self, *args: str, stdin: bytes | None = None) -> bytes:
+    def _git_bytes(
+        self, *args: str, stdin: bytes | None = None, index: Path | None = None
+    ) -> bytes:
         env = {
             **git_environment(self.git_dir),
             "GIT_DIR": str(self.git_dir),
             "GIT_WORK_TREE": str(self.working_directory),
-            "GIT_INDEX_FILE": str(self.git_dir / INDEX),
+            "GIT_INDEX_FILE": str(index or self.git_dir / INDEX),
         }
         done = subprocess.run(
             ["git", "-c", "core.autocrlf=false", "-c", "core.quotepath=off",
@@ -164,43 +168,62 @@ class Snapshots:
 
         out = self.git_dir.with_name(self.git_dir.name + ".text.patch")
         try:
-            unreadable = self.complete(before, after)
-            write_diff(self.git_dir, before, after, out, max_bytes, unreadable)
+            old, unreadable = self.complete(before, after)
+            write_diff(self.git_dir, old, after, out, max_bytes, unreadable)
             return out.read_text(errors="replace")
         finally:
             out.unlink(missing_ok=True)
 
-    def complete(self, before: str, after: str) -> list[str]:
+    def complete(self, before: str, after: str) -> tuple[str, list[str]]:
         """Before a diff of `before` and `after`: copy in the blobs of changed files that a
-        seeded store names without holding; the paths whose content could not be had."""
+        seeded store names without holding. Returns the tree to diff from: `before`, or,
+        when some old content cannot be had, `before` without those files (so their new
+        content shows whole, as added: a change is never left out), and those files."""
         if not (self.git_dir / SEEDED).exists():
-            return []  # (every blob of an unseeded store was hashed into it)
-        fields = self._git(
-            "diff", "--raw", "--no-renames", "--no-abbrev", "-z", before, after
-        ).split("\0")
-        changed: list[tuple[str, set[str]]] = []
-        for head, path in zip(fields[0::2], fields[1::2], strict=False):
-            parts = head.split()
-            if len(parts) == 5:
-                changed.append((path, {parts[2], parts[3]} - {ZERO_OID}))
-        wanted = set().union(*(oids for _, oids in changed)) if changed else set()
-        if not wanted:
-            return []
-        listing = "".join(f"{oid}\n" for oid in sorted(wanted)).encode()
-        answers = self._git("cat-file", "--batch-check", stdin=listing).splitlines()
-        missing = {line.split()[0] for line in answers if line.endswith(" missing")}
-        if missing:
-            missing -= copy_blobs(
-                self.working_directory / ".git" / "objects",
-                missing,
-                self.git_dir / "objects",
-                self.run_as,
-                git_environment(self.git_dir),
-            )
-        unreadable = [path for path, oids in changed if oids & missing]
-        if unreadable:
+            return before, []  # (every blob of an unseeded store was hashed into it)
+        with self._locked():
+            fields = self._git_bytes(
+                "diff", "--raw", "--no-renames", "--no-abbrev", "-z", before, after
+            ).split(b"\0")
+            changed: list[tuple[bytes, set[str]]] = []
+            for head, path in zip(fields[0::2], fields[1::2], strict=False):
+                parts = head.decode(errors="replace").split()
+                if len(parts) == 5:  # ":old-mode new-mode old-id new-id status"
+                    blobs = {oid for mode, oid in zip(parts[:2], parts[2:4], strict=True)
+                             if mode.lstrip(":") in BLOB_MODES}  # fmt: skip
+                    changed.append((path, blobs))
+            wanted = set().union(*(oids for _, oids in changed)) if changed else set()
+            if not wanted:
+                return before, []
+            listing = "".join(f"{oid}\n" for oid in sorted(wanted)).encode()
+            answers = self._git("cat-file", "--batch-check", stdin=listing).splitlines()
+            missing = {line.split()[0] for line in answers if line.endswith(" missing")}
+            if missing:
+                missing -= copy_blobs(
+                    self.working_directory,
+                    self.identity,
+                    missing,
+                    self.git_dir / "objects",
+                    self.run_as,
+                    git_environment(self.git_dir),
+                )
+            unreadable = [path for path, oids in changed if oids & missing]
+            if not unreadable:
+                return before, []
             log.warning("snapshot_blobs_unreadable", files=len(unreadable))
-        return unreadable
+            return self._without(before, unreadable), [os.fsdecode(p) for p in unreadable]
+
+    def _without(self, tree: str, paths: list[bytes]) -> str:
+        """`tree` less `paths` (a scratch index of the store's)."""
+        scratch = self.git_dir / "scratch-index"
+        scratch.unlink(missing_ok=True)
+        removals = b"".join(b"0 " + ZERO_OID.encode() + b"\t" + path + b"\0" for path in paths)
+        try:
+            self._git("read-tree", tree, index=scratch)
+            self._git("update-index", "-z", "--index-info", stdin=removals, index=scratch)
+            return self._git("write-tree", "--missing-ok", index=scratch).strip()
+        finally:
+            scratch.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Nothing: the store is the directory's, for its next task (it goes at a restart)."""
@@ -232,8 +255,7 @@ class Snapshots:
         except UnusableIndex as exc:
             log.info("snapshot_seed_skipped", reason=str(exc))
             return
-        if entries and entries[0].fields[7] != owner:  # (handed over since it was written)
-            entries = after_hand_over(entries, self.working_directory)
+        entries = after_hand_over(entries, self.working_directory, owner)
         write_index(self.git_dir / INDEX, entries)
         (self.git_dir / SEEDED).touch()
         ignored = self._git_bytes("ls-files", "-z", "--cached", "--ignored", "--exclude-standard")
