@@ -3,12 +3,15 @@
 `has_users_besides` is answered at once (the interface's promise; the
 registration check calls it synchronously): the store keeps up to two
 distinct emails of its users, read at open and added to as `insert_user`
-commits. Users are never deleted, so an answer of "yes" never goes stale;
-a user another process registers is seen at this process's next start.
+commits. Users are never deleted, so an answer of "yes" never goes stale; a
+"no" also reads the table again in the background, so a user another process
+sharing the database registered is seen by the next call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -27,13 +30,28 @@ _KNOWN_EMAILS = 2  # enough to answer "anyone but X?" for every X
 
 class PostgresAccounts(PostgresEngine):
     _emails: set[str]
+    _emails_reading: asyncio.Task[None] | None = None
 
     async def _opened(self) -> None:
         await super()._opened()
+        self._emails = set()
+        await self._read_emails()
+
+    async def close(self) -> None:
+        if self._emails_reading is not None:
+            self._emails_reading.cancel()
+            await asyncio.gather(self._emails_reading, return_exceptions=True)
+        await super().close()
+
+    async def _read_emails(self) -> None:
         rows = await self.fetch_all(
             f"SELECT DISTINCT lower(email) AS email FROM users LIMIT {_KNOWN_EMAILS}"
         )
-        self._emails = {row["email"] for row in rows}
+        self._emails |= {row["email"] for row in rows}
+
+    async def _read_emails_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # (a store that is down: the next call asks)
+            await self._read_emails()
 
     async def insert_user(self, email: str, name: str, password_hash: str | None) -> schemas.User:
         user = schemas.User(id=new_id(), email=email, name=name, created_at=utc_now())
@@ -54,7 +72,14 @@ class PostgresAccounts(PostgresEngine):
         )
 
     def has_users_besides(self, email: str) -> bool:
-        return any(known != email.lower() for known in self._emails)
+        if any(known != email.lower() for known in self._emails):
+            return True
+        if self._emails_reading is None or self._emails_reading.done():
+            with contextlib.suppress(RuntimeError):  # (off the loop: the next call asks)
+                self._emails_reading = asyncio.get_running_loop().create_task(
+                    self._read_emails_quietly()
+                )
+        return False
 
     async def password_hash(self, user_id: str) -> str | None:
         row = await self.fetch_one("SELECT password_hash FROM users WHERE id = $1", user_id)
