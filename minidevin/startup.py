@@ -5,7 +5,6 @@ background sweeps."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
 from minidevin.runtime.recovery import recover_tasks
 from minidevin.runtime.retention import RetentionSweeper
 from minidevin.runtime.secrets_store import Secrets, load_secrets_key
+from minidevin.runtime.snapshots import clear_leftovers
 from minidevin.runtime.storage import secure_data_dir
 from minidevin.runtime.storage.open_errors import data_dir_error
 from minidevin.runtime.tools.sandbox import sandbox_status
@@ -47,8 +47,8 @@ async def open_runtime(runtime: Runtime) -> None:
     runtime.webhooks.open_secret = runtime.secrets.open  # (webhook secrets are stored sealed)
     runtime.deps = replace(runtime.deps, secrets=runtime.secrets)  # (before any actor starts)
     recovered = await recover_tasks(runtime.store, runtime.settings.data_dir)
-    # no task is live yet: snapshots a previous process left are garbage
-    await asyncio.to_thread(shutil.rmtree, runtime.settings.snapshots_dir, True)
+    # no task is live yet: patches a previous process left are garbage (its stores are not)
+    await asyncio.to_thread(clear_leftovers, runtime.settings.snapshots_dir)
     sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop
     if runtime.settings.sandbox != "off" and not sandbox.works:
         log.warning(

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from test_snapshots import git, store_objects
 
+from minidevin.runtime.git_index import read_repository_index, stat_cache, write_index
 from minidevin.runtime.snapshots import snapshots_for
 from minidevin.runtime.tools.sandbox import SETPRIV
 
@@ -214,3 +215,26 @@ def test_a_tree_handed_over_to_the_sandbox_uid_is_not_hashed_whole(
     (repo / "a.txt").write_text("new a\n")
     patch = snapshots.diff(before, snapshots.take())
     assert "-old a" in patch and "+new a" in patch and "m9.py" not in patch
+
+
+def test_an_index_forged_by_an_earlier_task_is_never_read(tmp_path: Path) -> None:
+    """Trust on first use: an earlier task forges the index to claim, for a.txt, the bytes a
+    later write will give it (with a.txt's stat); a store made again later (lost, damaged)
+    must not believe it, or that later write would vanish from its diff."""
+    repo = committed_repo(tmp_path, files=3)
+    first = snapshots_for(tmp_path / "snapshots", repo, None)
+    first.take()  # the directory's first task: the index is the user's
+    (tmp_path / "backdoor").write_text("backdoor\n")
+    backdoor = git(repo, "hash-object", "-w", str(tmp_path / "backdoor")).strip()
+    data, mtime = read_repository_index(repo, {os.geteuid()}) or (b"", 0)
+    forged = [
+        entry._replace(oid=bytes.fromhex(backdoor)) if entry.path == b"a.txt" else entry
+        for entry in stat_cache(data, mtime + 1, keep=lambda path: True)
+    ]
+    write_index(repo / ".git" / "index", forged)
+    shutil.rmtree(first.git_dir)  # (the store lost: made again on the next snapshot)
+    later = snapshots_for(tmp_path / "snapshots", repo, None)
+    before = later.take()
+    (repo / "a.txt").write_text("backdoor\n")  # what the forged index claimed
+    patch = later.diff(before, later.take())
+    assert "-old a" in patch and "+backdoor" in patch

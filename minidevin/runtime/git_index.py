@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 MAX_INDEX_BYTES = 64 << 20  # about 600,000 files; a larger index is not used
 MAX_PATH, MAX_NAME = 4096, 255  # bytes (a version-4 index could grow names without bound)
@@ -36,14 +37,16 @@ ENTRY = struct.Struct(">10I20sH")  # ctime s/ns, mtime s/ns, dev, ino, mode, uid
 SHA1_BYTES = 20
 ASSUME_VALID, EXTENDED, STAGE, NAME_LENGTH = 0x8000, 0x4000, 0x3000, 0x0FFF
 KEPT_MODES = frozenset({0o100644, 0o100755, 0o120000})
+# an empty, `.`, `..` or `.git` component (a leading or doubled `/` included), a NUL or a
+# backslash, a component longer than MAX_NAME
+BAD_PATH = re.compile(rb"(?:^|/)(?:\.{0,2}|\.[gG][iI][tT])(?:/|$)|[\\\0]|[^/]{256}")
 
 
 class UnusableIndex(Exception):
     """The index cannot be trusted even as a stat cache."""
 
 
-@dataclass(frozen=True)
-class IndexEntry:
+class IndexEntry(NamedTuple):
     path: bytes
     fields: tuple[int, ...]  # the ten stat fields, in the on-disk order
     oid: bytes
@@ -113,11 +116,12 @@ def after_hand_over(
     guards nothing against the tenant; without this, a handed-over tree would be hashed
     whole.)"""
     refreshed = []
+    prefix = os.fsencode(working_directory) + b"/"
     for entry in entries:
         fields = entry.fields
         if fields[7] != owner:
             try:
-                info = os.lstat(working_directory / os.fsdecode(entry.path))
+                info = os.lstat(prefix + entry.path)
             except OSError:
                 info = None
             if (
@@ -188,11 +192,8 @@ def _varint(data: bytes, offset: int, end: int) -> tuple[int, int]:
 
 
 def _check_path(path: bytes) -> None:
-    if not path or path.startswith(b"/") or b"\0" in path or b"\\" in path:
+    if BAD_PATH.search(path):
         raise UnusableIndex("path")
-    for part in path.split(b"/"):
-        if part in (b"", b".", b"..") or part.lower() == b".git" or len(part) > MAX_NAME:
-            raise UnusableIndex("path")
 
 
 def write_index(path: Path, entries: list[IndexEntry]) -> None:

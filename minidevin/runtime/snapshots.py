@@ -7,27 +7,32 @@ diff at the end is `git diff --binary <before> <after>`, which `git apply`
 accepts. The work tree's `.gitignore` files are honoured.
 
 The store's index is git's stat cache: a file whose size and times did not change
-is not read again. So only the first snapshot of a plain directory (after a server
-start) hashes every file, and the next ones (this task's "after", the next task's
-"before") only what changed. A small tree whose stat signature did not change
+is not read again. So only the first snapshot of a plain directory hashes every
+file, and the next ones (this task's "after", the next task's "before") only
+what changed. A small tree whose stat signature did not change
 since the last snapshot is not handed to git at all. Snapshots of one directory
 take an `flock` on the store, so two sessions on one directory do not mix their
 indexes.
 
-A repository's first snapshot starts from the repository's own stat cache:
-its index, parsed as untrusted data (`git_index.py`: checksum and paths checked,
+A repository's first snapshot ever (no store of that directory was made
+before: trust on first use) starts from the repository's own stat cache: its
+index, parsed as untrusted data (`git_index.py`: checksum and paths checked,
 marks that could hide a change dropped, no cache tree), written as the store's
 index. Unchanged files are then neither hashed nor copied; the store names their
-blobs without holding them (`write-tree --missing-ok`). Before a diff, the old
-content of the files the task changed is copied in from the repository's
-objects by a git running with the task's uid, each blob hashed again
-(`repository_objects.py`): the server's git never reads the tenant's `.git`,
-and a link planted there is followed with the tenant's rights. A file whose
-old content cannot be had (the objects were deleted during the task) is left
-out of the diff's old side: its new content shows whole, as added, and it is
-named in a note at the top. What the seed trusts is the tenant's own
-word: an index forged to match a file's stat can misstate the old side of that
-tenant's own diff, nothing more.
+blobs without holding them (`write-tree --missing-ok`) and holds its trees (one
+pack, `git_trees.py`). Before a diff, the old content of the files the task
+changed is copied in from the repository's objects by a git running as the
+task's uid in its sandbox, each blob hashed again (`repository_objects.py`):
+the server's git never reads the tenant's `.git`, and a link planted there is
+followed with the tenant's rights in the tenant's view. A file whose old
+content cannot be had (the objects were deleted or forged during the task)
+shows whole, as added, and is named in a note at the top. Why only the first
+time: everything under `.git` is written by the task's commands; an index an
+earlier task forged could claim, for a file, the content a later task's
+process is going to write, and that write would vanish from the later diff.
+Stores therefore outlive restarts (a `.known` mark beside each one stays even
+when a damaged store is rebuilt, by hashing), so a repository's index is read
+before any task of this server has run in it, never after.
 
 The server's git runs with no configuration but ours (`git_environment`): the
 tree it reads was written by a tenant's commands, and a filter, fsmonitor or
@@ -57,6 +62,7 @@ from minidevin.runtime.git_index import (
     stat_cache,
     write_index,
 )
+from minidevin.runtime.git_trees import tree_pack
 from minidevin.runtime.repository_objects import copy_blobs
 from minidevin.runtime.tools.paths import check_workspace
 
@@ -149,7 +155,9 @@ class Snapshots:
                 try:
                     if not (self.git_dir / "HEAD").exists():
                         self._create()
-                        if attempt == 1:  # (a rebuilt store hashes everything itself)
+                        known = self.git_dir.with_suffix(".known")
+                        if not known.exists():  # (trust on first use, and only then)
+                            known.touch()
                             self._seed()
                     # (a git killed mid-write left its lock; we hold the store's: it is stale)
                     (self.git_dir / f"{INDEX}.lock").unlink(missing_ok=True)
@@ -252,12 +260,16 @@ class Snapshots:
             return
         try:
             entries = stat_cache(*found, keep=_not_excluded)
+            pack = tree_pack(entries)
         except UnusableIndex as exc:
             log.info("snapshot_seed_skipped", reason=str(exc))
             return
         entries = after_hand_over(entries, self.working_directory, owner)
         write_index(self.git_dir / INDEX, entries)
+        self._git("index-pack", "--stdin", stdin=pack)  # (its trees: see `git_trees.py`)
         (self.git_dir / SEEDED).touch()
+        if not any(entry.path.rsplit(b"/", 1)[-1] == b".gitignore" for entry in entries):
+            return  # (no tracked file can be ignored: `_not_excluded` applied the store's own)
         ignored = self._git_bytes("ls-files", "-z", "--cached", "--ignored", "--exclude-standard")
         if ignored:
             self._git("--literal-pathspecs", "rm", "-q", "--cached", "--pathspec-from-file=-",
@@ -276,6 +288,13 @@ class Snapshots:
         )
         (self.git_dir / "info").mkdir(exist_ok=True)
         (self.git_dir / "info" / "exclude").write_text(EXCLUDE)
+
+
+def clear_leftovers(snapshots_dir: Path) -> None:
+    """At start-up, before any task: the patches a previous process left (its stores stay,
+    for the next tasks of their directories)."""
+    for leftover in snapshots_dir.glob("*.patch"):
+        leftover.unlink(missing_ok=True)
 
 
 def _not_excluded(path: bytes) -> bool:
