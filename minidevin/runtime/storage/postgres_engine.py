@@ -30,6 +30,7 @@ from minidevin.runtime.storage.open_errors import OPEN_TIMEOUT_MAX
 from minidevin.runtime.storage.outage import StoreOutage
 from minidevin.runtime.storage.postgres_batch import Write, commit_batch
 from minidevin.runtime.storage.postgres_errors import (
+    WriterUnreachable,
     connection_broken,
     describe,
     open_problem,
@@ -309,7 +310,10 @@ class PostgresEngine:
         first if it was lost)."""
         if self._writer is None or self._writer.is_closed():
             self._writer = None
-            self._writer = await self._connect_writer()
+            try:
+                self._writer = await self._connect_writer()
+            except Exception as exc:  # (whatever the reason, nothing of the batch was tried)
+                raise WriterUnreachable(self._describe(exc)) from exc
         try:
             self._projected = await commit_batch(self._writer, batch)
         except Exception as exc:

@@ -28,6 +28,11 @@ _UNAVAILABLE_CODES = frozenset({"55P03", "25006", "40001", "40P01"})
 _OPEN_TRANSIENT = ("08", "53", "57P03")
 
 
+class WriterUnreachable(OSError):
+    """The writer could not connect again (server down, credentials or database gone):
+    an outage, never a refusal of the batch's statements."""
+
+
 def target(url: str) -> str:
     """host:port/database of a PostgreSQL URL: what messages name (never the password)."""
     try:
@@ -89,6 +94,8 @@ def describe(error: BaseException, where: str) -> str:
         return f"database is read-only ({where}): {text}"
     if code[:2] == "53":
         return f"database server {where} is out of resources: {text}"
+    if isinstance(error, WriterUnreachable):  # (described when it was raised)
+        return text
     if isinstance(error, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)) or (
         code[:2] in ("08", "57")
     ):
