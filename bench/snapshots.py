@@ -7,11 +7,13 @@ Each task runs one `echo` and finishes (the in-process `ECHO` model), from
 
 - task overhead on the git repository against the one-file directory, for its
   first task (its store starts from the repository's index, see
-  `runtime/snapshots.py`) and for the tasks after it (target: at most 100 ms more);
+  `runtime/snapshots.py`, and is made when the session is: measured with the
+  session a second old, and with session and task created at once as
+  `minidevin run` does) and for the tasks after it (target: at most 100 ms more);
 - the same on the plain directory, whose first task pays for hashing every file
   once, into the store its later tasks share (target for the later tasks);
 - the data directory's growth per task on the git repository, the first task
-  included (target: under 5 MB).
+  included (target: under 5 MB; the store made with the session counts in it).
 """
 
 from __future__ import annotations
@@ -72,25 +74,31 @@ async def session_on(server: InProcessServer, directory: Path) -> str:
 async def run(cfg: Config) -> list[Row]:
     files, rounds = (2_000, 3) if cfg.quick else (20_000, 5)
     base = cfg.workdir / "snapshots"
-    small, repo, plain = base / "one-file", base / "repo", base / "plain"
+    small, repo, at_once, plain = (base / name for name in ("one-file", "repo", "at-once", "plain"))
     small.mkdir(parents=True)
     (small / "a.txt").write_text("a\n")
     began = time.perf_counter()
-    generate(repo, files)
-    commit(repo)
+    for tree in (repo, at_once):
+        generate(tree, files)
+        commit(tree)
     generate(plain, files)
     prepared = time.perf_counter() - began
     providers = ProviderRegistry({})
     ECHO.register(providers)
     data = base / "data"
     async with InProcessServer(bench_settings(data), providers) as server:
-        sessions = {name: await session_on(server, d) for name, d in
-                    (("small", small), ("repo", repo), ("plain", plain))}  # fmt: skip
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        first_plain = await one_task(server, sessions["plain"])
-        before = size_mb(data)
+        sessions = {"small": await session_on(server, small)}
+        sessions["plain"] = await session_on(server, plain)
+        first_plain = await one_task(server, sessions["plain"])  # (right after its session)
+        # a session and its first task at once (as `minidevin run` does)
+        first_at_once = await one_task(server, await session_on(server, at_once))
+        # a session created a second before its first task (time to type it)
+        before = size_mb(data)  # (the store made with the session counts for its first task)
+        sessions["repo"] = await session_on(server, repo)
+        await asyncio.sleep(1.0)
         first_repo = await one_task(server, sessions["repo"])
         first_growth = size_mb(data) - before
+        times: dict[str, list[float]] = {name: [] for name in sessions}
         growth: list[float] = []
         for _ in range(rounds):
             times["small"].append(await one_task(server, sessions["small"]))
@@ -104,12 +112,18 @@ async def run(cfg: Config) -> list[Row]:
     tree = f"{files:,} files, {size_mb(plain):.0f} MB"
     note = (f"median of {rounds}; one-file directory {small_ms:.0f} ms; generated in "
             f"{prepared:.0f} s")  # fmt: skip
-    first_ms = first_repo * 1000
+    first_ms, at_once_ms = first_repo * 1000, first_at_once * 1000
     return [
-        Row("snapshots", f"task overhead, git repository of {tree}, first task",
-            first_ms - small_ms, "ms", target="<= 100 ms", passed=first_ms - small_ms <= 100,
-            notes=f"{note}; the task took {first_ms:.0f} ms; its store: "
-            f"{first_growth:.1f} MB"),
+        Row("snapshots", f"task overhead, git repository of {tree}, first task, its session "
+            "a second old", first_ms - small_ms, "ms", target="<= 100 ms",
+            passed=first_ms - small_ms <= 100,
+            notes=f"{note}; the task took {first_ms:.0f} ms (its store made when the session "
+            f"was); the store: {first_growth:.1f} MB"),
+        Row("snapshots", f"task overhead, git repository of {tree}, first task, created with "
+            "its session", at_once_ms - small_ms, "ms", target="<= 100 ms",
+            passed=at_once_ms - small_ms <= 100,
+            notes=f"{note}; the task took {at_once_ms:.0f} ms (as `minidevin run`: the "
+            "repository's index parsed and its trees packed before the task's first snapshot)"),
         Row("snapshots", f"task overhead, git repository of {tree}, later tasks",
             repo_ms - small_ms, "ms", target="<= 100 ms", passed=repo_ms - small_ms <= 100,
             notes=f"{note}; the task took {repo_ms:.0f} ms"),

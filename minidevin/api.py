@@ -45,8 +45,10 @@ from minidevin.runtime.redaction import Redactor
 from minidevin.runtime.retention import RetentionSweeper
 from minidevin.runtime.secrets_store import Secrets
 from minidevin.runtime.settings import Settings
+from minidevin.runtime.snapshot_warmer import SnapshotWarmer
 from minidevin.runtime.storage import new_id, open_store
 from minidevin.runtime.storage.open_errors import data_dir_error
+from minidevin.runtime.tools.sandbox import run_identity
 from minidevin.runtime.tracing import remember_request
 from minidevin.runtime.webhooks import WebhookDeliverer, check_webhook_url
 from minidevin.runtime.workspace import Workspaces
@@ -97,6 +99,7 @@ class Runtime(TaskControl):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._data_lock = DataDirLock(self.settings.data_dir)
         self.retention: RetentionSweeper | None = None
+        self.warmer = SnapshotWarmer(self.settings.snapshots_dir)
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -137,6 +140,7 @@ class Runtime(TaskControl):
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.store.close()
+        await asyncio.to_thread(self.warmer.close)
         if hasattr(self, "accounts"):
             self.accounts.close()  # (the password hashing threads)
         self._data_lock.release()  # last: the directory is consistent for the next owner
@@ -186,7 +190,7 @@ class Runtime(TaskControl):
             self.workspaces, user_id, str(working_directory), tenant=owner is not None
         )
         servers = schemas.MCP_SERVERS.validate_python(mcp_servers or [])  # (as a body's are)
-        return await self.store.insert_session(
+        created = await self.store.insert_session(
             user_id,
             name,
             str(checked.path),
@@ -199,6 +203,9 @@ class Runtime(TaskControl):
             if servers
             else None,
         )
+        run_as = run_identity(checked.path, self.settings.sandbox_uid)
+        self.warmer.warm(checked.path, checked.identity, run_as)  # (before its first task)
+        return created
 
     async def list_sessions(
         self, *, owner: str | None = None, limit: int | None = None, cursor: str | None = None

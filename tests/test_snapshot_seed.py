@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 from test_snapshots import git, store_objects
+from waiting import until
 
+from minidevin.api import Runtime
 from minidevin.runtime.git_index import read_repository_index, stat_cache, write_index
 from minidevin.runtime.snapshots import snapshots_for
 from minidevin.runtime.tools.sandbox import SETPRIV
@@ -44,6 +46,10 @@ def committed_repo(root: Path, files: int = 300) -> Path:
     git(repo, "add", "-f", "tracked.log")
     git(repo, "commit", "--quiet", "-m", "start")
     return repo
+
+
+def store_objects_in(git_dir: Path) -> int:
+    return sum(1 for _ in (git_dir / "objects").glob("??/*"))
 
 
 def loose_object(repo: Path, path: str) -> Path:
@@ -238,3 +244,15 @@ def test_an_index_forged_by_an_earlier_task_is_never_read(tmp_path: Path) -> Non
     (repo / "a.txt").write_text("backdoor\n")  # what the forged index claimed
     patch = later.diff(before, later.take())
     assert "-old a" in patch and "+backdoor" in patch
+
+
+async def test_a_new_session_takes_its_first_snapshot_before_its_first_task(
+    tmp_path: Path, runtime: Runtime
+) -> None:
+    repo = committed_repo(tmp_path, files=100)
+    await runtime.create_session("warm", repo)
+    store = snapshots_for(runtime.settings.snapshots_dir, repo, None).git_dir.parent
+    seeded = await until(
+        lambda: next(store.glob("*.git/seeded-from-repository"), None), what="the warmed store"
+    )
+    assert store_objects_in(seeded.parent) < 10  # seeded, not hashed

@@ -1,0 +1,54 @@
+"""A new session's snapshot store, made in the background before its first task needs it.
+
+A working directory's first snapshot is its dearest (`snapshots.py`: a plain
+directory hashes every file; a repository's index is parsed and its trees are
+packed). A session is usually created some time before its first task, so the
+runtime takes that snapshot then, on one thread of its own, one directory at a
+time; a task that starts meanwhile waits on the store's lock and finds the work
+done or half done, never done twice.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import structlog
+
+from minidevin.runtime.snapshots import snapshots_for
+
+log = structlog.get_logger(__name__)
+Job = tuple[Path, tuple[int, int] | None, tuple[int, int] | None]
+
+
+class SnapshotWarmer:
+    """Takes the first snapshot of new sessions' working directories, in order."""
+
+    def __init__(self, snapshots_dir: Path) -> None:
+        self.snapshots_dir = snapshots_dir
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="snapshot-warmer", daemon=True)
+        self._thread.start()
+
+    def warm(
+        self,
+        working_directory: Path,
+        identity: tuple[int, int] | None,
+        run_as: tuple[int, int] | None,
+    ) -> None:
+        """Queue the directory's snapshot (never blocks)."""
+        self._jobs.put((working_directory, identity, run_as))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Take no more; wait (up to `timeout`) for the one under way."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            working_directory, identity, run_as = job
+            try:
+                snapshots_for(self.snapshots_dir, working_directory, identity, run_as).take()
+            except Exception as exc:  # (the task's own snapshot will say what is wrong)
+                log.info("snapshot_warm_failed", error=str(exc)[:300])
