@@ -10,6 +10,7 @@ done or half done, never done twice.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ import structlog
 from minidevin.runtime.snapshots import snapshots_for
 
 log = structlog.get_logger(__name__)
+QUEUE_LIMIT = 32
 Job = tuple[Path, tuple[int, int] | None, tuple[int, int] | None]
 
 
@@ -27,7 +29,7 @@ class SnapshotWarmer:
 
     def __init__(self, snapshots_dir: Path) -> None:
         self.snapshots_dir = snapshots_dir
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: queue.Queue[Job | None] = queue.Queue(QUEUE_LIMIT)
         self._thread = threading.Thread(target=self._work, name="snapshot-warmer", daemon=True)
         self._thread.start()
 
@@ -37,18 +39,27 @@ class SnapshotWarmer:
         identity: tuple[int, int] | None,
         run_as: tuple[int, int] | None,
     ) -> None:
-        """Queue the directory's snapshot (never blocks)."""
-        self._jobs.put((working_directory, identity, run_as))
+        """Queue the directory's snapshot (never blocks; dropped when the queue is full)."""
+        with contextlib.suppress(queue.Full):
+            self._jobs.put_nowait((working_directory, identity, run_as))
 
     def close(self, timeout: float = 10.0) -> None:
         """Take no more; wait (up to `timeout`) for the one under way."""
+        while True:  # (what waits is dropped: only the one under way is waited for)
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
         self._jobs.put(None)
         self._thread.join(timeout)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             working_directory, identity, run_as = job
+            snapshots = snapshots_for(self.snapshots_dir, working_directory, identity, run_as)
+            if (snapshots.git_dir / "HEAD").exists():
+                continue  # (a task made it first)
             try:
-                snapshots_for(self.snapshots_dir, working_directory, identity, run_as).take()
+                snapshots.take()
             except Exception as exc:  # (the task's own snapshot will say what is wrong)
                 log.info("snapshot_warm_failed", error=str(exc)[:300])
