@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,18 @@ class Settings(BaseModel):
         description="postgresql://user:password@host:port/database selects the PostgreSQL "
         "store; unset: SQLite in the data directory.",
     )
+    redis_url: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="redis://host:port/db: with MINIDEVIN_DATABASE_URL, this server is one node "
+        "of several sharing the database: live events and task commands go between nodes.",
+    )
+    node_id: str = Field(
+        default_factory=lambda: socket.gethostname()[:64] or "node",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="This node's name among the nodes (letters, digits, . _ -); sessions run on "
+        "the node that created them.",
+    )
     host: str = Field("127.0.0.1", description="Address `minidevin serve` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `minidevin serve` listens on.")
     log_level: str = Field("info", description="debug, info, warning or error.")
@@ -326,7 +339,7 @@ def settings_table() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting, for docs and `--help`."""
     rows = []
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.default if field.default_factory is None else "(computed)"
         if isinstance(default, tuple):
             default = ",".join(str(d) for d in default)
         rows.append((_env_name(name), str(default), field.description or ""))
