@@ -1,5 +1,6 @@
 """`minidevin serve` (the REST + WebSocket server), `minidevin run` (one task, live) and
-`minidevin db vacuum` (reclaim the database's free space, offline)."""
+`minidevin db vacuum|migrate|copy` (the database offline: reclaim free space, bring the
+schema up to date, copy an embedded installation into PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from minidevin import __version__
@@ -64,6 +66,31 @@ def main(argv: list[str] | None = None) -> int:
         help="reclaim the space of deleted rows (while no server uses the data directory)",
     )
     vacuum.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
+    migrate = db_commands.add_parser(
+        "migrate",
+        help="bring the database's schema up to date and say its version (PostgreSQL when "
+        "MINIDEVIN_DATABASE_URL is set, else SQLite in the data directory)",
+    )
+    migrate.add_argument("--data-dir", help="database, artifacts and secrets (default ./data)")
+    copy = db_commands.add_parser(
+        "copy",
+        help="copy an embedded installation's SQLite database into an empty PostgreSQL "
+        "database (while no server uses its data directory); artifact files, the secrets "
+        "key and the JWT secret stay in the data directory, for the PostgreSQL-backed server",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="sqlite:///PATH",
+        help="the SQLite database (DATA_DIR/minidevin.sqlite3, or its data directory)",
+    )
+    copy.add_argument(
+        "--to",
+        metavar="postgresql://...",
+        help="the PostgreSQL database (default MINIDEVIN_DATABASE_URL, which keeps a password "
+        "out of the process list)",
+    )
     args = parser.parse_args(argv)
     if args.command == "run" and (problem := _run_arguments_problem(args)):
         run.error(problem)
@@ -79,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_command(args)
         if args.command == "db":
-            return db_vacuum_command(args)
+            commands_of_db = {
+                "vacuum": db_vacuum_command,
+                "migrate": db_migrate_command,
+                "copy": db_copy_command,
+            }
+            return commands_of_db[args.db_command](args)
     # another process owns the data directory, the store cannot be opened (locked, read-only,
     # corrupt), the secret file is damaged: one line, exit 1 (a supervisor sees it and retries)
     except (DataDirInUse, StoreError, SecretFileError) as exc:
@@ -205,6 +237,101 @@ def db_vacuum_command(args: argparse.Namespace) -> int:
         lock.release()
     print(f"{path}: {before} bytes before, {after} bytes after ({before - after} reclaimed)")
     return 0
+
+
+def db_migrate_command(args: argparse.Namespace) -> int:
+    """`minidevin db migrate`: apply the store's missing migrations (PostgreSQL at
+    `MINIDEVIN_DATABASE_URL`, else SQLite in the data directory, under its lock) and print
+    the schema version; one line and exit 1 when it cannot (unreachable, newer schema)."""
+    from minidevin.runtime.data_lock import DataDirLock
+    from minidevin.runtime.settings import Settings, SettingsError
+    from minidevin.runtime.storage.schema_upgrade import upgrade_postgres, upgrade_sqlite
+
+    overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as exc:
+        print(f"minidevin: {exc}", file=sys.stderr)
+        return 2
+    _quiet_logging(settings.log_format)
+    if settings.database_url:
+        upgrade = asyncio.run(upgrade_postgres(settings.database_url))
+    else:
+        lock = DataDirLock(settings.data_dir)
+        lock.acquire()
+        try:
+            upgrade = asyncio.run(
+                upgrade_sqlite(settings.database_path, retry_seconds=settings.store_retry_seconds)
+            )
+        finally:
+            lock.release()
+    print(upgrade.summary())
+    return 0
+
+
+def db_copy_command(args: argparse.Namespace) -> int:
+    """`minidevin db copy --from sqlite:///PATH [--to postgresql://...]`: copy the SQLite
+    database (migrated first if older) into an empty PostgreSQL database, holding the
+    source's data directory lock (`DataDirInUse` while a server or `run` holds it)."""
+    import re
+
+    from minidevin.runtime.data_lock import DataDirLock
+    from minidevin.runtime.settings import Settings, SettingsError
+    from minidevin.runtime.storage.schema_upgrade import sqlite_version, upgrade_sqlite
+    from minidevin.runtime.storage.sqlite_schema import SCHEMA_VERSION
+    from minidevin.runtime.storage.sqlite_to_postgres import (
+        copy_sqlite_to_postgres,
+        describe_report,
+    )
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"minidevin: {exc}", file=sys.stderr)
+        return 2
+    url, url_name = (
+        (args.to, "--to") if args.to else (settings.database_url, "MINIDEVIN_DATABASE_URL")
+    )
+    if not url or not re.match(r"^postgres(ql)?://", url):
+        print(
+            "minidevin: db copy needs the target as --to postgresql://user@host:port/database "
+            "(or MINIDEVIN_DATABASE_URL)",
+            file=sys.stderr,
+        )
+        return 2
+    path = _sqlite_source(args.source)
+    if not path.is_file():
+        print(f"minidevin: no database at {path}", file=sys.stderr)
+        return 1
+    _quiet_logging(settings.log_format)
+    lock = DataDirLock(path.parent)
+    lock.acquire()
+    try:
+        if sqlite_version(path) < SCHEMA_VERSION:  # (as a server's start would)
+            asyncio.run(upgrade_sqlite(path, retry_seconds=settings.store_retry_seconds))
+        report = asyncio.run(copy_sqlite_to_postgres(path, url, url_name=url_name))
+    finally:
+        lock.release()
+    print("\n".join(describe_report(report)))
+    return 0
+
+
+def _sqlite_source(text: str) -> Path:
+    """The SQLite file `--from` names: sqlite:///PATH (or a plain path; a directory means
+    its minidevin.sqlite3)."""
+    from urllib.parse import unquote
+
+    if text.startswith("sqlite:"):
+        text = unquote(text.removeprefix("sqlite:").removeprefix("//"))
+    path = Path(text).expanduser().resolve()
+    return path / "minidevin.sqlite3" if path.is_dir() else path
+
+
+def _quiet_logging(log_format: str) -> None:
+    """Only warnings and errors go to stderr (the command's own lines say what it did)."""
+    from minidevin.runtime.logging import configure_logging
+
+    configure_logging("warning", log_format)
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:
