@@ -29,6 +29,7 @@ from minidevin.actors.deps import Deps, TaskSlots
 from minidevin.actors.messages import StopAll, SubmitTask, TaskSpec
 from minidevin.actors.session import SessionActor
 from minidevin.admission import TaskAdmission, new_spec
+from minidevin.nodes import LOCAL
 from minidevin.resume import check_resumable, resumed_spec
 from minidevin.runtime import schemas
 from minidevin.runtime.accounts import Accounts
@@ -139,6 +140,8 @@ class Runtime(TaskControl):
             await self.retention.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.nodes is not None:
+            await self.nodes.bus.close()
         await self.store.close()
         await asyncio.to_thread(self.warmer.close)
         if hasattr(self, "accounts"):
@@ -203,6 +206,8 @@ class Runtime(TaskControl):
             if servers
             else None,
         )
+        if self.nodes is not None:  # it runs here, where its working directory is
+            await self.nodes.place(created.id, self.settings.node_id)
         run_as = run_identity(checked.path, self.settings.sandbox_uid)
         self.warmer.warm(checked.path, checked.identity, run_as)  # (before its first task)
         return created
@@ -228,9 +233,17 @@ class Runtime(TaskControl):
     ) -> schemas.SessionTools:
         """The tools a task of the session would get (its MCP servers are started to list
         theirs, then stopped); MCP servers that failed are `problems`."""
-        return await session_tools(self, await self._session_row(session_id, owner))
+        session = await self._session_row(session_id, owner)
+        answer = await self._elsewhere(session_id, "session_tools", session_id=session_id,
+                                       owner=session["user_id"])  # fmt: skip
+        return answer if answer is not LOCAL else await session_tools(self, session)
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> None:
+        user_id = (await self._session_row(session_id, owner))["user_id"]
+        answer = await self._elsewhere(session_id, "delete_session", session_id=session_id,
+                                       owner=user_id)  # fmt: skip
+        if answer is not LOCAL:
+            return
         async with self._session_lock(session_id):  # no task is created or resumed meanwhile
             await self._session_row(session_id, owner)
             ref = self._sessions.pop(session_id, None)
@@ -294,6 +307,12 @@ class Runtime(TaskControl):
         if isinstance(request, str):
             request = schemas.TaskRequest(description=request, **fields)
         session = await self._session_row(session_id, owner)
+        answer = await self._elsewhere(
+            session_id, "create_task", session_id=session_id,
+            request=request.model_dump(mode="json"), owner=session["user_id"],
+        )  # fmt: skip
+        if answer is not LOCAL:
+            return answer  # type: ignore[no-any-return]
         model, identity = await self.admission.admit(session, request.model, await self.owner(None))
         if names := json.loads(session["secrets"] or "[]"):  # never stored in clear, even here
             values = await self.secrets.values(session["user_id"], names)
@@ -330,7 +349,14 @@ class Runtime(TaskControl):
         `Conflict` (409) for a task that is live or completed.
         """
         request = request or schemas.ResumeRequest(**fields)
-        session_id = (await self._task_row(task_id, owner))["session_id"]
+        first = await self._task_row(task_id, owner)
+        session_id = first["session_id"]
+        answer = await self._elsewhere(
+            session_id, "resume_task", task_id=task_id,
+            request=request.model_dump(mode="json"), owner=await self.owner(owner),
+        )  # fmt: skip
+        if answer is not LOCAL:
+            return answer  # type: ignore[no-any-return]
         async with self._session_lock(session_id):  # one resume or create at a time, no delete
             await self.store.flush()
             row = await self._task_row(task_id, owner)

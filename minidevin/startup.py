@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from minidevin.nodes import join_nodes
 from minidevin.resume import restart_queue
 from minidevin.runtime.accounts import Accounts
 from minidevin.runtime.auth import TokenIssuer, load_jwt_secret
@@ -46,7 +47,9 @@ async def open_runtime(runtime: Runtime) -> None:
     runtime.secrets = Secrets(runtime.store, box)
     runtime.webhooks.open_secret = runtime.secrets.open  # (webhook secrets are stored sealed)
     runtime.deps = replace(runtime.deps, secrets=runtime.secrets)  # (before any actor starts)
-    recovered = await recover_tasks(runtime.store, runtime.settings.data_dir)
+    if runtime.settings.redis_url is not None:  # one node of several
+        await join_nodes(runtime)
+    recovered = await recover_tasks(runtime.store, runtime.settings.data_dir, runtime.runs_here)
     # no task is live yet: patches a previous process left are garbage (its stores are not)
     await asyncio.to_thread(clear_leftovers, runtime.settings.snapshots_dir)
     sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop

@@ -12,6 +12,7 @@ from typing import Any
 import pykka
 
 from minidevin.actors.messages import DecideApproval, StopTask, UserInput
+from minidevin.nodes import LOCAL, Nodes
 from minidevin.runtime import schemas
 from minidevin.runtime.artifacts import artifact_path
 from minidevin.runtime.errors import Conflict, NotFound, Unavailable
@@ -31,8 +32,20 @@ class TaskControl:
     store: Any
     hub: EventHub
 
+    nodes: Nodes | None = None  # with nodes: where sessions run, calls forwarded there
+
     def _session_actor(self, session_id: str) -> pykka.ActorRef:
         raise NotImplementedError  # (the Runtime's)
+
+    async def runs_here(self, session_id: str) -> bool:
+        """Whether the session's actors are this node's (always, without nodes)."""
+        return self.nodes is None or await self.nodes.node_of(session_id) == self.nodes.node_id
+
+    async def _elsewhere(self, session_id: str, op: str, /, **args: Any) -> Any:
+        """`LOCAL` when the session runs on this node; else its node's answer to `op`."""
+        if self.nodes is None:
+            return LOCAL
+        return await self.nodes.elsewhere(session_id, op, **args)
 
     async def owner(self, owner: str | None) -> str:
         raise NotImplementedError
@@ -51,6 +64,11 @@ class TaskControl:
         row = await self._task_row(task_id, owner)
         if row["status"] in FINAL_STATUSES:
             return schemas.TaskStopped(id=task_id, status=row["status"])
+        answer = await self._elsewhere(
+            row["session_id"], "stop_task", task_id=task_id, owner=await self.owner(owner)
+        )
+        if answer is not LOCAL:
+            return answer  # type: ignore[no-any-return]
         status = await self._ask(self._session_actor(row["session_id"]), StopTask, task_id)
         await self.store.flush()
         if status is None:
@@ -66,6 +84,12 @@ class TaskControl:
         row = await self._task_row(task_id, owner)
         if row["status"] in FINAL_STATUSES:
             return False
+        answer = await self._elsewhere(
+            row["session_id"], "send_input", task_id=task_id, content=content,
+            owner=await self.owner(owner),
+        )  # fmt: skip
+        if answer is not LOCAL:
+            return bool(answer)
         return bool(
             await self._ask(self._session_actor(row["session_id"]), UserInput, task_id, content)
         )
@@ -83,6 +107,13 @@ class TaskControl:
         task never put to a person; `Conflict` (409) when it was decided already, or the
         task ended or is not waiting on it now."""
         row = await self._task_row(task_id, owner)
+        if row["status"] not in FINAL_STATUSES:
+            answer = await self._elsewhere(
+                row["session_id"], "decide_approval", task_id=task_id, call_id=call_id,
+                decision=decision, reason=reason, owner=await self.owner(owner),
+            )  # fmt: skip
+            if answer is not LOCAL:
+                return answer  # type: ignore[no-any-return]
         outcome = "not_live"
         if row["status"] not in FINAL_STATUSES:
             actor = self._session_actor(row["session_id"])

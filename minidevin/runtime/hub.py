@@ -11,13 +11,20 @@ it: the events are the same objects for every subscriber, so their JSON text
 
 `interrupt` tells subscribers the store is unavailable (`StoreUnavailable` on
 their next `get`, their backlog dropped): they resume with `after=` later.
+
+With nodes (`runtime/bus.py`), `watcher` is the node bus: a stream `attach`es its
+subscription (the bus subscribes to the task's channel on other nodes and
+waits until Redis confirms) before it reads the history, and `resync` makes
+the subscribers of the given tasks re-read the log (`Resync` on their next
+`get`), after Redis lost what it carried.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+from typing import Protocol
 
 from minidevin.runtime import metrics
 from minidevin.runtime.events import Event
@@ -31,6 +38,18 @@ class StoreUnavailable(Exception):
     """The store cannot commit for now; resume with `after=<last seq seen>` later."""
 
 
+class Resync(Exception):
+    """Live events may have been lost on the way from another node: read the log again
+    after the last `seq` seen, then go on live."""
+
+
+class Watcher(Protocol):
+    """What brings other nodes' events of a task to this hub (`runtime/bus.NodeBus`)."""
+
+    def watch(self, task_id: str) -> Awaitable[None]: ...
+    def unwatch(self, task_id: str) -> None: ...
+
+
 class Subscription:
     def __init__(self, task_id: str, maxsize: int) -> None:
         self.task_id = task_id
@@ -39,6 +58,15 @@ class Subscription:
         self._failure: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
+        self.watched = False  # (attached to the node bus: unwatched when it goes)
+        self._resync = False
+
+    def resync(self) -> None:
+        """`Resync` on the next `get` (what is queued is dropped: the log has it)."""
+        if self._failure is None:
+            self._resync = True
+            self._queue.clear()
+            self._wake()
 
     def offer(self, events: list[Event]) -> None:
         """Queue one committed batch; cut off a subscriber already `maxsize` events behind.
@@ -67,6 +95,9 @@ class Subscription:
         while True:
             if self._failure is not None:
                 raise self._failure
+            if self._resync:
+                self._resync = False
+                raise Resync()
             if self._queue:
                 return self._queue.popleft()
             self._waiter = asyncio.get_running_loop().create_future()
@@ -89,6 +120,7 @@ class EventHub:
         self.store_down: str | None = None
         self._store_up = asyncio.Event()
         self._store_up.set()
+        self.watcher: Watcher | None = None  # the node bus, with nodes
 
     def mark_store_down(self, detail: str) -> None:
         """The store has been down past its retry window: every subscriber is told now,
@@ -112,7 +144,21 @@ class EventHub:
         self._subscribers[task_id].add(subscription)
         return subscription
 
+    async def attach(self, subscription: Subscription) -> None:
+        """With nodes: from now on, other nodes' events of its task come to it too."""
+        if self.watcher is not None and not subscription.watched:
+            subscription.watched = True
+            await self.watcher.watch(subscription.task_id)
+
+    def resync(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            for subscription in self._subscribers.get(task_id, ()):
+                subscription.resync()
+
     def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription.watched and self.watcher is not None:
+            subscription.watched = False
+            self.watcher.unwatch(subscription.task_id)
         subscribers = self._subscribers.get(subscription.task_id)
         if subscribers is not None:
             subscribers.discard(subscription)

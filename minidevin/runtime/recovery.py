@@ -14,6 +14,7 @@ What a previous server process left behind is settled before anything runs:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,16 @@ class Recovered:
     repaired: list[str] = field(default_factory=list)  # rows set again from their logs
 
 
-async def recover_tasks(store: Store, data_dir: Path) -> Recovered:
+async def recover_tasks(
+    store: Store, data_dir: Path, runs_here: Callable[[str], Awaitable[bool]] | None = None
+) -> Recovered:
     """Repair rows from their logs, reap orphaned commands, fail what was live, keep the
-    queue (see the module's docstring)."""
+    queue (see the module's docstring). With nodes, only the tasks of sessions that
+    `runs_here` (by session id): the others' live tasks are their nodes'."""
     recovered = Recovered(repaired=await repair_task_rows(store))
     rows = await store.tasks_with_status(LIVE_STATUSES)
+    if runs_here is not None:
+        rows = [row for row in rows if await runs_here(row["session_id"])]
     # always: a killed server's commands may outlive even tasks it had ended
     ids = {row["id"] for row in rows}
     killed = await asyncio.to_thread(kill_task_processes, ids, data_dir)

@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 from minidevin.runtime.events import Event
-from minidevin.runtime.hub import EventHub
+from minidevin.runtime.hub import EventHub, Resync
 from minidevin.runtime.storage import Store
 
 HISTORY_PAGE = 500  # events per history read: one page of rows in memory per subscriber
@@ -78,37 +78,44 @@ async def _replay(
     subscription = hub.subscribe(task_id)
     clock = asyncio.get_running_loop().time
     try:
+        await hub.attach(subscription)  # (other nodes' events from now on: before the history)
         last, ended = after, False
-        _Sending.count += 1
-        try:
-            while True:
-                page = await read(task_id, last, page_size)
-                sliced = clock()
-                for seq, final, item in page:
-                    yield item
-                    last, ended = seq, final
-                    # a send that needs no drain never yields: without this, a page
-                    # holds the loop (and 10 streams hold it 10 times as long)
-                    if clock() - sliced > max(HISTORY_SLICE / _Sending.count, _MIN_SHARE):
-                        await asyncio.sleep(0)
-                        sliced = clock()
-                if len(page) < page_size:
-                    break  # the last page: what is committed after it arrives live
-                del page  # one page at a time
-        finally:
-            _Sending.count -= 1
-        if ended:
-            return  # ended (a resume would append after it; the client may come back)
-        newest = await store.last_event(task_id)
-        if newest is not None and newest.is_final and newest.seq <= last:
-            return  # the client already saw the end (`after` at or past it)
         while True:
-            event = await subscription.get()
-            if event.seq <= last:
-                continue
-            yield live(event)
-            last = event.seq
-            if event.is_final:
-                return
+            _Sending.count += 1
+            try:
+                while True:
+                    page = await read(task_id, last, page_size)
+                    sliced = clock()
+                    for seq, final, item in page:
+                        yield item
+                        last, ended = seq, final
+                        # a send that needs no drain never yields: without this, a page
+                        # holds the loop (and 10 streams hold it 10 times as long)
+                        if clock() - sliced > max(HISTORY_SLICE / _Sending.count, _MIN_SHARE):
+                            await asyncio.sleep(0)
+                            sliced = clock()
+                    if len(page) < page_size:
+                        break  # the last page: what is committed after it arrives live
+                    del page  # one page at a time
+            finally:
+                _Sending.count -= 1
+            if ended:
+                return  # ended (a resume would append after it; the client may come back)
+            newest = await store.last_event(task_id)
+            if newest is not None and newest.is_final and newest.seq <= last:
+                return  # the client already saw the end (`after` at or past it)
+            try:
+                while True:
+                    event = await subscription.get()
+                    if event.seq <= last:
+                        continue
+                    if event.seq > last + 1:
+                        raise Resync()  # (a gap: some were lost on the way from a node)
+                    yield live(event)
+                    last = event.seq
+                    if event.is_final:
+                        return
+            except Resync:
+                continue  # the log from `last`, then live again
     finally:
         hub.unsubscribe(subscription)

@@ -1,0 +1,135 @@
+"""This node among others: where a session runs, and API calls forwarded to its node.
+
+With `MINIDEVIN_REDIS_URL` (and a shared PostgreSQL database), any node answers
+any request. Reads are the database's. A session runs on one node, the one that
+created it (its working directory is there): the placement is kept in Redis
+(`minidevin.placement`, session id -> node id, set once). A call that must
+reach a session's actors (create, resume, stop, answer, approve a task; delete
+the session; list its tools) is forwarded whole to that node through the node
+bus (`runtime/bus.py`) when it is elsewhere, and its answer (or API error)
+comes back as that node gave it. A forwarded call always runs where it arrives,
+so two nodes that disagree cannot bounce a call between them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from minidevin.runtime import schemas
+from minidevin.runtime.bus import NodeBus
+from minidevin.runtime.errors import NotFound, Unavailable
+from minidevin.runtime.events import Event
+from minidevin.runtime.storage import StoreError
+
+if TYPE_CHECKING:
+    from minidevin.api import Runtime
+
+PLACEMENT = "minidevin.placement"
+LOCAL = object()  # (the session runs here: go on)
+_forwarded: contextvars.ContextVar[bool] = contextvars.ContextVar("forwarded", default=False)
+# what each forwarded call answers with (None: nothing, or a plain value)
+RESULTS: dict[str, type[BaseModel] | None] = {
+    "create_task": schemas.TaskCreated,
+    "resume_task": schemas.TaskDetail,
+    "stop_task": schemas.TaskStopped,
+    "send_input": None,
+    "decide_approval": schemas.ApprovalDecided,
+    "delete_session": None,
+    "session_tools": schemas.SessionTools,
+}
+
+
+class Nodes:
+    """The runtime's view of the other nodes (only with a node bus)."""
+
+    def __init__(self, runtime: Runtime, bus: NodeBus) -> None:
+        self.runtime = runtime
+        self.bus = bus
+        self.node_id = bus.node_id
+        self._placement: dict[str, str] = {}
+
+    async def place(self, session_id: str, node: str) -> None:
+        """Record where a new session runs (once; a session does not move)."""
+        client = self.bus.client
+        await client.hsetnx(PLACEMENT, session_id, node)
+        self._placement[session_id] = node
+
+    async def node_of(self, session_id: str) -> str:
+        """The node the session runs on (this one for a session no node placed)."""
+        node = self._placement.get(session_id)
+        if node is None:
+            try:
+                raw = await self.bus.client.hget(PLACEMENT, session_id)
+            except Exception as exc:  # (Redis away: the call cannot be placed)
+                raise Unavailable(f"the session's node cannot be looked up now: {exc}") from None
+            node = raw.decode() if raw else self.node_id
+            self._placement[session_id] = node
+        return node
+
+    async def elsewhere(self, session_id: str, op: str, /, **args: Any) -> Any:
+        """`LOCAL` if the session runs here (or this call was forwarded here); else the
+        answer of its node, which ran `op` with `args`."""
+        if _forwarded.get():
+            return LOCAL
+        node = await self.node_of(session_id)
+        if node == self.node_id:
+            return LOCAL
+        answer = await self.bus.call(node, op, args)
+        result_type = RESULTS[op]
+        return answer if result_type is None or answer is None else result_type(**answer)
+
+    async def handle(self, op: str, args: dict[str, Any]) -> Any:
+        """A call another node forwarded: run it here, as it would have run there."""
+        if op not in RESULTS:
+            raise NotFound(f"no such node command: {op}")
+        method = getattr(self.runtime, op)
+        token = _forwarded.set(True)
+        try:
+            if op == "create_task":
+                request = schemas.TaskRequest(**args.pop("request"))
+                result = await method(args.pop("session_id"), request, **args)
+            elif op == "resume_task":
+                request = schemas.ResumeRequest(**args.pop("request"))
+                result = await method(args.pop("task_id"), request, **args)
+            else:
+                result = await method(**args)
+        finally:
+            _forwarded.reset(token)
+        return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+
+    def forget(self, session_id: str) -> None:
+        self._placement.pop(session_id, None)
+
+
+async def join_nodes(runtime: Runtime) -> None:
+    """Connect this runtime to the other nodes (`MINIDEVIN_REDIS_URL`); `StoreError` saying
+    why it cannot."""
+    settings = runtime.settings
+    assert settings.redis_url is not None
+    if settings.database_url is None:
+        raise StoreError(
+            "MINIDEVIN_REDIS_URL needs MINIDEVIN_DATABASE_URL: nodes share one PostgreSQL database"
+        )
+
+    async def handle(op: str, args: dict[str, Any]) -> Any:
+        assert runtime.nodes is not None
+        return await runtime.nodes.handle(op, args)
+
+    bus = NodeBus(settings.redis_url, settings.node_id, runtime.hub.publish, handle,
+                  runtime.hub.resync)  # fmt: skip
+    try:
+        await bus.start()
+    except Unavailable as exc:
+        raise StoreError(exc.detail) from None
+    runtime.nodes = Nodes(runtime, bus)
+    runtime.hub.watcher = bus
+    committed = runtime.store.on_events_committed
+
+    def published(events: list[Event]) -> None:  # here first, then to the other nodes
+        committed(events)
+        bus.publish(events)
+
+    runtime.store.on_events_committed = published

@@ -1,0 +1,132 @@
+"""Three `minidevin serve` nodes on one PostgreSQL database and one Redis (issue 16), all real
+processes on loopback: any node answers any request, streams any task live (history then
+live, no gap, no duplicate), and forwards what must reach a task's actors to its node."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import provider_env
+from redis_server import RedisMissing, ThrowawayRedis
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from serve_process import ServeProcess
+from waiting import until
+
+USER = {"email": "nodes@example.com", "password": "correct horse battery", "name": "N"}
+FINAL = {"completed", "failed", "stopped"}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[ThrowawayRedis]:
+    try:
+        server = ThrowawayRedis(tmp_path / "redis")
+    except RedisMissing as missing:
+        pytest.skip(str(missing))
+    server.start()
+    yield server
+    server.stop()
+
+
+def node_env(
+    postgres_url: str, redis_url: str, node: str, openai_server: ScriptedOpenAIServer
+) -> dict[str, str]:
+    return {
+        **provider_env(openai_server),
+        "MINIDEVIN_DATABASE_URL": postgres_url,
+        "MINIDEVIN_REDIS_URL": redis_url,
+        "MINIDEVIN_NODE_ID": node,
+        "MINIDEVIN_JWT_SECRET": "nodes-share-this-secret-" + "x" * 32,
+        "MINIDEVIN_SECRETS_KEY": base64.urlsafe_b64encode(b"k" * 32).decode(),
+        "MINIDEVIN_SANDBOX": "off",
+    }
+
+
+@pytest.fixture
+def nodes(
+    tmp_path: Path,
+    postgres_server: Any,
+    redis_server: ThrowawayRedis,
+    openai_server: ScriptedOpenAIServer,
+) -> Iterator[list[ServeProcess]]:
+    url = postgres_server.create_database(f"nodes_{os.getpid()}_{time.time_ns() % 10**9}")
+    started: list[ServeProcess] = []
+    try:
+        for n in (1, 2, 3):
+            env = node_env(url, redis_server.url, f"node{n}", openai_server)
+            started.append(ServeProcess(tmp_path / f"data{n}", env))
+        yield started
+    finally:
+        for node in started:
+            node.close()
+
+
+def login(node: ServeProcess) -> dict[str, str]:
+    token = node.request("POST", "/api/auth/login", USER)["access_token"]
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+async def collect(session: aiohttp.ClientSession, url: str, into: list[dict[str, Any]]) -> None:
+    async with session.ws_connect(url) as ws:
+        async for message in ws:
+            into.append(json.loads(message.data))
+            if into[-1].get("type") == "status" and into[-1].get("status") in FINAL:
+                return
+
+
+async def test_a_task_created_on_one_node_is_watched_on_two_and_stopped_through_a_third(
+    nodes: list[ServeProcess], openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    first, second, third = nodes
+    openai_server.script(
+        [ScriptedTurn(text="Working.", tool_calls=[("terminal", {"command": "sleep 60"})])]
+    )
+    first.request("POST", "/api/auth/register", USER)
+    auth = login(second)  # a user registered on node 1 logs in on node 2
+    work = tmp_path / "work"
+    work.mkdir()
+    body = {"name": "s", "working_directory": str(work)}
+    session = first.request("POST", "/api/sessions", body, auth)  # runs on node 1
+    # created through node 2: the task still runs on node 1, where its directory is
+    task = second.request(
+        "POST", f"/api/sessions/{session['id']}/tasks", {"description": "wait"}, auth
+    )
+    token = auth["Authorization"].split()[1]
+    seen2: list[dict[str, Any]] = []
+    seen3: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as client:
+        import asyncio
+
+        watchers = [
+            asyncio.create_task(collect(client, f"{n.url.replace('http', 'ws')}/ws/tasks/"
+                                        f"{task['id']}?token={token}", seen))
+            for n, seen in ((second, seen2), (third, seen3))
+        ]  # fmt: skip
+        await until(
+            lambda: (
+                any(m.get("type") == "tool_call" for m in seen2)
+                and any(m.get("type") == "tool_call" for m in seen3)
+            ),
+            what="both watchers to see the command start",
+        )
+        started = time.perf_counter()
+        stopped = third.request("POST", f"/api/tasks/{task['id']}/stop", None, auth)
+        stop_seconds = time.perf_counter() - started
+        await asyncio.wait_for(asyncio.gather(*watchers), 30)
+    assert stopped["status"] == "stopped"
+    for seen in (seen2, seen3):
+        seqs = [m["seq"] for m in seen]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no duplicate
+        assert seen[-1]["status"] == "stopped"
+    assert seen2 == seen3
+    detail = third.request("GET", f"/api/tasks/{task['id']}", None, auth)
+    assert detail["status"] == "stopped"
+    print(f"\nstop through node 3 of a task on node 1: {stop_seconds * 1000:.0f} ms")
+    assert stop_seconds < 1.0
