@@ -51,7 +51,13 @@ class TaskControl:
         raise NotImplementedError
 
     async def get_task(self, task_id: str, *, owner: str | None = None) -> schemas.TaskDetail:
-        return task_detail(await self._task_row(task_id, owner))
+        row = await self._task_row(task_id, owner)
+        node = (
+            self.settings.node_id
+            if self.nodes is None
+            else await self.nodes.node_of(row["session_id"])
+        )
+        return task_detail(row).model_copy(update={"node_id": node})
 
     async def _task_row(self, task_id: str, owner: str | None) -> dict[str, Any]:
         row = await self.store.task_row(task_id, await self.owner(owner))

@@ -8,7 +8,8 @@ import base64
 import json
 import os
 import time
-from collections.abc import Iterator
+import urllib.error
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +50,36 @@ def node_env(
     }
 
 
+Cluster = Callable[..., list[ServeProcess]]
+
+
 @pytest.fixture
-def nodes(
+def cluster(
     tmp_path: Path,
     postgres_server: Any,
     redis_server: ThrowawayRedis,
     openai_server: ScriptedOpenAIServer,
-) -> Iterator[list[ServeProcess]]:
-    url = postgres_server.create_database(f"nodes_{os.getpid()}_{time.time_ns() % 10**9}")
+) -> Iterator[Cluster]:
+    """Start `count` nodes on one fresh database (with `extra` settings), closed at the end."""
     started: list[ServeProcess] = []
-    try:
-        for n in (1, 2, 3):
-            env = node_env(url, redis_server.url, f"node{n}", openai_server)
+
+    def start(count: int = 3, **extra: str) -> list[ServeProcess]:
+        url = postgres_server.create_database(f"nodes_{os.getpid()}_{time.time_ns() % 10**9}")
+        for n in range(1, count + 1):
+            env = {**node_env(url, redis_server.url, f"node{n}", openai_server), **extra}
             started.append(ServeProcess(tmp_path / f"data{n}", env))
-        yield started
+        return started
+
+    try:
+        yield start
     finally:
         for node in started:
             node.close()
+
+
+@pytest.fixture
+def nodes(cluster: Cluster) -> list[ServeProcess]:
+    return cluster(3)
 
 
 def login(node: ServeProcess) -> dict[str, str]:
@@ -116,6 +130,8 @@ async def test_a_task_created_on_one_node_is_watched_on_two_and_stopped_through_
             ),
             what="both watchers to see the command start",
         )
+        running = second.request("GET", f"/api/tasks/{task['id']}", None, auth)
+        assert running["status"] == "running" and running["node_id"] == "node1"
         started = time.perf_counter()
         stopped = third.request("POST", f"/api/tasks/{task['id']}/stop", None, auth)
         stop_seconds = time.perf_counter() - started
@@ -126,7 +142,24 @@ async def test_a_task_created_on_one_node_is_watched_on_two_and_stopped_through_
         assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no duplicate
         assert seen[-1]["status"] == "stopped"
     assert seen2 == seen3
-    detail = third.request("GET", f"/api/tasks/{task['id']}", None, auth)
-    assert detail["status"] == "stopped"
+    for node in nodes:  # (node 2 read it running before: nothing stale is kept)
+        assert node.request("GET", f"/api/tasks/{task['id']}", None, auth)["status"] == "stopped"
+    for n, node in enumerate(nodes, 1):
+        health = node.request("GET", "/health")["node"]
+        assert health["id"] == f"node{n}" and health["backend"] == "postgresql"
     print(f"\nstop through node 3 of a task on node 1: {stop_seconds * 1000:.0f} ms")
     assert stop_seconds < 1.0
+
+
+async def test_rate_limits_count_across_nodes(cluster: Cluster) -> None:
+    nodes = cluster(3, MINIDEVIN_RATE_LIMIT_AUTHENTICATED="9")
+    nodes[0].request("POST", "/api/auth/register", USER)
+    auth = login(nodes[1])
+    # (not across a minute's end: the windows are fixed minutes)
+    await until(lambda: time.time() % 60 < 45, timeout=20, what="a fresh part of the minute")
+    for node in nodes * 3:  # nine requests, three on each node
+        node.request("GET", "/api/sessions", None, auth)
+    for node in nodes:  # the tenth, wherever it goes, is over the one limit
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            node.request("GET", "/api/sessions", None, auth)
+        assert refused.value.code == 429

@@ -57,7 +57,7 @@ def access_middleware(limiter: FixedWindowLimiter) -> Callable[..., Awaitable[we
                 principal = await authenticate(request)
             except Unauthorized as exc:
                 refusal = exc
-        _count(request, limiter, principal)
+        await _count(request, limiter, principal)
         if principal is not None:
             request[PRINCIPAL] = principal
         elif path not in PUBLIC_PATHS:
@@ -70,14 +70,18 @@ def access_middleware(limiter: FixedWindowLimiter) -> Callable[..., Awaitable[we
     return access
 
 
-def _count(request: web.Request, limiter: FixedWindowLimiter, principal: Principal | None) -> None:
+async def _count(
+    request: web.Request, limiter: FixedWindowLimiter, principal: Principal | None
+) -> None:
     """Count the request against its limit; `RateLimited` over it."""
     settings = request.app[RUNTIME].settings
     if principal is not None:
         key, limit = f"user:{principal.user_id}", settings.rate_limit_authenticated
     else:
         key, limit = f"addr:{_address(request)}", settings.rate_limit_anonymous
-    _hit(request, limiter, [(key, limit)], f"rate limit of {limit} requests a minute exceeded")
+    await _hit(
+        request, limiter, [(key, limit)], f"rate limit of {limit} requests a minute exceeded"
+    )
 
 
 async def _count_login(
@@ -92,7 +96,7 @@ async def _count_login(
         counters.append((f"login-account:{account}", limit))
     if anonymous:
         counters.append((f"addr:{address}", settings.rate_limit_anonymous))
-    _hit(
+    await _hit(
         request,
         limiter,
         counters,
@@ -100,14 +104,14 @@ async def _count_login(
     )
 
 
-def _hit(
+async def _hit(
     request: web.Request,
     limiter: FixedWindowLimiter,
     counters: list[tuple[str, int]],
     message: str,
 ) -> None:
     """Count on every counter (limit 0: off); the tightest one's headers go out."""
-    counted = [(key, limiter.hit(key, limit)) for key, limit in counters if limit > 0]
+    counted = [(key, await limiter.hit(key, limit)) for key, limit in counters if limit > 0]
     answers = [answer for _, answer in counted]
     if not answers:
         return

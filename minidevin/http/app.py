@@ -17,7 +17,8 @@ from minidevin.http.websocket import OPEN_PER_USER, RATE_LIMITER
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> web.Application:
     """The app for `runtime`; with `manage_runtime` it starts and closes the runtime too."""
     settings = runtime.settings
-    limiter = FixedWindowLimiter()  # REST requests and WebSocket messages count alike
+    # REST requests and WebSocket messages count alike (in Redis, with nodes)
+    limiter = FixedWindowLimiter(shared=lambda: runtime.nodes and runtime.nodes.bus.client)
     app = web.Application(
         middlewares=[
             cors_middleware(settings.cors_origins),

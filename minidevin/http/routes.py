@@ -64,7 +64,11 @@ async def cached_reply(
     Task and session details are what clients poll; events alone (tokens) do
     not change them, so a streaming task does not empty this cache.
     """
-    store, cache = request.app[RUNTIME].store, request.app[READ_CACHE]
+    runtime = request.app[RUNTIME]
+    if runtime.nodes is not None:  # (other nodes' writes do not move this node's generation)
+        return web.Response(body=json.dumps(schemas.dump(await read())).encode(),
+                            content_type="application/json")  # fmt: skip
+    store, cache = runtime.store, request.app[READ_CACHE]
     hit = cache.get(key)
     if hit is not None and hit[0] == store.generation:
         body = hit[1]
@@ -100,6 +104,12 @@ async def health(request: web.Request) -> web.Response:
             sandbox=sandbox,
             registration=registration,
             store=store,
+            node={
+                "id": runtime.settings.node_id,
+                "backend": "postgresql" if runtime.settings.database_url else "sqlite",
+                "live_tasks": runtime.slots.running(),
+                "nodes": runtime.nodes is not None,
+            },
         )
     )
 

@@ -254,7 +254,7 @@ async def _serve(
             message, receive = receive.result(), None
             if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 try:
-                    _count(request, runtime, user)
+                    await _count(request, runtime, user)
                     reply = await _client_message(runtime, task_id, user, message.data)
                 except ApiError as exc:  # e.g. the session no longer answers
                     reply = _error(exc.detail, exc.code)
@@ -282,11 +282,11 @@ async def _serve(
     return ws
 
 
-def _count(request: web.Request, runtime: Runtime, user: str) -> None:
+async def _count(request: web.Request, runtime: Runtime, user: str) -> None:
     """Count a client message against the user's rate limit (shared with REST)."""
     limit = runtime.settings.rate_limit_authenticated
     limiter = request.app.get(RATE_LIMITER)
-    if limit and limiter is not None and not limiter.hit(f"user:{user}", limit)[0]:
+    if limit and limiter is not None and not (await limiter.hit(f"user:{user}", limit))[0]:
         raise ApiError(
             f"rate limit of {limit} requests a minute exceeded; message dropped",
             code="RATE_LIMITED",

@@ -336,6 +336,7 @@ class TaskDetail(TaskSummary):
     plan: Plan
     result: TaskResult | None
     usage: Usage
+    node_id: str | None = None  # the node its session runs on (with nodes, any may answer)
 
 
 class TaskStopped(Out):
@@ -375,6 +376,7 @@ class Health(Out):
     registration: Literal["open", "closed"] | None = None
     # "ok", or "unavailable" (with why, and the events held) while it cannot commit
     store: dict[str, Any] | None = None
+    node: dict[str, Any] | None = None  # this node: id, backend, live tasks
 
 
 class ErrorBody(Out):
