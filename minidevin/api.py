@@ -20,7 +20,7 @@ import json
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 import structlog
@@ -57,6 +57,9 @@ from minidevin.runtime.workspace_claims import claim_working_directory
 from minidevin.session_tools import session_tools
 from minidevin.startup import open_runtime
 from minidevin.task_control import TaskControl
+
+if TYPE_CHECKING:
+    from minidevin.leases import Leases
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +104,7 @@ class Runtime(TaskControl):
         self._data_lock = DataDirLock(self.settings.data_dir)
         self.retention: RetentionSweeper | None = None
         self.warmer = SnapshotWarmer(self.settings.snapshots_dir)
+        self.leases: Leases | None = None  # with nodes: this node's lease, the others' watched
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -140,6 +144,8 @@ class Runtime(TaskControl):
             await self.retention.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.leases is not None:
+            await self.leases.close()
         if self.nodes is not None:
             await self.nodes.bus.close()
         await self.store.close()
@@ -207,7 +213,7 @@ class Runtime(TaskControl):
             else None,
         )
         if self.nodes is not None:  # it runs here, where its working directory is
-            await self.nodes.place(created.id, self.settings.node_id)
+            await self.nodes.place(created.id, self.settings.node_id, user_id)
         run_as = run_identity(checked.path, self.settings.sandbox_uid)
         self.warmer.warm(checked.path, checked.identity, run_as)  # (before its first task)
         return created

@@ -27,7 +27,8 @@ from minidevin.runtime.storage import StoreError
 if TYPE_CHECKING:
     from minidevin.api import Runtime
 
-PLACEMENT = "minidevin.placement"
+PLACEMENT = "minidevin.placement"  # session id -> the node it runs on
+SESSION_USERS = "minidevin.session-users"  # session id -> its user (to read it when taking over)
 LOCAL = object()  # (the session runs here: go on)
 _forwarded: contextvars.ContextVar[bool] = contextvars.ContextVar("forwarded", default=False)
 # what each forwarded call answers with (None: nothing, or a plain value)
@@ -49,25 +50,20 @@ class Nodes:
         self.runtime = runtime
         self.bus = bus
         self.node_id = bus.node_id
-        self._placement: dict[str, str] = {}
 
-    async def place(self, session_id: str, node: str) -> None:
-        """Record where a new session runs (once; a session does not move)."""
+    async def place(self, session_id: str, node: str, user_id: str) -> None:
+        """Record where a new session runs (it moves only when its node dies: `leases.py`)."""
         client = self.bus.client
+        await client.hset(SESSION_USERS, session_id, user_id)
         await client.hsetnx(PLACEMENT, session_id, node)
-        self._placement[session_id] = node
 
     async def node_of(self, session_id: str) -> str:
-        """The node the session runs on (this one for a session no node placed)."""
-        node = self._placement.get(session_id)
-        if node is None:
-            try:
-                raw = await self.bus.client.hget(PLACEMENT, session_id)
-            except Exception as exc:  # (Redis away: the call cannot be placed)
-                raise Unavailable(f"the session's node cannot be looked up now: {exc}") from None
-            node = raw.decode() if raw else self.node_id
-            self._placement[session_id] = node
-        return node
+        """The node the session runs on now (this one for a session no node placed)."""
+        try:
+            raw = await self.bus.client.hget(PLACEMENT, session_id)
+        except Exception as exc:  # (Redis away: the call cannot be placed)
+            raise Unavailable(f"the session's node cannot be looked up now: {exc}") from None
+        return raw.decode() if raw else self.node_id
 
     async def elsewhere(self, session_id: str, op: str, /, **args: Any) -> Any:
         """`LOCAL` if the session runs here (or this call was forwarded here); else the
@@ -100,9 +96,6 @@ class Nodes:
             _forwarded.reset(token)
         return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
 
-    def forget(self, session_id: str) -> None:
-        self._placement.pop(session_id, None)
-
 
 async def join_nodes(runtime: Runtime) -> None:
     """Connect this runtime to the other nodes (`MINIDEVIN_REDIS_URL`); `StoreError` saying
@@ -125,6 +118,10 @@ async def join_nodes(runtime: Runtime) -> None:
     except Unavailable as exc:
         raise StoreError(exc.detail) from None
     runtime.nodes = Nodes(runtime, bus)
+    from minidevin.leases import Leases  # (it uses this module)
+
+    runtime.leases = Leases(runtime, runtime.nodes)
+    await runtime.leases.start()  # (before this node settles its sessions' tasks)
     runtime.hub.watcher = bus
     committed = runtime.store.on_events_committed
 

@@ -163,3 +163,58 @@ async def test_rate_limits_count_across_nodes(cluster: Cluster) -> None:
         with pytest.raises(urllib.error.HTTPError) as refused:
             node.request("GET", "/api/sessions", None, auth)
         assert refused.value.code == 429
+
+
+async def test_a_killed_nodes_task_is_taken_over_within_the_lease(
+    cluster: Cluster, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    import asyncio
+
+    lease = 2.0
+    first, second, _third = cluster(
+        3, MINIDEVIN_LEASE_SECONDS=str(lease), MINIDEVIN_RESUME_INTERRUPTED="true"
+    )
+    openai_server.script(
+        [
+            ScriptedTurn(text="Working.", tool_calls=[("terminal", {"command": "sleep 60"})]),
+            ScriptedTurn(text="Done after the takeover."),
+        ]
+    )
+    first.request("POST", "/api/auth/register", USER)
+    auth = login(first)
+    work = tmp_path / "work"
+    work.mkdir()
+    body = {"name": "s", "working_directory": str(work)}
+    session = first.request("POST", "/api/sessions", body, auth)
+    task = first.request(
+        "POST", f"/api/sessions/{session['id']}/tasks", {"description": "wait"}, auth
+    )
+    token = auth["Authorization"].split()[1]
+    seen: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as client:
+        url = f"{second.url.replace('http', 'ws')}/ws/tasks/{task['id']}?token={token}"
+        watcher = asyncio.create_task(collect(client, url, seen))
+        await until(lambda: any(m.get("type") == "tool_call" for m in seen), what="the command")
+        before_kill = list(seen)
+        first.close()  # kill -9 of the node running the task
+        killed = time.perf_counter()
+        await asyncio.wait_for(watcher, 30)
+    taken_over = time.perf_counter() - killed
+    seqs = [m["seq"] for m in seen]
+    assert seqs == list(range(1, len(seqs) + 1))  # nothing acknowledged lost, no duplicate
+    assert seen[: len(before_kill)] == before_kill
+    assert any(m.get("type") == "error" and m.get("code") == "INTERRUPTED" for m in seen)
+    assert seen[-1]["status"] == "failed"
+    print(f"\ntaken over {taken_over:.2f} s after kill -9 (lease {lease:.0f} s)")
+    assert taken_over < lease + 2.5
+    # resumed on a live node, where it finishes
+    done = await until(
+        lambda: (
+            (d := second.request("GET", f"/api/tasks/{task['id']}", None, auth))["status"]
+            == "completed"
+            and d
+        ),
+        timeout=20,
+        what="the resumed task to complete on another node",
+    )
+    assert done["node_id"] in ("node2", "node3")

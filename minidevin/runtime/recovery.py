@@ -56,19 +56,30 @@ async def recover_tasks(
     killed = await asyncio.to_thread(kill_task_processes, ids, data_dir)
     if killed:
         log.warning("reaped_orphaned_processes", count=killed)
-    for row in rows:
-        if row["status"] == "queued" and not started(await store.task_log(row["id"])):
-            recovered.queued.append(row)
-            continue
-        newest = await store.last_event(row["id"])
-        events = TaskEventLog(row["id"], store.append, newest.seq if newest else 0)
-        events.emit(Error(error="The server stopped while the task was live", code="INTERRUPTED"))
-        events.emit(Status(status="failed", message="Task interrupted by a server restart"))
-        recovered.interrupted.append(row)
-    await store.flush()
+    await settle_live(store, rows, recovered)
     if recovered.queued:
         log.info("queued_tasks_kept", count=len(recovered.queued))
     return recovered
+
+
+async def settle_live(
+    store: Store,
+    rows: list[dict[str, Any]],
+    into: Recovered,
+    why: str = "The server stopped while the task was live",
+) -> None:
+    """Live rows whose runner is gone: what never started stays queued (`into.queued`), the
+    rest ends `failed` with an `error` `INTERRUPTED` (`into.interrupted`)."""
+    for row in rows:
+        if row["status"] == "queued" and not started(await store.task_log(row["id"])):
+            into.queued.append(row)
+            continue
+        newest = await store.last_event(row["id"])
+        events = TaskEventLog(row["id"], store.append, newest.seq if newest else 0)
+        events.emit(Error(error=why, code="INTERRUPTED"))
+        events.emit(Status(status="failed", message="Task interrupted by a server restart"))
+        into.interrupted.append(row)
+    await store.flush()
 
 
 def started(task_log: list[Event]) -> bool:

@@ -258,6 +258,13 @@ class Settings(BaseModel):
         description="This node's name among the nodes (letters, digits, . _ -); sessions run on "
         "the node that created them.",
     )
+    lease_seconds: float = Field(
+        15.0,
+        ge=1.0,
+        le=600.0,
+        description="With nodes: a node that has not renewed its lease for this long is taken "
+        "for dead; another takes over its sessions (it renews every third of it).",
+    )
     host: str = Field("127.0.0.1", description="Address `minidevin serve` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `minidevin serve` listens on.")
     log_level: str = Field("info", description="debug, info, warning or error.")

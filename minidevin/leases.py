@@ -1,0 +1,199 @@
+"""Node leases: which nodes are alive, a node that lost its lease stops, a dead node's sessions
+are taken over.
+
+Each node holds a lease in Redis (`minidevin.alive.<node>`, a token of this
+process, expiring after `MINIDEVIN_LEASE_SECONDS`) and renews it every third of
+that, only while the token is still its own. A node that cannot renew in time
+(a long pause, a partition, its lease taken over) is fenced: it exits at once,
+without another write, and its supervisor starts it again; at start it settles
+only the sessions still placed on it. A node id whose lease another process
+holds is refused at start (after waiting out a lease a killed process left).
+
+Every node watches the others' leases. When one expires, one node wins the
+takeover (`minidevin.takeover.<node>`, set-if-absent for a lease's time) and
+moves to itself every session of the dead node whose working directory it can
+see as claimed (same path, same device and inode: the same machine, or shared
+storage); their live tasks end `failed` with `INTERRUPTED` (and, with
+`MINIDEVIN_RESUME_INTERRUPTED`, are resumed here), their queued tasks run here.
+A session whose directory it cannot see stays placed on the dead node (its
+live tasks are interrupted all the same: none stays `running`), for that node
+to pick up when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from minidevin.nodes import PLACEMENT, SESSION_USERS, Nodes
+from minidevin.resume import requeue, resume_interrupted
+from minidevin.runtime.recovery import LIVE_STATUSES, Recovered, settle_live
+from minidevin.runtime.storage import StoreError
+from minidevin.runtime.tools.paths import WorkspaceChanged, check_workspace
+
+if TYPE_CHECKING:
+    from minidevin.api import Runtime
+
+log = structlog.get_logger(__name__)
+NODES = "minidevin.nodes"  # every node id seen
+FENCED_EXIT = 70
+# renew the lease only while it is still this process's (an atomic compare-and-expire)
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def alive_key(node: str) -> str:
+    return f"minidevin.alive.{node}"
+
+
+class Leases:
+    """This node's lease, and the watch over the others'."""
+
+    def __init__(self, runtime: Runtime, nodes: Nodes) -> None:
+        self.runtime = runtime
+        self.nodes = nodes
+        self.node_id = nodes.node_id
+        self.seconds = runtime.settings.lease_seconds
+        self.token = uuid.uuid4().hex
+        self._tasks: list[asyncio.Task[None]] = []
+        self._renewed = 0.0
+        self.taken_over: list[str] = []  # nodes this one took over (for logs and tests)
+
+    async def start(self) -> None:
+        """Take this node's lease (`StoreError` if another process holds it), then renew it
+        and watch the others."""
+        client = self.nodes.bus.client
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds + 1
+        millis = int(self.seconds * 1000)
+        while not await client.set(alive_key(self.node_id), self.token, nx=True, px=millis):
+            if loop.time() > deadline:
+                raise StoreError(
+                    f"node id {self.node_id} is in use by another running process "
+                    "(MINIDEVIN_NODE_ID must differ between nodes)"
+                )
+            await asyncio.sleep(min(0.5, self.seconds / 4))  # (a killed process's lease)
+        self._renewed = loop.time()
+        await client.sadd(NODES, self.node_id)
+        self._tasks = [
+            asyncio.create_task(self._renew_forever(), name="lease-renew"),
+            asyncio.create_task(self._watch_forever(), name="lease-watch"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):  # (gone at once: no one waits out the lease)
+            client = self.nodes.bus.client
+            if (await client.get(alive_key(self.node_id))) == self.token.encode():
+                await client.delete(alive_key(self.node_id))
+
+    # -- this node's lease ---------------------------------------------------------------------
+
+    async def _renew_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        millis = int(self.seconds * 1000)
+        while True:
+            await asyncio.sleep(self.seconds / 3)
+            try:
+                renewed = await self.nodes.bus.client.eval(
+                    RENEW, 1, alive_key(self.node_id), self.token, millis
+                )
+            except Exception as exc:
+                renewed = None
+                log.warning("lease_renew_failed", error=str(exc))
+            now = loop.time()
+            if renewed == 1 and now - self._renewed <= self.seconds:
+                self._renewed = now
+                continue
+            if renewed == 0 or now - self._renewed > self.seconds:
+                self._fenced("its lease expired or was taken over")
+
+    def _fenced(self, why: str) -> None:
+        """Another node may own this node's sessions now: stop before writing anything more."""
+        log.error("node_fenced", node=self.node_id, reason=why)
+        os._exit(FENCED_EXIT)
+
+    # -- the others' -------------------------------------------------------------------------
+
+    async def _watch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.seconds / 3))
+            try:
+                await self.check_others()
+            except Exception as exc:  # (Redis or the store away: next round)
+                log.warning("lease_watch_failed", error=str(exc))
+
+    async def check_others(self) -> None:
+        client = self.nodes.bus.client
+        for raw in await client.smembers(NODES):
+            node = raw.decode()
+            if node == self.node_id or await client.exists(alive_key(node)):
+                continue
+            millis = int(self.seconds * 1000)
+            if await client.set(f"minidevin.takeover.{node}", self.node_id, nx=True, px=millis):
+                await self.take_over(node)
+
+    async def take_over(self, node: str) -> None:
+        """The dead `node`'s sessions: moved here where their directories are visible, their
+        live tasks interrupted, their queue run here (see the module's notes)."""
+        runtime, client = self.runtime, self.nodes.bus.client
+        placed = {
+            session.decode(): owner.decode()
+            for session, owner in (await client.hgetall(PLACEMENT)).items()
+        }
+        sessions = {session for session, owner in placed.items() if owner == node}
+        moved = {s for s in sessions if await self._visible(s)}
+        for session_id in moved:
+            await client.hset(PLACEMENT, session_id, self.node_id)
+        rows = [
+            row
+            for row in await runtime.store.tasks_with_status(LIVE_STATUSES)
+            if row["session_id"] in sessions
+        ]
+        settled = Recovered()
+        await settle_live(
+            runtime.store, rows, settled, why=f"The node running the task ({node}) stopped"
+        )
+        for row in sorted(settled.queued, key=lambda r: r["created_at"]):
+            if row["session_id"] in moved:
+                await requeue(runtime, row)
+        if runtime.settings.resume_interrupted:
+            here = [row for row in settled.interrupted if row["session_id"] in moved]
+            await resume_interrupted(runtime, sorted(here, key=lambda r: r["created_at"]))
+        if moved == sessions:
+            await client.srem(NODES, node)
+        self.taken_over.append(node)
+        log.warning(
+            "node_taken_over", node=node, sessions=len(moved), left=len(sessions - moved),
+            interrupted=len(settled.interrupted), queued=len(settled.queued),
+        )  # fmt: skip
+
+    async def _visible(self, session_id: str) -> bool:
+        """Whether the session's working directory is here, as it was claimed."""
+        store = self.runtime.store
+        user_id = await self.nodes.bus.client.hget(SESSION_USERS, session_id)
+        row = None if user_id is None else await store.session_row(session_id, user_id.decode())
+        if row is None:
+            return False
+        claim = await store.workspace_claim(row["working_directory"])
+        if claim is None:
+            return False
+        identity = (int(claim["st_dev"]), int(claim["st_ino"]))
+        try:
+            await asyncio.to_thread(check_workspace, Path(row["working_directory"]), identity)
+        except (OSError, WorkspaceChanged):
+            return False
+        return True
