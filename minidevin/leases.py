@@ -126,6 +126,18 @@ class Leases:
         log.error("node_fenced", node=self.node_id, reason=why)
         os._exit(FENCED_EXIT)
 
+    async def leads(self, role: str = "webhooks") -> bool:
+        """Whether this node does `role` now: the work only one node may do (deliver the
+        webhook outbox). The first node to ask holds it while it keeps asking, like a lease."""
+        client, millis = self.nodes.bus.client, int(self.seconds * 1000)
+        key = f"minidevin.leader.{role}"
+        try:
+            if await client.set(key, self.token, nx=True, px=millis):
+                return True
+            return bool(await client.eval(RENEW, 1, key, self.token, millis))
+        except Exception:  # (Redis away: nobody can tell; wait for it)
+            return False
+
     # -- the others' -------------------------------------------------------------------------
 
     async def _watch_forever(self) -> None:

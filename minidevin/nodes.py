@@ -122,6 +122,8 @@ async def join_nodes(runtime: Runtime) -> None:
 
     runtime.leases = Leases(runtime, runtime.nodes)
     await runtime.leases.start()  # (before this node settles its sessions' tasks)
+    if runtime.webhooks is not None:
+        runtime.webhooks.delivers_here = runtime.leases.leads
     runtime.hub.watcher = bus
     committed = runtime.store.on_events_committed
 

@@ -24,7 +24,7 @@ import ipaddress
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -138,6 +138,13 @@ class _PinnedResolver(AbstractResolver):
         return None
 
 
+LEADER_RECHECK = 1.0  # seconds between a waiting node's looks at who delivers
+
+
+async def _always() -> bool:
+    return True
+
+
 class WebhookDeliverer:
     """Sends the outbox's due deliveries until stopped (see the module's text)."""
 
@@ -148,6 +155,8 @@ class WebhookDeliverer:
         self._task: asyncio.Task[None] | None = None
         # opens a session's stored (sealed) webhook secret; set once the secrets key is loaded
         self.open_secret: Callable[[str], str] = lambda sealed: sealed
+        # with nodes: whether this node is the one delivering now (`leases.Leases.leads`)
+        self.delivers_here: Callable[[], Awaitable[bool]] = _always
 
     def watching(self, publish: Callable[[list[Event]], None]) -> Callable[[list[Event]], None]:
         """`publish`, then a wake-up when the committed events hold a status change."""
@@ -186,6 +195,10 @@ class WebhookDeliverer:
                 if time.monotonic() - pruned > PRUNE_INTERVAL:
                     pruned = time.monotonic()
                     await self.store.forget_webhooks(time.time() - KEEP_SETTLED, max_attempts)
+                if not await self.delivers_here():  # (with nodes: one node delivers)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), LEADER_RECHECK)
+                    continue
                 now, asked = time.time(), time.monotonic()
                 if (room := BATCH - len(in_flight)) > 0:
                     due = await self.store.due_webhooks(now, max_attempts, BATCH + len(in_flight))
