@@ -218,3 +218,46 @@ async def test_a_killed_nodes_task_is_taken_over_within_the_lease(
         what="the resumed task to complete on another node",
     )
     assert done["node_id"] in ("node2", "node3")
+
+
+async def test_two_hundred_tasks_over_three_nodes_each_stream_whole_and_once(
+    cluster: Cluster, openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    import asyncio
+
+    nodes = cluster(
+        3, MINIDEVIN_MAX_CONCURRENT_TASKS="100", MINIDEVIN_MAX_WEBSOCKETS_PER_USER="250"
+    )
+    count = 200
+    openai_server.script([ScriptedTurn(text=f"Done {n}.") for n in range(count)])
+    nodes[0].request("POST", "/api/auth/register", USER)
+    auth = login(nodes[0])
+    token = auth["Authorization"].split()[1]
+    streams: dict[str, list[dict[str, Any]]] = {}
+    async with aiohttp.ClientSession(headers=auth) as client:
+
+        async def one(n: int) -> None:
+            owner, creator, watcher = (nodes[(n + k) % 3] for k in range(3))
+            work = tmp_path / f"w{n}"
+            work.mkdir()
+            body = {"name": f"s{n}", "working_directory": str(work)}
+            async with client.post(f"{owner.url}/api/sessions", json=body) as response:
+                session = await response.json()
+            url = f"{creator.url}/api/sessions/{session['id']}/tasks"  # (forwarded to owner)
+            async with client.post(url, json={"description": f"task {n}"}) as response:
+                assert response.status == 201, await response.text()
+                task = await response.json()
+            seen = streams.setdefault(task["id"], [])
+            ws_url = f"{watcher.url.replace('http', 'ws')}/ws/tasks/{task['id']}?token={token}"
+            await collect(client, ws_url, seen)
+
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(count))), 120)
+        assert len(streams) == count
+        for task_id, seen in streams.items():
+            seqs = [m["seq"] for m in seen]
+            assert seqs == list(range(1, len(seqs) + 1)), (task_id, seqs)  # once, in order
+            assert seen[-1]["status"] == "completed", seen[-1]
+            replay: list[dict[str, Any]] = []  # the log, read again through another node
+            await collect(client, f"{nodes[2].url.replace('http', 'ws')}/ws/tasks/{task_id}"
+                          f"?token={token}", replay)  # fmt: skip
+            assert replay == seen
