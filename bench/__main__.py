@@ -30,6 +30,7 @@ BENCHMARKS = {
     "console": "bench.console",  # issue 14 item 5: the task page in a real browser
     "snapshots": "bench.snapshots",  # issue 15 item 2: task cost against repository size
     "mcp": "bench.mcp",  # issue 13: MCP server start-up per task
+    "nodes": "bench.nodes",  # issue 16: one SQLite node against three and four nodes
     "scale": "bench.scale",  # item 4 (last: 1,000 tasks ending at once load the machine)
 }
 ALIASES = {"store": "latency"}
