@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from minidevin.nodes import PLACEMENT, SESSION_USERS, Nodes
+from minidevin.nodes import NODES, PLACEMENT, SESSION_USERS, Nodes
 from minidevin.resume import requeue, resume_interrupted
 from minidevin.runtime.recovery import LIVE_STATUSES, Recovered, settle_live
 from minidevin.runtime.storage import StoreError
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from minidevin.api import Runtime
 
 log = structlog.get_logger(__name__)
-NODES = "minidevin.nodes"  # every node id seen
 FENCED_EXIT = 70
 # renew the lease only while it is still this process's (an atomic compare-and-expire)
 RENEW = """

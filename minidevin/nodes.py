@@ -20,19 +20,21 @@ from pydantic import BaseModel
 
 from minidevin.runtime import schemas
 from minidevin.runtime.bus import NodeBus
-from minidevin.runtime.errors import NotFound, Unavailable
+from minidevin.runtime.errors import NotFound, Unavailable, ValidationFailed
 from minidevin.runtime.events import Event
 from minidevin.runtime.storage import StoreError
 
 if TYPE_CHECKING:
     from minidevin.api import Runtime
 
+NODES = "minidevin.nodes"  # every node id that joined
 PLACEMENT = "minidevin.placement"  # session id -> the node it runs on
 SESSION_USERS = "minidevin.session-users"  # session id -> its user (to read it when taking over)
 LOCAL = object()  # (the session runs here: go on)
 _forwarded: contextvars.ContextVar[bool] = contextvars.ContextVar("forwarded", default=False)
 # what each forwarded call answers with (None: nothing, or a plain value)
 RESULTS: dict[str, type[BaseModel] | None] = {
+    "create_session": schemas.SessionCreated,
     "create_task": schemas.TaskCreated,
     "resume_task": schemas.TaskDetail,
     "stop_task": schemas.TaskStopped,
@@ -77,6 +79,13 @@ class Nodes:
         result_type = RESULTS[op]
         return answer if result_type is None or answer is None else result_type(**answer)
 
+    async def create_session_on(self, node: str, **args: Any) -> schemas.SessionCreated:
+        """A session created by `node` (its working directory is checked, and runs, there)."""
+        if not await self.bus.client.sismember(NODES, node):
+            raise ValidationFailed(f"node: no node {node} has joined")
+        answer = await self.bus.call(node, "create_session", args)
+        return schemas.SessionCreated(**answer)
+
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
         """A call another node forwarded: run it here, as it would have run there."""
         if op not in RESULTS:
@@ -87,6 +96,9 @@ class Nodes:
             if op == "create_task":
                 request = schemas.TaskRequest(**args.pop("request"))
                 result = await method(args.pop("session_id"), request, **args)
+            elif op == "create_session":
+                servers = schemas.MCP_SERVERS.validate_python(args.pop("mcp_servers") or [])
+                result = await method(**args, mcp_servers=servers)
             elif op == "resume_task":
                 request = schemas.ResumeRequest(**args.pop("request"))
                 result = await method(args.pop("task_id"), request, **args)

@@ -261,3 +261,23 @@ async def test_two_hundred_tasks_over_three_nodes_each_stream_whole_and_once(
             await collect(client, f"{nodes[2].url.replace('http', 'ws')}/ws/tasks/{task_id}"
                           f"?token={token}", replay)  # fmt: skip
             assert replay == seen
+
+
+async def test_a_session_is_pinned_to_the_node_its_body_names(
+    nodes: list[ServeProcess], openai_server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    first, second, _ = nodes
+    openai_server.script([ScriptedTurn(text="Done.")])
+    first.request("POST", "/api/auth/register", USER)
+    auth = login(first)
+    work = tmp_path / "pinned"
+    work.mkdir()
+    body = {"name": "p", "working_directory": str(work), "node": "node3"}
+    session = second.request("POST", "/api/sessions", body, auth)  # created by node 3
+    task = first.request("POST", f"/api/sessions/{session['id']}/tasks", {"description": "t"}, auth)
+    detail = second.request("GET", f"/api/tasks/{task['id']}", None, auth)
+    assert detail["node_id"] == "node3"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        second.request("POST", "/api/sessions", {**body, "node": "node9"}, auth)
+    assert refused.value.code == 422
+    assert json.loads(refused.value.read())["code"] == "VALIDATION_ERROR"

@@ -241,6 +241,7 @@ async def create_session(request: web.Request) -> web.Response:
         secrets=data.secrets,
         approval_policy=data.approval_policy,
         mcp_servers=data.mcp_servers,
+        node=data.node,
     )
     return reply(session, 201)
 

@@ -198,6 +198,8 @@ class SessionRequest(Body):
     secrets: Annotated[list[SecretName], Field(max_length=64)] = []
     approval_policy: ApprovalPolicy = "never"  # its tasks' default
     mcp_servers: McpServers = []
+    # with nodes: the node it runs on (its working directory must be there); default: this one
+    node: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
 
 
 class McpServerShown(Out):
