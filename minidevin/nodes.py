@@ -123,7 +123,9 @@ async def join_nodes(runtime: Runtime) -> None:
         assert runtime.nodes is not None
         return await runtime.nodes.handle(op, args)
 
-    bus = NodeBus(settings.redis_url, settings.node_id, runtime.hub.publish, handle,
+    # other nodes' events: to this node's streams, and (a status) a wake-up of its webhooks
+    deliver = runtime.webhooks.watching(runtime.hub.publish) if runtime.webhooks else None
+    bus = NodeBus(settings.redis_url, settings.node_id, deliver or runtime.hub.publish, handle,
                   runtime.hub.resync)  # fmt: skip
     try:
         await bus.start()

@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 PREFIX = "minidevin."
 CALL_TIMEOUT = 10.0  # seconds a node has to answer a command
 RECONNECT_MAX = 2.0  # seconds between attempts at most, while Redis is away
+SEND_ATTEMPTS = 5  # a publish tried this many times (then dropped: streams re-read the log)
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
@@ -62,7 +63,8 @@ class NodeBus:
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._watching: dict[str, int] = {}  # task id -> streams of this node watching it
-        self._confirmed: dict[str, asyncio.Future[None]] = {}  # channel -> subscribed
+        # channel -> resolved once Redis confirms the subscription (every watcher waits on it)
+        self._subscribed: dict[str, asyncio.Future[None]] = {}
         self._calls: dict[str, asyncio.Future[Any]] = {}
         self._outbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
@@ -85,7 +87,9 @@ class NodeBus:
 
     async def start(self) -> None:
         """Connect and listen; raises `Unavailable` if Redis cannot be reached now."""
-        self._client = redis.from_url(self.url)
+        self._client = redis.from_url(
+            self.url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10
+        )
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
@@ -126,10 +130,18 @@ class NodeBus:
             self._outbox.put_nowait((PREFIX + "events." + task_id, body))
 
     async def watch(self, task_id: str) -> None:
-        """Receive the task's events from other nodes, from the moment this returns."""
+        """Receive the task's events from other nodes, from the moment this returns (at once
+        while Redis is away: the stream is told to re-read the log when it is back)."""
         self._watching[task_id] = self._watching.get(task_id, 0) + 1
-        if self._watching[task_id] == 1:
-            await self._subscribe(PREFIX + "events." + task_id)
+        channel = PREFIX + "events." + task_id
+        subscribed = self._subscribed.get(channel)
+        if subscribed is None:
+            subscribed = self._subscribed[channel] = asyncio.get_running_loop().create_future()
+            if self.connected:
+                self._spawn(self._subscribe(channel))
+        if self.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(subscribed), CALL_TIMEOUT)
 
     def unwatch(self, task_id: str) -> None:
         left = self._watching.get(task_id, 0) - 1
@@ -137,8 +149,10 @@ class NodeBus:
             self._watching[task_id] = left
             return
         self._watching.pop(task_id, None)
+        channel = PREFIX + "events." + task_id
+        self._subscribed.pop(channel, None)
         if self._pubsub is not None and self.connected:
-            self._spawn(self._unsubscribe(PREFIX + "events." + task_id))
+            self._spawn(self._unsubscribe(channel))
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -191,49 +205,53 @@ class NodeBus:
         assert self._client is not None
         self._pubsub = self._client.pubsub()
         own = [PREFIX + "node." + self.node_id, PREFIX + "reply." + self.node_id]
-        await self._pubsub.subscribe(*own, *(PREFIX + "events." + t for t in self._watching))
+        watched = [PREFIX + "events." + t for t in self._watching]
+        for channel in watched:  # (confirmed again by this connection)
+            if self._subscribed.get(channel) is None or self._subscribed[channel].done():
+                self._subscribed[channel] = asyncio.get_running_loop().create_future()
+        await self._pubsub.subscribe(*own, *watched)
         self.connected = True
+        for task_id in list(self._watching):  # (watched while this subscribed)
+            if PREFIX + "events." + task_id not in watched:
+                self._spawn(self._subscribe(PREFIX + "events." + task_id))
 
     async def _subscribe(self, channel: str) -> None:
-        confirmed = self._confirmed.get(channel)
-        if confirmed is None or confirmed.done():
-            confirmed = asyncio.get_running_loop().create_future()
-            self._confirmed[channel] = confirmed
-        if not self.connected or self._pubsub is None:
-            return  # (subscribed when Redis is back; the stream reads the log meanwhile)
         try:
             await self._pubsub.subscribe(channel)
-            await asyncio.wait_for(asyncio.shield(confirmed), CALL_TIMEOUT)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # (the reader sees the connection go, and resubscribes)
             log.warning("node_bus_subscribe_failed", error=str(exc))
 
     async def _unsubscribe(self, channel: str) -> None:
-        if channel.removeprefix(PREFIX + "events.") in self._watching:
+        if channel in self._subscribed:
             return  # (watched again meanwhile)
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(Exception):
             await self._pubsub.unsubscribe(channel)
 
     async def _read_forever(self) -> None:
         delay = 0.05
         while True:
-            try:
-                message = await self._pubsub.get_message(timeout=1.0)
-                delay = 0.05
-            except (RedisError, OSError) as exc:
-                await self._lost(exc)
+            if not self.connected:  # (Redis away: try again, less and less often)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 await self._reconnect()
                 continue
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # (whatever the client raises, the connection is gone)
+                await self._lost(exc)
+                continue
+            delay = 0.05
             if message is not None:
                 self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message["channel"].decode()
         if message["type"] == "subscribe":
-            confirmed = self._confirmed.pop(channel, None)
-            if confirmed is not None and not confirmed.done():
-                confirmed.set_result(None)
+            subscribed = self._subscribed.get(channel)
+            if subscribed is not None and not subscribed.done():
+                subscribed.set_result(None)
             return
         if message["type"] != "message":
             return
@@ -263,7 +281,7 @@ class NodeBus:
             await self._pubsub.aclose()
         try:
             await self._listen()
-        except (RedisError, OSError):
+        except Exception:
             self.connected = False
             return
         log.info("node_bus_back", redis=_where(self.url), watched=len(self._watching))
@@ -273,10 +291,13 @@ class NodeBus:
         assert self._client is not None
         while True:
             channel, body = await self._outbox.get()
-            try:
-                await self._client.publish(channel, body)
-            except (RedisError, OSError) as exc:  # (watchers re-read the log when it is back)
-                log.debug("node_bus_publish_failed", error=str(exc))
+            for attempt in range(SEND_ATTEMPTS):  # (in order: the next waits for this one)
+                try:
+                    await self._client.publish(channel, body)
+                    break
+                except Exception as exc:  # (a stream that misses it re-reads the log)
+                    log.debug("node_bus_publish_failed", error=str(exc), attempt=attempt)
+                    await asyncio.sleep(0.1 * (attempt + 1))
 
 
 def api_error(error: dict[str, Any]) -> ApiError:

@@ -38,6 +38,9 @@ class StoreUnavailable(Exception):
     """The store cannot commit for now; resume with `after=<last seq seen>` later."""
 
 
+SILENCE = 5.0  # seconds
+
+
 class Resync(Exception):
     """Live events may have been lost on the way from another node: read the log again
     after the last `seq` seen, then go on live."""
@@ -91,7 +94,9 @@ class Subscription:
             self._queue.clear()
             self._wake()
 
-    async def get(self) -> Event:
+    async def get(self, silence: float | None = None) -> Event:
+        """The next event; `Resync` after `silence` seconds without one (with nodes: an
+        event another node published may have been lost on the way)."""
         while True:
             if self._failure is not None:
                 raise self._failure
@@ -102,7 +107,9 @@ class Subscription:
                 return self._queue.popleft()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                await asyncio.wait_for(self._waiter, silence)
+            except TimeoutError:
+                raise Resync() from None
             finally:
                 self._waiter = None
 
@@ -121,6 +128,11 @@ class EventHub:
         self._store_up = asyncio.Event()
         self._store_up.set()
         self.watcher: Watcher | None = None  # the node bus, with nodes
+
+    @property
+    def silence(self) -> float | None:
+        """How long a live stream waits before it checks the log (only with nodes)."""
+        return None if self.watcher is None else SILENCE
 
     def mark_store_down(self, detail: str) -> None:
         """The store has been down past its retry window: every subscriber is told now,

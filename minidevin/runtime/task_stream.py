@@ -106,7 +106,7 @@ async def _replay(
                 return  # the client already saw the end (`after` at or past it)
             try:
                 while True:
-                    event = await subscription.get()
+                    event = await subscription.get(hub.silence)
                     if event.seq <= last:
                         continue
                     if event.seq > last + 1:

@@ -212,6 +212,8 @@ class WebhookDeliverer:
                     del ended[key]  # (long past every read)
                 next_due = await self.store.next_webhook_due(max_attempts, after=now)
                 timeout = None if next_due is None else max(0.0, next_due - time.time())
+                if self.delivers_here is not _always:  # (the one delivering keeps saying so)
+                    timeout = LEADER_RECHECK if timeout is None else min(timeout, LEADER_RECHECK)
             except Exception:  # (the store down: try again a little later)
                 log.exception("webhook_outbox_failed")
                 timeout = self.settings.webhook_retry_base_delay
