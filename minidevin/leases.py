@@ -27,11 +27,11 @@ import contextlib
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from minidevin.nodes import NODES, PLACEMENT, SESSION_USERS, Nodes
+from minidevin.nodes import NODES, Nodes
 from minidevin.resume import requeue, resume_interrupted
 from minidevin.runtime.recovery import LIVE_STATUSES, Recovered, settle_live
 from minidevin.runtime.storage import StoreError
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 FENCED_EXIT = 70
+TAKEOVER_LEASES = 10  # a takeover holds its key at most this many leases (deleted when done)
 FENCE_AT = 0.8  # of the lease, since the last renewal sent: a node stops before it can expire
 # renew the lease only while it is still this process's (an atomic compare-and-expire)
 RENEW = """
@@ -54,6 +55,10 @@ return 0
 
 def alive_key(node: str) -> str:
     return f"minidevin.alive.{node}"
+
+
+def takeover_key(node: str) -> str:
+    return f"minidevin.takeover.{node}"
 
 
 class Leases:
@@ -74,15 +79,17 @@ class Leases:
         and watch the others."""
         client = self.nodes.bus.client
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.seconds + 1
+        deadline = loop.time() + (TAKEOVER_LEASES + 1) * self.seconds
         millis = int(self.seconds * 1000)
-        while not await client.set(alive_key(self.node_id), self.token, nx=True, px=millis):
+        while await client.exists(takeover_key(self.node_id)) or not await client.set(
+            alive_key(self.node_id), self.token, nx=True, px=millis
+        ):  # (a killed process's lease, or another node still taking this one over)
             if loop.time() > deadline:
                 raise StoreError(
                     f"node id {self.node_id} is in use by another running process "
                     "(MINIDEVIN_NODE_ID must differ between nodes)"
                 )
-            await asyncio.sleep(min(0.5, self.seconds / 4))  # (a killed process's lease)
+            await asyncio.sleep(min(0.5, self.seconds / 4))
         self._renewed = loop.time()
         await client.sadd(NODES, self.node_id)
         self._tasks = [
@@ -169,58 +176,58 @@ class Leases:
             node = raw.decode()
             if node == self.node_id or await client.exists(alive_key(node)):
                 continue
-            millis = int(self.seconds * 1000)
-            if await client.set(f"minidevin.takeover.{node}", self.node_id, nx=True, px=millis):
-                await self.take_over(node)
+            key, millis = takeover_key(node), int(TAKEOVER_LEASES * self.seconds * 1000)
+            if await client.set(key, self.node_id, nx=True, px=millis):
+                try:
+                    await self.take_over(node)
+                finally:  # (the node may start again now: its recovery sees what moved)
+                    await client.delete(key)
 
     async def take_over(self, node: str) -> None:
-        """The dead `node`'s sessions: moved here where their directories are visible, their
-        live tasks interrupted, their queue run here (see the module's notes)."""
-        runtime, client = self.runtime, self.nodes.bus.client
-        placed = {
-            session.decode(): owner.decode()
-            for session, owner in (await client.hgetall(PLACEMENT)).items()
-        }
-        sessions = {session for session, owner in placed.items() if owner == node}
-        moved = {s for s in sessions if await self._visible(s)}
-        for session_id in moved:
-            await client.hset(PLACEMENT, session_id, self.node_id)
+        """The dead `node`'s sessions: moved here where their directories are visible (each
+        by compare-and-set: only if still placed on `node`), their live tasks interrupted,
+        their queue run here (see the module's notes)."""
+        runtime = self.runtime
+        store = runtime.store
+        sessions = await store.sessions_on(node)
+        moved = set()
+        for session in sessions:
+            mine = await self._visible(session) and self.node_id == await store.place_session(
+                session["id"], self.node_id, node
+            )
+            if mine:
+                moved.add(session["id"])
+        left = {session["id"] for session in sessions} - moved
         rows = [
             row
-            for row in await runtime.store.tasks_with_status(LIVE_STATUSES)
-            if row["session_id"] in sessions
+            for row in await store.tasks_with_status(LIVE_STATUSES)
+            if row["session_id"] in moved or row["session_id"] in left
         ]
         settled = Recovered()
-        await settle_live(
-            runtime.store, rows, settled, why=f"The node running the task ({node}) stopped"
-        )
+        await settle_live(store, rows, settled, why=f"The node running the task ({node}) stopped")
         for row in sorted(settled.queued, key=lambda r: r["created_at"]):
             if row["session_id"] in moved:
                 await requeue(runtime, row)
         if runtime.settings.resume_interrupted:
             here = [row for row in settled.interrupted if row["session_id"] in moved]
             await resume_interrupted(runtime, sorted(here, key=lambda r: r["created_at"]))
-        if moved == sessions:
-            await client.srem(NODES, node)
+        if not left:
+            await self.nodes.bus.client.srem(NODES, node)
         self.taken_over.append(node)
         log.warning(
-            "node_taken_over", node=node, sessions=len(moved), left=len(sessions - moved),
+            "node_taken_over", node=node, sessions=len(moved), left=len(left),
             interrupted=len(settled.interrupted), queued=len(settled.queued),
         )  # fmt: skip
 
-    async def _visible(self, session_id: str) -> bool:
+    async def _visible(self, session: dict[str, Any]) -> bool:
         """Whether the session's working directory is here, as it was claimed."""
-        store = self.runtime.store
-        user_id = await self.nodes.bus.client.hget(SESSION_USERS, session_id)
-        row = None if user_id is None else await store.session_row(session_id, user_id.decode())
-        if row is None:
-            return False
-        claim = await store.workspace_claim(row["working_directory"])
+        claim = await self.runtime.store.workspace_claim(session["working_directory"])
         if claim is None:
             return False
         identity = (int(claim["st_dev"]), int(claim["st_ino"]))
+        path = Path(session["working_directory"])
         try:
-            await asyncio.to_thread(check_workspace, Path(row["working_directory"]), identity)
+            await asyncio.to_thread(check_workspace, path, identity)
         except (OSError, WorkspaceChanged):
             return False
         return True

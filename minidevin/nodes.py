@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from minidevin.api import Runtime
 
 NODES = "minidevin.nodes"  # every node id that joined
-PLACEMENT = "minidevin.placement"  # session id -> the node it runs on
-SESSION_USERS = "minidevin.session-users"  # session id -> its user (to read it when taking over)
 LOCAL = object()  # (the session runs here: go on)
 _forwarded: contextvars.ContextVar[bool] = contextvars.ContextVar("forwarded", default=False)
 # what each forwarded call answers with (None: nothing, or a plain value)
@@ -53,19 +51,15 @@ class Nodes:
         self.bus = bus
         self.node_id = bus.node_id
 
-    async def place(self, session_id: str, node: str, user_id: str) -> None:
-        """Record where a new session runs (it moves only when its node dies: `leases.py`)."""
-        client = self.bus.client
-        await client.hset(SESSION_USERS, session_id, user_id)
-        await client.hsetnx(PLACEMENT, session_id, node)
-
     async def node_of(self, session_id: str) -> str:
-        """The node the session runs on now (this one for a session no node placed)."""
-        try:
-            raw = await self.bus.client.hget(PLACEMENT, session_id)
-        except Exception as exc:  # (Redis away: the call cannot be placed)
-            raise Unavailable(f"the session's node cannot be looked up now: {exc}") from None
-        return raw.decode() if raw else self.node_id
+        """The node the session runs on now (a session on none becomes this node's)."""
+        store = self.runtime.store
+        exists, node = await store.session_node(session_id)
+        if not exists:
+            return self.node_id  # (refused as missing where it is looked up)
+        if node is None:  # (older than nodes, or copied in: the first node to ask)
+            node = await store.place_session(session_id, self.node_id, None)
+        return node or self.node_id
 
     async def elsewhere(self, session_id: str, op: str, /, **args: Any) -> Any:
         """`LOCAL` if the session runs here (or this call was forwarded here); else the

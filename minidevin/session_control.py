@@ -97,9 +97,8 @@ class SessionControl(TaskControl):
             mcp_config=self.secrets.seal(json.dumps([s.model_dump() for s in servers]))
             if servers
             else None,
+            node=None if self.nodes is None else self.settings.node_id,  # (it runs here)
         )
-        if self.nodes is not None:  # it runs here, where its working directory is
-            await self.nodes.place(created.id, self.settings.node_id, user_id)
         run_as = run_identity(checked.path, self.settings.sandbox_uid)
         self.warmer.warm(checked.path, checked.identity, run_as)  # (before its first task)
         return created

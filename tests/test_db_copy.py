@@ -29,6 +29,7 @@ from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from serve_process import ServeProcess
 
 from minidevin.runtime.settings import Settings
+from minidevin.runtime.storage.postgres_schema import SCHEMA_VERSION as PG_VERSION
 from minidevin.runtime.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,8 +366,8 @@ def test_migrate_brings_each_store_up_to_date_and_says_its_version(
     env = {"MINIDEVIN_DATABASE_URL": pg_url}
     first, second = (minidevin_db("migrate", env=env) for _ in range(2))
     where = f"127.0.0.1:{postgres_server.port}/{pg_url.rsplit('/', 1)[1]}"
-    assert first.stdout == f"{where}: schema version 1 (was 0)\n", first.stderr
-    assert second.stdout == f"{where}: schema version 1 (already current)\n"
+    assert first.stdout == f"{where}: schema version {PG_VERSION} (was 0)\n", first.stderr
+    assert second.stdout == f"{where}: schema version {PG_VERSION} (already current)\n"
     assert "users" in pg_tables(postgres_server, pg_url)
 
 

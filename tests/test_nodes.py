@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 from conftest import provider_env
 from redis_server import RedisMissing, ThrowawayRedis
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
@@ -281,3 +282,65 @@ async def test_a_session_is_pinned_to_the_node_its_body_names(
         second.request("POST", "/api/sessions", {**body, "node": "node9"}, auth)
     assert refused.value.code == 422
     assert json.loads(refused.value.read())["code"] == "VALIDATION_ERROR"
+
+
+async def test_nodes_ride_out_a_redis_restart(
+    cluster: Cluster,
+    redis_server: ThrowawayRedis,
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+) -> None:
+    """Redis restarted (everything it held gone): no node stops, the placement (the
+    database's) holds, a stream on another node goes on to the end, a stop is forwarded."""
+    import asyncio
+
+    first, second = cluster(2, MINIDEVIN_LEASE_SECONDS="2")
+    openai_server.script(
+        [ScriptedTurn(text="Working.", tool_calls=[("terminal", {"command": "sleep 60"})])]
+    )
+    first.request("POST", "/api/auth/register", USER)
+    auth = login(first)
+    work = tmp_path / "work"
+    work.mkdir()
+    body = {"name": "s", "working_directory": str(work)}
+    session = first.request("POST", "/api/sessions", body, auth)
+    task = first.request(
+        "POST", f"/api/sessions/{session['id']}/tasks", {"description": "wait"}, auth
+    )
+    token = auth["Authorization"].split()[1]
+    seen: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as client:
+        url = f"{second.url.replace('http', 'ws')}/ws/tasks/{task['id']}?token={token}"
+        watcher = asyncio.create_task(collect(client, url, seen))
+        await until(lambda: any(m.get("type") == "tool_call" for m in seen), what="the command")
+        redis_server.stop()  # (everything it held is lost)
+
+        def stop() -> int:
+            try:
+                second.request("POST", f"/api/tasks/{task['id']}/stop", None, auth)
+            except urllib.error.HTTPError as refused:
+                return refused.code
+            return 200
+
+        assert stop() == 503  # (the session's node cannot be reached: said so)
+        await until(
+            lambda: any(line.get("event") == "node_bus_lost" for line in second.logs()),
+            what="node 2 to notice",
+        )
+        redis_server.start()
+        await until(lambda: stop() == 200, timeout=15, what="a stop forwarded once Redis is back")
+        await asyncio.wait_for(watcher, 15)
+        probe = redis.Redis.from_url(redis_server.url)
+        try:  # both leases taken again (not fenced for a lease Redis forgot)
+            await until(
+                lambda: probe.exists("minidevin.alive.node1", "minidevin.alive.node2") == 2,
+                timeout=10,
+                what="both leases back",
+            )
+        finally:
+            probe.close()
+    seqs = [m["seq"] for m in seen]
+    assert seqs == list(range(1, len(seqs) + 1)) and seen[-1]["status"] == "stopped"
+    for node in (first, second):
+        assert node.process.poll() is None  # neither fenced itself
+        assert node.request("GET", "/health")["status"] == "healthy"

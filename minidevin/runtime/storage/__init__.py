@@ -16,8 +16,8 @@ from minidevin.runtime.storage.interface import (
     Store,
     StoreError,
     new_id,
-    task_detail,
 )
+from minidevin.runtime.storage.rows import task_detail
 
 __all__ = [
     "AlreadyExists",

@@ -24,7 +24,6 @@ this package) picks one.
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -192,6 +191,19 @@ class Repository(Protocol):
 
     async def delete_session(self, session_id: str) -> list[str]:
         """Delete a session with its tasks, events and artifact rows; its artifact ids."""
+        ...
+
+    async def session_node(self, session_id: str) -> tuple[bool, str | None]:
+        """(whether the session exists, the node it is placed on: None for none)."""
+        ...
+
+    async def place_session(self, session_id: str, node: str, expected: str | None) -> str | None:
+        """Place the session on `node` if it is on `expected` now (None: on no node), in one
+        statement (nodes race for it); the node it is on after (None: no such session)."""
+        ...
+
+    async def sessions_on(self, node: str) -> list[dict[str, Any]]:
+        """id, user_id, working_directory of every session placed on `node`."""
         ...
 
     async def workspace_claims_around(self, path: str) -> list[dict[str, Any]]:
@@ -362,49 +374,3 @@ class Store(Repository, EventSink, Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-
-
-# a session's optional columns, with what a row holds when the option is not given
-SESSION_OPTIONS: dict[str, Any] = {
-    "webhook_url": None,
-    "webhook_secret": None,  # sealed with the secrets key
-    "secrets": [],  # names of the user's secrets its commands get
-    "approval_policy": "never",
-    "mcp_servers": [],  # as the API shows them (values hidden)
-    "mcp_config": None,  # the whole configuration, sealed with the secrets key
-}
-
-
-def session_options(options: dict[str, Any]) -> dict[str, Any]:
-    """`options` as the session row's columns (JSON text for lists); `TypeError` for an
-    unknown one."""
-    if unknown := set(options) - set(SESSION_OPTIONS):
-        raise TypeError(f"unknown session options: {', '.join(sorted(unknown))}")
-    row = {**SESSION_OPTIONS, **options}
-    return {
-        name: json.dumps(value) if isinstance(value, list) else value for name, value in row.items()
-    }
-
-
-def task_detail(row: dict[str, Any]) -> schemas.TaskDetail:
-    """A task row (from `Repository.task_row`) as the API's task."""
-    result = row["result"]
-    return schemas.TaskDetail(
-        id=row["id"],
-        session_id=row["session_id"],
-        description=row["description"],
-        status=row["status"],
-        model=row["model"],
-        run_mode=row["run_mode"],
-        max_iterations=row["max_iterations"],
-        max_cost_usd=row["max_cost_usd"],
-        context=row["context"],
-        approval_policy=row.get("approval_policy") or "never",
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        iterations=row["iterations"],
-        plan=schemas.Plan(**(row["plan"] or {"steps": []})),
-        result=schemas.TaskResult(**result) if result else None,
-        usage=schemas.Usage(**(row["usage"] or {})),
-    )

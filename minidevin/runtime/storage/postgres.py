@@ -16,10 +16,11 @@ from typing import Any
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
 from minidevin.runtime.pagination import Page, page
-from minidevin.runtime.storage.interface import ArtifactRow, new_id, session_options
+from minidevin.runtime.storage.interface import ArtifactRow, new_id
 from minidevin.runtime.storage.postgres_accounts import PostgresAccounts
 from minidevin.runtime.storage.postgres_batch import Write, decode_json
 from minidevin.runtime.storage.postgres_outbox import PostgresOutbox
+from minidevin.runtime.storage.rows import session_options
 
 _TASK_JSON = ("plan", "result", "usage")
 # every column but `rowid`, in the SQLite store's order (what its `SELECT *` gives)
@@ -30,7 +31,7 @@ TASK_COLUMNS = (
 )
 SESSION_COLUMNS = (
     "id, user_id, name, status, working_directory, created_at, updated_at, secrets, "
-    "webhook_url, webhook_secret, approval_policy, mcp_servers, mcp_config"
+    "webhook_url, webhook_secret, approval_policy, mcp_servers, mcp_config, node"
 )
 _EVENT_COLUMNS = "seq, type, data, timestamp"
 
@@ -132,6 +133,22 @@ class PostgresStore(PostgresAccounts, PostgresOutbox):
         )
         await self.write("DELETE FROM sessions WHERE id = $1", session_id)
         return [row["id"] for row in artifacts]
+
+    async def session_node(self, session_id: str) -> tuple[bool, str | None]:
+        row = await self.fetch_one("SELECT node FROM sessions WHERE id = $1", session_id)
+        return (False, None) if row is None else (True, row["node"])
+
+    async def place_session(self, session_id: str, node: str, expected: str | None) -> str | None:
+        await self.write(
+            "UPDATE sessions SET node = $1 WHERE id = $2 AND node IS NOT DISTINCT FROM $3",
+            node, session_id, expected,
+        )  # fmt: skip
+        return (await self.session_node(session_id))[1]
+
+    async def sessions_on(self, node: str) -> list[dict[str, Any]]:
+        return await self.fetch_all(
+            "SELECT id, user_id, working_directory FROM sessions WHERE node = $1", node
+        )
 
     async def workspace_claims_around(self, path: str) -> list[dict[str, Any]]:
         ancestors = [path, *(str(parent) for parent in PurePosixPath(path).parents)]

@@ -158,8 +158,17 @@ def _bytewise(ddl: str) -> str:
     return ddl.replace(" TEXT", ' TEXT COLLATE "C"')
 
 
-# the schema of the SQLite store's version 8, as PostgreSQL's version 1
-MIGRATIONS: tuple[str, ...] = (_bytewise(_INITIAL),)
+# the schema of the SQLite store's version 8, as PostgreSQL's version 1; then as SQLite's 9
+MIGRATIONS: tuple[str, ...] = (
+    _bytewise(_INITIAL),
+    # 2 (SQLite's 9): with nodes, the node a session runs on
+    _bytewise(
+        """
+        ALTER TABLE sessions ADD COLUMN node TEXT;
+        CREATE INDEX sessions_node ON sessions(node);
+        """
+    ),
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_TABLE = """

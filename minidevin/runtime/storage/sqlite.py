@@ -15,7 +15,8 @@ from typing import Any
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
 from minidevin.runtime.pagination import Page, page
-from minidevin.runtime.storage.interface import ArtifactRow, new_id, session_options
+from minidevin.runtime.storage.interface import ArtifactRow, new_id
+from minidevin.runtime.storage.rows import session_options
 from minidevin.runtime.storage.sqlite_accounts import SqliteAccounts
 from minidevin.runtime.storage.sqlite_approvals import SqliteApprovals
 from minidevin.runtime.storage.sqlite_batch import Write, decode_json, first_row
@@ -119,6 +120,21 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
         )
         await self.write("DELETE FROM sessions WHERE id = ?", (session_id,))
         return [row["id"] for row in artifacts]
+
+    async def session_node(self, session_id: str) -> tuple[bool, str | None]:
+        row = await self.fetch_one("SELECT node FROM sessions WHERE id = ?", (session_id,))
+        return (False, None) if row is None else (True, row["node"])
+
+    async def place_session(self, session_id: str, node: str, expected: str | None) -> str | None:
+        await self.write(
+            "UPDATE sessions SET node = ? WHERE id = ? AND node IS ?", (node, session_id, expected)
+        )
+        return (await self.session_node(session_id))[1]
+
+    async def sessions_on(self, node: str) -> list[dict[str, Any]]:
+        return await self.fetch_all(
+            "SELECT id, user_id, working_directory FROM sessions WHERE node = ?", (node,)
+        )
 
     async def workspace_claims_around(self, path: str) -> list[dict[str, Any]]:
         ancestors = [path, *(str(parent) for parent in PurePosixPath(path).parents)]

@@ -156,6 +156,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions ADD COLUMN mcp_config TEXT;
     ALTER TABLE tasks ADD COLUMN approval_policy TEXT NOT NULL DEFAULT 'never';
     """,
+    # 9: with nodes, the node a session runs on
+    """
+    ALTER TABLE sessions ADD COLUMN node TEXT;
+    CREATE INDEX sessions_node ON sessions(node);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
