@@ -232,7 +232,11 @@ def test_an_index_forged_by_an_earlier_task_is_never_read(tmp_path: Path) -> Non
     first.take()  # the directory's first task: the index is the user's
     (tmp_path / "backdoor").write_text("backdoor\n")
     backdoor = git(repo, "hash-object", "-w", str(tmp_path / "backdoor")).strip()
-    data, mtime = read_repository_index(repo, {os.geteuid()}) or (b"", 0)
+    directory = os.open(repo, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        data, mtime = read_repository_index(directory, {os.geteuid()}) or (b"", 0)
+    finally:
+        os.close(directory)
     forged = [
         entry._replace(oid=bytes.fromhex(backdoor)) if entry.path == b"a.txt" else entry
         for entry in stat_cache(data, mtime + 1, keep=lambda path: True)
@@ -256,3 +260,22 @@ async def test_a_new_session_takes_its_first_snapshot_before_its_first_task(
         lambda: next(store.glob("*.git/seeded-from-repository"), None), what="the warmed store"
     )
     assert store_objects_in(seeded.parent) < 10  # seeded, not hashed
+
+
+def test_git_runs_on_the_checked_directory_even_if_its_path_is_swapped(tmp_path: Path) -> None:
+    """Between the check of a working directory and the git that reads it, its path may be
+    pointed elsewhere (moved away, a link put there: to `/`, say): git starts from the
+    descriptor that was checked, never from the path."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    (work / "mine.txt").write_text("the session's\n")
+    (elsewhere / "other.txt").write_text("not the session's\n")
+    identity = (work.stat().st_dev, work.stat().st_ino)
+    snapshots = snapshots_for(tmp_path / "snapshots", work, identity)
+    with snapshots._pinned():  # (checked and held, as a snapshot does, then swapped)
+        work.rename(tmp_path / "moved")
+        work.symlink_to(elsewhere)
+        tree = snapshots.take()
+    listing = git(tmp_path / "moved", "--git-dir", str(snapshots.git_dir), "ls-tree", tree)
+    assert "mine.txt" in listing and "other.txt" not in listing

@@ -56,15 +56,14 @@ class IndexEntry(NamedTuple):
         return self.fields[2] * 1_000_000_000 + self.fields[3]
 
 
-def read_repository_index(working_directory: Path, owners: set[int]) -> tuple[bytes, int] | None:
-    """The bytes and mtime (ns) of `<working_directory>/.git/index`, opened without following a
-    link at any step; None when there is none, it is not a regular file, is too large, or
-    belongs to none of `owners`."""
+def read_repository_index(directory: int, owners: set[int]) -> tuple[bytes, int] | None:
+    """The bytes and mtime (ns) of `.git/index` beneath the directory descriptor `directory`,
+    opened without following a link at any step; None when there is none, it is not a
+    regular file, is too large, or belongs to none of `owners`."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     fds: list[int] = []
     try:
-        fds.append(os.open(working_directory, flags | os.O_DIRECTORY))
-        fds.append(os.open(".git", flags | os.O_DIRECTORY, dir_fd=fds[-1]))
+        fds.append(os.open(".git", flags | os.O_DIRECTORY, dir_fd=directory))
         fds.append(os.open("index", flags | os.O_NONBLOCK, dir_fd=fds[-1]))
         info = os.fstat(fds[-1])
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_INDEX_BYTES:

@@ -64,7 +64,7 @@ from minidevin.runtime.git_index import (
 )
 from minidevin.runtime.git_trees import tree_pack
 from minidevin.runtime.repository_objects import copy_blobs
-from minidevin.runtime.tools.paths import check_workspace
+from minidevin.runtime.tools.paths import open_workspace
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +105,7 @@ class Snapshots:
         self.git_dir = git_dir
         self.identity = identity  # when known: a snapshot of a swapped directory is refused
         self.run_as = run_as
+        self._fd: int | None = None  # the pinned working directory, while git runs on it
         # the stat of a small tree at this object's last snapshot, and that snapshot's tree:
         # a tree whose every entry has the same stat is the same tree (no git run needed)
         self._last: tuple[tuple[tuple[Any, ...], ...], str] | None = None
@@ -119,29 +120,48 @@ class Snapshots:
         env = {
             **git_environment(self.git_dir),
             "GIT_DIR": str(self.git_dir),
-            "GIT_WORK_TREE": str(self.working_directory),
+            "GIT_WORK_TREE": ".",  # (the directory git starts in: the pinned one)
             "GIT_INDEX_FILE": str(index or self.git_dir / INDEX),
         }
-        done = subprocess.run(
-            ["git", "-c", "core.autocrlf=false", "-c", "core.quotepath=off",
-             "-c", "core.untrackedCache=false", "-c", "core.fsmonitor=false", *args],
-            cwd=self.working_directory,
-            env=env,
-            input=stdin,
-            capture_output=True,
-            timeout=GIT_TIMEOUT,
-            check=False,
-        )  # fmt: skip
+        with self._pinned() as fd:
+            done = subprocess.run(
+                ["git", "-c", "core.autocrlf=false", "-c", "core.quotepath=off",
+                 "-c", "core.untrackedCache=false", "-c", "core.fsmonitor=false", *args],
+                cwd=f"/proc/self/fd/{fd}",  # (the child's own copy of the descriptor)
+                pass_fds=(fd,),
+                env=env,
+                input=stdin,
+                capture_output=True,
+                timeout=GIT_TIMEOUT,
+                check=False,
+            )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"git {args[0]} failed: {done.stderr.decode(errors='replace')}")
         return done.stdout
 
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[int]:
+        """A descriptor of the working directory, reached without any link (and, with the
+        identity, checked to be the session's; `WorkspaceChanged` if not): git and the walk
+        start from it, not from the path, which a swap could point anywhere meanwhile."""
+        if self._fd is not None:
+            yield self._fd
+            return
+        self._fd = open_workspace(self.working_directory, self.identity)
+        try:
+            yield self._fd
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
     def take(self) -> str:
         """Record the working tree; returns the tree id (`WorkspaceChanged` if it changed)."""
-        if self.identity is not None:
-            check_workspace(self.working_directory, self.identity)
+        with self._pinned() as fd:
+            return self._take_pinned(fd)
+
+    def _take_pinned(self, fd: int) -> str:
         taken = time.time_ns()
-        signature = tree_signature(self.working_directory)
+        signature = tree_signature(Path(f"/proc/self/fd/{fd}"))
         if signature is not None and self._last is not None and self._last[0] == signature:
             return self._last[1]
         tree = self._take()
@@ -250,12 +270,13 @@ class Snapshots:
         """A new store of a repository's top directory: its index from the repository's (see
         the module's notes); tracked files the store's excludes or `.gitignore` would leave
         out are taken out again, so the diff is what it would be without the seed."""
-        try:
-            owner = os.stat(self.working_directory, follow_symlinks=False).st_uid
-        except OSError:
-            return
+        with self._pinned() as fd:
+            self._seed_pinned(fd)
+
+    def _seed_pinned(self, fd: int) -> None:
+        owner = os.fstat(fd).st_uid
         owners = {owner} | ({self.run_as[0]} if self.run_as else set())
-        found = read_repository_index(self.working_directory, owners)
+        found = read_repository_index(fd, owners)
         if found is None:
             return
         try:
@@ -264,7 +285,7 @@ class Snapshots:
         except UnusableIndex as exc:
             log.info("snapshot_seed_skipped", reason=str(exc))
             return
-        entries = after_hand_over(entries, self.working_directory, owner)
+        entries = after_hand_over(entries, Path(f"/proc/self/fd/{fd}"), owner)
         write_index(self.git_dir / INDEX, entries)
         self._git("index-pack", "--stdin", stdin=pack)  # (its trees: see `git_trees.py`)
         (self.git_dir / SEEDED).touch()
@@ -317,6 +338,7 @@ def tree_signature(directory: Path) -> tuple[tuple[Any, ...], ...] | None:
     order; None past `SIGNATURE_LIMIT` entries (git's stat cache is then the cheaper)."""
     entries: list[tuple[Any, ...]] = []
     pending = [directory]
+    top = len(str(directory))  # (paths are kept relative: the directory's name may change)
     try:
         while pending:
             with os.scandir(pending.pop()) as listing:
@@ -324,8 +346,8 @@ def tree_signature(directory: Path) -> tuple[tuple[Any, ...], ...] | None:
                     if entry.name == ".git":
                         continue
                     info = entry.stat(follow_symlinks=False)
-                    entries.append((entry.path, info.st_mode, info.st_size, info.st_mtime_ns,
-                                    info.st_ctime_ns, info.st_ino))  # fmt: skip
+                    entries.append((entry.path[top:], info.st_mode, info.st_size,
+                                    info.st_mtime_ns, info.st_ctime_ns, info.st_ino))  # fmt: skip
                     if len(entries) > SIGNATURE_LIMIT:
                         return None
                     if stat.S_ISDIR(info.st_mode):
