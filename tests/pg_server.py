@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,6 +103,7 @@ class ThrowawayPostgres:
         self.bin_dir = postgres_bin_dir()
         self.port = 0
         self.dir: Path | None = None
+        self._options = ""
         self.sync = SyncPg()
         self._as_postgres = os.geteuid() == 0
 
@@ -134,8 +136,20 @@ class ThrowawayPostgres:
                 "shared_buffers=64MB",
             )
         )
-        self._run("pg_ctl", "-D", str(data), "-l", str(self.dir / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")  # fmt: skip
+        self._options = options
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server, its data kept (as a restart or a crash of the database
+        would): connections end and new ones are refused until `resume()`."""
+        assert self.dir is not None
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server (again) on its data, at the same port."""
+        assert self.dir is not None
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"),
+                  "-o", self._options, "-w", "-t", "60", "start")  # fmt: skip
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
@@ -157,3 +171,67 @@ class ThrowawayPostgres:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None
         self.sync.close()
+
+
+class TestDatabases:
+    """New databases for tests, each a copy of one template the store migrated once.
+
+    `create()` gives a fresh database's (name, URL) in a few milliseconds (a copy
+    of the template, so the store finds its schema current). `release(name)`
+    says a test is done with one: it is dropped at the next `create()`, in the
+    background (by then whatever the test left open on it, a runtime its client
+    closes after the test's own fixtures, is closed too). `close()` drops the
+    rest and waits for the drops.
+    """
+
+    __test__ = False  # (not a test class, whatever its name)
+    TEMPLATE = "minidevin_template"
+
+    def __init__(self, server: ThrowawayPostgres) -> None:
+        from minidevin.runtime.storage.postgres import PostgresStore
+
+        self.server = server
+        url = server.create_database(self.TEMPLATE)
+
+        async def migrate() -> None:
+            store = PostgresStore(url)
+            await store.open()
+            await store.close()
+
+        async def admin_pool() -> asyncpg.Pool:
+            return await asyncpg.create_pool(server.url(), min_size=1, max_size=4)
+
+        server.sync.run(migrate())
+        self._admin = server.sync.run(admin_pool())
+        self._released: list[str] = []
+        self._drops: list[Any] = []
+
+    def create(self) -> tuple[str, str]:
+        self._drop_released()
+        name = "t_" + uuid.uuid4().hex
+        self.server.sync.run(
+            self._admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.TEMPLATE}"')
+        )
+        return name, self.server.url(name)
+
+    def release(self, name: str) -> None:
+        self._released.append(name)
+
+    def _drop_released(self) -> None:
+        self._drops = [drop for drop in self._drops if not drop.done()]
+        for name in self._released:
+            statement = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+            self._drops.append(
+                asyncio.run_coroutine_threadsafe(
+                    self._admin.execute(statement), self.server.sync._loop
+                )
+            )
+        self._released = []
+
+    def close(self) -> None:
+        self._drop_released()
+        try:
+            for drop in self._drops:
+                drop.result(60)
+        finally:
+            self.server.sync.run(self._admin.close())

@@ -21,6 +21,7 @@ import asyncpg
 
 from minidevin.runtime.events import FINAL_STATUSES, Event
 from minidevin.runtime.projection import KEEP_FIRST, task_columns
+from minidevin.runtime.storage.postgres_text import store_params
 
 JSON_COLUMNS = frozenset({"plan", "result", "usage"})
 _INSERT_EVENTS = (
@@ -61,14 +62,15 @@ async def commit_batch(conn: asyncpg.Connection, batch: list[Write | Event]) -> 
                 if columns is not None:  # the row follows its log, in the same commit
                     await _insert_events(conn, events)
                     events = []
-                    await conn.execute(*_projection(item.task_id, columns))
+                    sql, *values = _projection(item.task_id, columns)
+                    await conn.execute(sql, *store_params(values))
                     projected = True
                     if item.type == "status":  # its webhook delivery, in the same commit
                         await enqueue_status(conn, item)
                 continue
             await _insert_events(conn, events)
             events = []
-            await conn.execute(item.sql, *item.params)
+            await conn.execute(item.sql, *store_params(item.params))
         await _insert_events(conn, events)
     return projected
 

@@ -41,6 +41,7 @@ from minidevin.runtime.storage.postgres_errors import (
     without_password,
 )
 from minidevin.runtime.storage.postgres_schema import migrate
+from minidevin.runtime.storage.postgres_text import restore_rows, store_params
 
 log = structlog.get_logger(__name__)
 MAX_BATCH = 2000
@@ -320,6 +321,10 @@ class PostgresEngine:
             if connection_broken(exc) or self._writer.is_closed():
                 self._writer.terminate()
                 self._writer = None
+                if not storage_unavailable(exc):  # (e.g. asyncpg's "another operation is in
+                    # progress" from a connection the server ended mid-batch): an outage too,
+                    # never a refusal of the batch's statements
+                    raise WriterUnreachable(self._describe(exc)) from exc
             raise
 
     def _finish(self, batch: list[Write | Event], error: Exception | None) -> None:
@@ -347,13 +352,19 @@ class PostgresEngine:
         assert self._pool is not None, "store is not open"
         for attempt in (1, 2):
             try:
-                rows = await self._pool.fetch(sql, *params)
+                rows = await self._pool.fetch(sql, *store_params(params))
                 break
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
                 if attempt == 1 and connection_broken(exc) and not isinstance(exc, TimeoutError):
                     continue
                 raise StoreError(f"read failed: {self._describe(exc)}") from exc
-        return [dict(row) for row in rows]
+        return restore_rows([dict(row) for row in rows])
+
+    def open_connections(self) -> int:
+        """Connections to the server open now: the writer's and the read pool's (idle
+        ones included: the pool keeps at most `pool_size`)."""
+        writer = self._writer is not None and not self._writer.is_closed()
+        return int(writer) + (self._pool.get_size() if self._pool is not None else 0)
 
     async def fetch_one(self, sql: str, *params: Any) -> dict[str, Any] | None:
         rows = await self.fetch_all(sql, *params)
