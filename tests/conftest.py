@@ -1,10 +1,18 @@
-"""Shared fixtures: a scripted OpenAI server, a runtime on a temp data dir, a buggy repo."""
+"""Shared fixtures: a scripted OpenAI server, a runtime on a temp data dir, a buggy repo.
+
+Every test that asks for `database_url` (itself, or through `settings` or `runtime`)
+runs twice, ids `sqlite` and `postgresql`: on SQLite in the test's data directory,
+then on a PostgreSQL database of its own in the run's throwaway server (skipped, with
+the reason, where PostgreSQL is not installed). A test about SQLite itself (its file,
+locks, vacuum, sync) is marked `sqlite_only` and runs once, on SQLite.
+"""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pykka
 import pytest
@@ -41,9 +49,79 @@ async def openai_server() -> AsyncIterator[ScriptedOpenAIServer]:
         yield server
 
 
+BACKEND_NAMES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only: about SQLite itself (its file, locks, vacuum, sync): runs on SQLite only",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`database_url` is each backend in turn (SQLite only for a `sqlite_only` test)."""
+    if "database_url" in metafunc.fixturenames:
+        sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        names = BACKEND_NAMES[:1] if sqlite_only else BACKEND_NAMES
+        metafunc.parametrize("database_url", names, indirect=True, ids=names)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The store the test's API runs on: None for SQLite (in the data directory), else
+    the URL of a new PostgreSQL database of the test's own (dropped after it)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    databases = request.getfixturevalue("postgres_databases")
+    name, url = databases.create()
+    try:
+        yield url
+    finally:
+        databases.release(name)
+
+
+@pytest.fixture
+def another_database_url(
+    request: pytest.FixtureRequest, database_url: str | None
+) -> Iterator[Callable[[], str | None]]:
+    """For a test with a second installation: a call gives another database on the
+    test's backend (None for SQLite: its data directory is its database)."""
+    made: list[str] = []
+
+    def another() -> str | None:
+        if database_url is None:
+            return None
+        name, url = request.getfixturevalue("postgres_databases").create()
+        made.append(name)
+        return url
+
+    yield another
+    if made:
+        databases = request.getfixturevalue("postgres_databases")
+        for name in made:
+            databases.release(name)
+
+
+@pytest.fixture(scope="module", params=BACKEND_NAMES)
+def shared_database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """`database_url` for a server a module's tests share: each backend in turn."""
+    if request.param == "sqlite":
+        yield None
+        return
+    databases = request.getfixturevalue("postgres_databases")
+    name, url = databases.create()
+    try:
+        yield url
+    finally:
+        databases.release(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
     return Settings(
+        database_url=database_url,
         data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="test-secret-" + "x" * 32,
         rate_limit_authenticated=0,
@@ -95,3 +173,16 @@ def postgres_server() -> Iterator[object]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_server: Any) -> Iterator[Any]:
+    """Fresh migrated databases for the run's tests (`pg_server.TestDatabases`): each a
+    copy of one template the store migrated once."""
+    from pg_server import TestDatabases
+
+    databases = TestDatabases(postgres_server)
+    try:
+        yield databases
+    finally:
+        databases.close()

@@ -22,7 +22,12 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    """`minidevin serve` on `data_dir` with `env` over a clean environment; on the
+    PostgreSQL database at `database_url` when one is given (else SQLite in `data_dir`)."""
+
+    def __init__(
+        self, data_dir: Path, env: dict[str, str], database_url: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
@@ -31,6 +36,7 @@ class ServeProcess:
             "MINIDEVIN_RATE_LIMIT_AUTHENTICATED": "0",
             "MINIDEVIN_RATE_LIMIT_ANONYMOUS": "0",
             "MINIDEVIN_LOG_FORMAT": "json",
+            **({"MINIDEVIN_DATABASE_URL": database_url} if database_url else {}),
             **env,
         }
         self.log = open(self.log_path, "wb")  # noqa: SIM115

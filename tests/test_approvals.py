@@ -4,15 +4,14 @@ waiting, then resume, asks again; the read-only allowlist."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from direct_db import direct_database
 from http_helpers import (
     User,
     expect_error,
@@ -249,7 +248,7 @@ async def test_bad_decisions_are_refused_with_the_api_error_format(
 
 
 async def test_a_pending_approval_is_asked_again_after_kill_9_and_resume(
-    scripted: ScriptedOpenAIServer, tmp_path: Path
+    scripted: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -258,7 +257,7 @@ async def test_a_pending_approval_is_asked_again_after_kill_9_and_resume(
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": scripted.base_url,
            "MINIDEVIN_SANDBOX": "off"}  # fmt: skip
     account = {"email": "k@example.com", "password": "password123", "name": "K"}
-    server = ServeProcess(tmp_path / "data", env)
+    server = ServeProcess(tmp_path / "data", env, database_url)
     try:
         server.request("POST", "/api/auth/register", account)
         token = server.request("POST", "/api/auth/login", account)["access_token"]
@@ -274,19 +273,19 @@ async def test_a_pending_approval_is_asked_again_after_kill_9_and_resume(
         server.wait(timeout=10)
     finally:
         server.close()
-    server = ServeProcess(tmp_path / "data", env)
+    server = ServeProcess(tmp_path / "data", env, database_url)
     try:
         assert server.request("GET", path, None, auth)["status"] == "failed"  # interrupted
         server.request("POST", f"{path}/resume", {}, auth)
         await until(lambda: server.request("GET", path, None, auth)["status"] == "waiting_approval")
         assert not (work / "made.txt").exists()
-        asked = approvals(tmp_path / "data", task["id"])
+        asked = approvals(tmp_path / "data", database_url, task["id"])
         assert len(asked) == 2 and asked[0]["call_id"] == asked[1]["call_id"]  # asked again
         first = asked[0]["call_id"]
         assert server.request("POST", f"{path}/approvals/{first}", {"decision": "approve"}, auth)
 
         async def asked_three_times() -> list[Any]:
-            asked = approvals(tmp_path / "data", task["id"])
+            asked = approvals(tmp_path / "data", database_url, task["id"])
             return asked if len(asked) == 3 else []
 
         second = (await until(asked_three_times))[-1]["call_id"]
@@ -299,15 +298,13 @@ async def test_a_pending_approval_is_asked_again_after_kill_9_and_resume(
         server.close()
 
 
-def approvals(data_dir: Path, task_id: str) -> list[Any]:
+def approvals(data_dir: Path, database_url: str | None, task_id: str) -> list[Any]:
     """The task's `approval_request` events as committed (read from its database)."""
-    with contextlib.closing(
-        sqlite3.connect(f"file:{data_dir / 'minidevin.sqlite3'}?mode=ro", uri=True)
-    ) as db:
+    with direct_database(Settings(data_dir=data_dir, database_url=database_url)) as db:
         rows = db.execute(
             "SELECT data FROM events WHERE task_id = ? AND type = 'approval_request' ORDER BY seq",
             (task_id,),
-        ).fetchall()
+        )
     return [json.loads(row[0]) for row in rows]
 
 

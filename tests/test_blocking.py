@@ -55,11 +55,15 @@ def test_every_runtime_call_has_a_blocking_twin_with_the_same_parameters() -> No
         assert ours == theirs, f"{name}: {ours} != {theirs}"
 
 
-def test_blocking_runtime_runs_the_example_offline(tmp_path: Path) -> None:
+def test_blocking_runtime_runs_the_example_offline(
+    tmp_path: Path, database_url: str | None
+) -> None:
     repo = tmp_path / "buggy-calc"
     shutil.copytree(EXAMPLES / "buggy-calc", repo)
     model = f"replay:{EXAMPLES / 'buggy-calc.trajectory.json'}"
-    with BlockingRuntime(Settings(data_dir=tmp_path / "data", jwt_secret="k" * 40)) as runtime:
+    with BlockingRuntime(
+        Settings(database_url=database_url, data_dir=tmp_path / "data", jwt_secret="k" * 40)
+    ) as runtime:
         session = runtime.create_session("demo", str(repo))
         task = runtime.create_task(session.id, "Fix the failing test", model=model)
         events = list(runtime.events(task.id))

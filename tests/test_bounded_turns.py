@@ -31,8 +31,9 @@ UNIT = "abcdefgh" * 6 + "é" * 5 + "😀" * 3
 HUGE = UNIT * (10_000_000 // len(UNIT.encode()))  # ~10 MB, a single delta
 
 
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "database_url": database_url,
         "data_dir": tmp_path.with_name(tmp_path.name + "-data"),
         "jwt_secret": "s" * 40,
         "provider_retry_base_delay": 0.01,
@@ -92,10 +93,10 @@ def test_split_delta_keeps_characters_and_surrogate_pairs_whole() -> None:
 
 
 async def test_a_10mb_delta_arrives_as_token_events_under_1mib(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     openai_server.script([ScriptedTurn(text=HUGE, tool_calls=[FINISH_CALL])])
-    settings = make_settings(tmp_path, max_turn_output_bytes=16 * MIB)
+    settings = make_settings(tmp_path, database_url, max_turn_output_bytes=16 * MIB)
     events, detail = await run_task(settings, openai_env(openai_server), tmp_path)
     assert detail.status == "completed"
     pieces = tokens(events)
@@ -107,12 +108,12 @@ async def test_a_10mb_delta_arrives_as_token_events_under_1mib(
 
 
 async def test_a_client_with_a_1mib_message_limit_reads_the_whole_stream(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     """Default cap (1 MiB): the 10 MB delta streams up to the cap in pieces, then the task
     fails clearly; a client refusing messages over 1 MiB reads it all, and again on resume."""
     openai_server.script([ScriptedTurn(text=HUGE, tool_calls=[FINISH_CALL])])
-    runtime = Runtime(make_settings(tmp_path), provider_env=openai_env(openai_server))
+    runtime = Runtime(make_settings(tmp_path, database_url), provider_env=openai_env(openai_server))
     async with TestClient(TestServer(create_app(runtime))) as client:
         user = await sign_up(client)
         session = await create_session(client, user, tmp_path)
@@ -135,7 +136,7 @@ async def test_a_client_with_a_1mib_message_limit_reads_the_whole_stream(
 
 
 async def test_a_whole_turn_over_1mib_reaches_a_1mib_client_cut_and_runs_whole(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     """A turn of 700 KB of text and a 700 KB file: its `model_turn` (and the text in it)
     is cut on the wire only; the editor writes the whole file, the log keeps it all."""
@@ -144,7 +145,7 @@ async def test_a_whole_turn_over_1mib_reaches_a_1mib_client_cut_and_runs_whole(
     openai_server.script(
         [ScriptedTurn(text=text, tool_calls=[write]), ScriptedTurn(tool_calls=[FINISH_CALL])]
     )
-    settings = make_settings(tmp_path, max_turn_output_bytes=4 * MIB)
+    settings = make_settings(tmp_path, database_url, max_turn_output_bytes=4 * MIB)
     runtime = Runtime(settings, provider_env=openai_env(openai_server))
     async with TestClient(TestServer(create_app(runtime))) as client:
         user = await sign_up(client)
@@ -170,12 +171,12 @@ async def test_a_whole_turn_over_1mib_reaches_a_1mib_client_cut_and_runs_whole(
 
 
 async def test_a_turn_over_the_cap_is_cut_and_fails_clearly(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     chatty = ScriptedTurn(text="word " * 1000)  # 5,000 bytes in 1,000 deltas
     big_call = ScriptedTurn(tool_calls=[("terminal", {"command": "echo " + "y" * 5000})])
     openai_server.script([chatty, big_call])
-    settings = make_settings(tmp_path, max_turn_output_bytes=2048)
+    settings = make_settings(tmp_path, database_url, max_turn_output_bytes=2048)
     env = openai_env(openai_server)
     (events, detail), (events_b, detail_b) = await run_tasks(settings, env, tmp_path, 2)
     assert detail.status == "failed"
@@ -188,11 +189,11 @@ async def test_a_turn_over_the_cap_is_cut_and_fails_clearly(
     assert len(openai_server.requests) == 2  # never retried
 
 
-async def test_the_cap_holds_for_anthropic_too(tmp_path: Path) -> None:
+async def test_the_cap_holds_for_anthropic_too(tmp_path: Path, database_url: str | None) -> None:
     async with ScriptedAnthropicServer() as server:
         server.script([ScriptedTurn(text="word " * 1000)])
         env = {"ANTHROPIC_API_KEY": "sk-ant-test-123", "ANTHROPIC_BASE_URL": server.base_url}
-        settings = make_settings(tmp_path, max_turn_output_bytes=2048)
+        settings = make_settings(tmp_path, database_url, max_turn_output_bytes=2048)
         events, detail = await run_task(settings, env, tmp_path, model="claude-3-5-sonnet-20241022")
     assert detail.status == "failed" and error_of(events)["code"] == "TURN_OUTPUT_TOO_LARGE"
     assert len("".join(tokens(events))) <= 2048
@@ -202,9 +203,11 @@ async def test_the_cap_holds_for_anthropic_too(tmp_path: Path) -> None:
 
 
 async def test_retry_after_is_honoured_up_to_the_max_and_fails_beyond(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
-    settings = make_settings(tmp_path, provider_retry_max_delay=0.05, provider_max_retry_delay=0.5)
+    settings = make_settings(
+        tmp_path, database_url, provider_retry_max_delay=0.05, provider_max_retry_delay=0.5
+    )
     env = openai_env(openai_server)
     limited = ScriptedTurn(error_status=429, headers={"Retry-After": "0.2"})
     too_long = ScriptedTurn(error_status=429, headers={"Retry-After": "5"})
@@ -228,11 +231,11 @@ async def test_retry_after_is_honoured_up_to_the_max_and_fails_beyond(
 
 
 async def test_a_stalled_stream_is_abandoned_and_the_turn_retried(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     stalled = ScriptedTurn(text="Thinking very hard about it", stall=True)
     openai_server.script([stalled, ScriptedTurn(text="all good")])
-    settings = make_settings(tmp_path, provider_stall_seconds=0.3)
+    settings = make_settings(tmp_path, database_url, provider_stall_seconds=0.3)
     started = time.monotonic()
     async with asyncio.timeout(10):  # (unwatched, the stream would hang for 600 s)
         events, detail = await run_task(settings, openai_env(openai_server), tmp_path)
@@ -243,11 +246,13 @@ async def test_a_stalled_stream_is_abandoned_and_the_turn_retried(
     await until(lambda: openai_server.client_disconnects == 1, 5, "the stalled stream closed")
 
 
-async def test_stalls_count_against_the_attempts(tmp_path: Path) -> None:
+async def test_stalls_count_against_the_attempts(tmp_path: Path, database_url: str | None) -> None:
     async with ScriptedAnthropicServer() as server:
         server.script([ScriptedTurn(text="Hmm let me think", stall=True)] * 2)
         env = {"ANTHROPIC_API_KEY": "sk-ant-test-123", "ANTHROPIC_BASE_URL": server.base_url}
-        settings = make_settings(tmp_path, provider_stall_seconds=0.3, provider_max_attempts=2)
+        settings = make_settings(
+            tmp_path, database_url, provider_stall_seconds=0.3, provider_max_attempts=2
+        )
         events, detail = await run_task(settings, env, tmp_path, model="claude-3-5-sonnet-20241022")
         assert detail.status == "failed" and error_of(events)["code"] == "PROVIDER_STALLED"
         assert len(server.requests) == 2

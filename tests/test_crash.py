@@ -18,7 +18,7 @@ USER = {"email": "c@example.com", "password": "password123", "name": "C"}
 
 @pytest.mark.parametrize("sandbox", ["off", "auto"])
 async def test_kill_9_mid_task(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path, sandbox: str
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, sandbox: str, database_url: str | None
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -32,7 +32,7 @@ async def test_kill_9_mid_task(
         "OPENAI_BASE_URL": openai_server.base_url,
         "MINIDEVIN_SANDBOX": sandbox,
     }
-    server = ServeProcess(tmp_path / "data", env)
+    server = ServeProcess(tmp_path / "data", env, database_url)
     try:
         server.request("POST", "/api/auth/register", USER)
         token = server.request("POST", "/api/auth/login", USER)["access_token"]
@@ -65,7 +65,7 @@ async def test_kill_9_mid_task(
     else:  # bash died with the server (pdeathsig); what left its group lives on, until...
         assert pids_running(f"sleep {marker}")
 
-    restarted = ServeProcess(tmp_path / "data", env)
+    restarted = ServeProcess(tmp_path / "data", env, database_url)
     try:
         # ...the restarted server reaps it, by the task id in its environment
         await until(lambda: not pids_running(f"sleep {marker}"), timeout=3, what="reaping")

@@ -9,15 +9,17 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from direct_db import direct_database
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from serve_process import ServeProcess
 from waiting import pids_running, until
+
+from minidevin.runtime.settings import Settings
 
 USER = {"email": "q@example.com", "password": "password123", "name": "Q"}
 
@@ -25,7 +27,10 @@ USER = {"email": "q@example.com", "password": "password123", "name": "Q"}
 class Server:
     """A user's view of `minidevin serve` on one data directory, across restarts."""
 
-    def __init__(self, tmp_path: Path, scripted: ScriptedOpenAIServer) -> None:
+    def __init__(
+        self, tmp_path: Path, scripted: ScriptedOpenAIServer, database_url: str | None
+    ) -> None:
+        self.database_url = database_url
         self.tmp_path = tmp_path
         self.data = tmp_path / "data"
         self.env = {
@@ -37,7 +42,7 @@ class Server:
         self.process: ServeProcess | None = None
 
     def start(self, *, register: bool = False) -> ServeProcess:
-        self.process = ServeProcess(self.data, self.env)
+        self.process = ServeProcess(self.data, self.env, self.database_url)
         if register:
             self.process.request("POST", "/api/auth/register", USER)
         self.token = self.process.request("POST", "/api/auth/login", USER)["access_token"]
@@ -90,11 +95,11 @@ def no_gap(log: list[dict[str, Any]]) -> bool:
 
 
 async def test_queued_tasks_survive_a_kill_and_run_in_order(
-    tmp_path: Path, scripted: ScriptedOpenAIServer
+    tmp_path: Path, scripted: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
     marker = f"sleep 300.{time.time_ns() % 1000000}"
     scripted.script([ScriptedTurn(text="Running.", tool_calls=[("terminal", {"command": marker})])])
-    server = Server(tmp_path, scripted)
+    server = Server(tmp_path, scripted, database_url)
     try:
         server.start(register=True)
         first, other, gone = server.session("a"), server.session("b"), server.session("c")
@@ -148,10 +153,10 @@ async def test_queued_tasks_survive_a_kill_and_run_in_order(
 
 
 async def test_rows_that_disagree_with_their_logs_are_repaired_at_start(
-    tmp_path: Path, scripted: ScriptedOpenAIServer
+    tmp_path: Path, scripted: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
     scripted.script([finish("one done"), finish("two done")])
-    server = Server(tmp_path, scripted)
+    server = Server(tmp_path, scripted, database_url)
     try:
         server.start(register=True)
         session = server.session("w")
@@ -164,7 +169,7 @@ async def test_rows_that_disagree_with_their_logs_are_repaired_at_start(
         one_log = await server.log(one)
         server.kill()
         # as an older version could leave them: a row behind its log, a row ahead of it
-        with sqlite3.connect(server.data / "minidevin.sqlite3") as db:
+        with direct_database(Settings(data_dir=server.data, database_url=database_url)) as db:
             db.execute(
                 "UPDATE tasks SET status = 'running', completed_at = NULL, result = NULL "
                 "WHERE id = ?",
@@ -175,8 +180,6 @@ async def test_rows_that_disagree_with_their_logs_are_repaired_at_start(
                 "AND seq = (SELECT MAX(seq) FROM events WHERE task_id = ?)",
                 (two["id"], two["id"]),
             )
-        db.close()
-
         server.start()
         one_row = server.call("GET", f"/api/tasks/{one['id']}")
         two_row = server.call("GET", f"/api/tasks/{two['id']}")

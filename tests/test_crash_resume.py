@@ -26,7 +26,8 @@ class Interrupted:
     """A session with a task whose command ran and one queued behind it, when the server
     was killed with SIGKILL."""
 
-    def __init__(self, tmp_path: Path, resume: bool) -> None:
+    def __init__(self, tmp_path: Path, resume: bool, database_url: str | None) -> None:
+        self.database_url = database_url
         self.tmp_path = tmp_path
         self.data = tmp_path / "data"
         self.env = {
@@ -43,7 +44,7 @@ class Interrupted:
         scripted.script(
             [ScriptedTurn(text="Running it.", tool_calls=[("terminal", {"command": self.marker})])]
         )
-        server = ServeProcess(self.data, self.env)
+        server = ServeProcess(self.data, self.env, self.database_url)
         try:
             server.request("POST", "/api/auth/register", USER)
             self.login(server)
@@ -76,7 +77,7 @@ class Interrupted:
                     return message["seq"]
 
     def restart(self) -> ServeProcess:
-        server = ServeProcess(self.data, self.env)
+        server = ServeProcess(self.data, self.env, self.database_url)
         self.login(server)
         return server
 
@@ -98,9 +99,9 @@ class Interrupted:
 
 
 async def test_interrupted_tasks_are_resumed_at_the_next_start_in_order(
-    tmp_path: Path, scripted: ScriptedOpenAIServer
+    tmp_path: Path, scripted: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    crashed = await Interrupted(tmp_path, resume=True).crash(scripted)
+    crashed = await Interrupted(tmp_path, resume=True, database_url=database_url).crash(scripted)
     scripted.script([finish("Checked and done"), finish("My turn, done")])
     server = crashed.restart()
     try:
@@ -160,9 +161,9 @@ async def test_interrupted_tasks_are_resumed_at_the_next_start_in_order(
 
 
 async def test_without_the_setting_interrupted_tasks_stay_failed(
-    tmp_path: Path, scripted: ScriptedOpenAIServer
+    tmp_path: Path, scripted: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    crashed = await Interrupted(tmp_path, resume=False).crash(scripted)
+    crashed = await Interrupted(tmp_path, resume=False, database_url=database_url).crash(scripted)
     scripted.script([finish("The queued one, done")])
     server = crashed.restart()
     try:

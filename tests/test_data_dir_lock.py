@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import provider_env
+from direct_db import direct_database
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 from serve_process import ServeProcess, free_port
 from waiting import pids_running, until
@@ -140,8 +141,12 @@ async def test_two_runtimes_in_one_process_on_one_directory(
 
 async def test_a_failed_start_lets_go_of_the_directory(settings: Settings) -> None:
     settings.data_dir.mkdir(mode=0o700)
-    with sqlite3.connect(settings.database_path) as db:
-        db.execute("PRAGMA user_version = 999")  # a newer minidevin's database
+    if settings.database_url is None:
+        with sqlite3.connect(settings.database_path) as db:
+            db.execute("PRAGMA user_version = 999")  # a newer minidevin's database
+    else:
+        with direct_database(settings) as db:
+            db.execute("INSERT INTO schema_version (version) VALUES (999)")
     with pytest.raises(StoreError, match="newer"):
         await Runtime(settings).start()
     lock = DataDirLock(settings.data_dir)

@@ -59,11 +59,15 @@ class PerTask:
 
 
 @asynccontextmanager
-async def runtime_with(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Runtime, PerTask]]:
+async def runtime_with(
+    tmp_path: Path, database_url: str | None, **settings: Any
+) -> AsyncIterator[tuple[Runtime, PerTask]]:
     script = PerTask()
     async with ScriptedOpenAIServer(responder=script) as server:
         env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": server.base_url}
-        config = Settings(data_dir=tmp_path / "data", jwt_secret="f" * 40, **settings)
+        config = Settings(
+            database_url=database_url, data_dir=tmp_path / "data", jwt_secret="f" * 40, **settings
+        )
         async with Runtime(config, provider_env=env) as runtime:
             yield runtime, script
 
@@ -112,8 +116,12 @@ async def eventually(runtime: Runtime, task_id: str, wanted: str, timeout: float
     await until(reached, timeout, what=lambda: f"task to become {wanted}: still {current}")
 
 
-async def test_one_users_queue_does_not_block_another_user(tmp_path: Path) -> None:
-    async with runtime_with(tmp_path, max_concurrent_tasks=3, max_tasks_per_user=2) as (rt, script):
+async def test_one_users_queue_does_not_block_another_user(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    async with runtime_with(
+        tmp_path, database_url, max_concurrent_tasks=3, max_tasks_per_user=2
+    ) as (rt, script):
         ada, bob = await user(rt, "ada"), await user(rt, "bob")
         ada_tasks = []
         for n in range(4):
@@ -141,8 +149,12 @@ async def test_one_users_queue_does_not_block_another_user(tmp_path: Path) -> No
         await until(lambda: rt.slots.running() == 0, what="no slot held")
 
 
-async def test_tasks_waiting_for_a_person_hold_no_slot(tmp_path: Path) -> None:
-    async with runtime_with(tmp_path, max_concurrent_tasks=2, max_tasks_per_user=8) as (rt, script):
+async def test_tasks_waiting_for_a_person_hold_no_slot(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    async with runtime_with(
+        tmp_path, database_url, max_concurrent_tasks=2, max_tasks_per_user=8
+    ) as (rt, script):
         ada, bob = await user(rt, "ada"), await user(rt, "bob")
         asking = []
         for n in range(8):
@@ -162,8 +174,10 @@ async def test_tasks_waiting_for_a_person_hold_no_slot(tmp_path: Path) -> None:
         await until(lambda: rt.slots.running() == 0, what="no slot held")
 
 
-async def test_an_answered_task_queues_for_a_slot_and_then_runs(tmp_path: Path) -> None:
-    async with runtime_with(tmp_path, max_concurrent_tasks=1) as (rt, script):
+async def test_an_answered_task_queues_for_a_slot_and_then_runs(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    async with runtime_with(tmp_path, database_url, max_concurrent_tasks=1) as (rt, script):
         ada, bob = await user(rt, "ada"), await user(rt, "bob")
         asker = await start(rt, ada, tmp_path / "a", script.add("ask", ask("ok?"), finish("yes")))
         await eventually(rt, asker, "waiting_input")
@@ -182,8 +196,10 @@ async def test_an_answered_task_queues_for_a_slot_and_then_runs(tmp_path: Path) 
         assert seen == ["queued", "running", "waiting_input", "queued", "running", "completed"]
 
 
-async def test_stopping_a_task_queued_after_its_answer_frees_the_line(tmp_path: Path) -> None:
-    async with runtime_with(tmp_path, max_concurrent_tasks=1) as (rt, script):
+async def test_stopping_a_task_queued_after_its_answer_frees_the_line(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    async with runtime_with(tmp_path, database_url, max_concurrent_tasks=1) as (rt, script):
         ada, bob = await user(rt, "ada"), await user(rt, "bob")
         asker = await start(rt, ada, tmp_path / "a", script.add("ask", ask("ok?"), finish("x")))
         await eventually(rt, asker, "waiting_input")

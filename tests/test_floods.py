@@ -39,8 +39,9 @@ STALL = ScriptedTurn(text="Thinking", stall=True)  # the task stays mid-turn unt
 MiB = 1 << 20
 
 
-def config(tmp_path: Path, **overrides: Any) -> Settings:
+def config(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "database_url": database_url,
         "data_dir": tmp_path / "data",
         "jwt_secret": "flood-secret-" + "x" * 32,
         "rate_limit_authenticated": 0,
@@ -71,10 +72,14 @@ async def ws_reply(ws: ClientWebSocketResponse, message: dict[str, Any]) -> dict
     return (await read_until(ws, lambda m: m["type"] == "error"))[-1]
 
 
-async def test_websocket_messages_count_against_the_rate_limit(tmp_path: Path) -> None:
+async def test_websocket_messages_count_against_the_rate_limit(
+    tmp_path: Path, database_url: str | None
+) -> None:
     async with ScriptedOpenAIServer() as server:
         server.script([STALL])
-        async with serve(config(tmp_path, rate_limit_authenticated=8), server) as client:
+        async with serve(
+            config(tmp_path, database_url, rate_limit_authenticated=8), server
+        ) as client:
             user, task = await running_task(client, tmp_path)
             ws = await client.ws_connect(ws_path(task["id"], user.token))
             replies = []
@@ -91,10 +96,12 @@ async def test_websocket_messages_count_against_the_rate_limit(tmp_path: Path) -
             await ws.close()
 
 
-async def test_pending_inputs_are_bounded_and_a_flood_costs_no_memory(tmp_path: Path) -> None:
+async def test_pending_inputs_are_bounded_and_a_flood_costs_no_memory(
+    tmp_path: Path, database_url: str | None
+) -> None:
     async with ScriptedOpenAIServer() as server:
         server.script([STALL])
-        settings = config(tmp_path, max_pending_inputs=16)
+        settings = config(tmp_path, database_url, max_pending_inputs=16)
         async with serve(settings, server) as client:
             user, task = await running_task(client, tmp_path)
             await server.wait_for_requests(1)  # the task is mid-turn: inputs queue
@@ -123,10 +130,14 @@ async def test_pending_inputs_are_bounded_and_a_flood_costs_no_memory(tmp_path: 
             await client.post(f"/api/tasks/{task['id']}/stop", headers=user.key)
 
 
-async def test_open_websockets_per_user_are_capped(tmp_path: Path) -> None:
+async def test_open_websockets_per_user_are_capped(
+    tmp_path: Path, database_url: str | None
+) -> None:
     async with ScriptedOpenAIServer() as server:
         server.script([STALL])
-        async with serve(config(tmp_path, max_websockets_per_user=2), server) as client:
+        async with serve(
+            config(tmp_path, database_url, max_websockets_per_user=2), server
+        ) as client:
             user, task = await running_task(client, tmp_path)
             first = await client.ws_connect(ws_path(task["id"], user.token))
             second = await client.ws_connect(ws_path(task["id"], user.token))
@@ -258,7 +269,9 @@ def vm(field: str) -> int:
     raise AssertionError(field)
 
 
-async def test_a_huge_diff_is_capped_and_never_held_in_memory(tmp_path: Path) -> None:
+async def test_a_huge_diff_is_capped_and_never_held_in_memory(
+    tmp_path: Path, database_url: str | None
+) -> None:
     from minidevin.api import Runtime
 
     work = tmp_path / "work"
@@ -275,7 +288,9 @@ async def test_a_huge_diff_is_capped_and_never_held_in_memory(tmp_path: Path) ->
             ]
         )
         env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": server.base_url}
-        async with Runtime(config(tmp_path, max_diff_mb=1), provider_env=env) as runtime:
+        async with Runtime(
+            config(tmp_path, database_url, max_diff_mb=1), provider_env=env
+        ) as runtime:
             session = await runtime.create_session("diff", work)
             warm = await runtime.create_task(session.id, "warm up", model="gpt-4o")
             assert (await runtime.wait(warm.id)).status == "completed"  # threads, caches

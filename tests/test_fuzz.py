@@ -43,12 +43,15 @@ bodies = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6) | jso
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, shared_database_url: str | None
+) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("fuzz")
     provider = ScriptedOpenAIServer(
         responder=lambda body: ScriptedTurn(tool_calls=[("finish", {"summary": "ok"})])
     ).start_in_thread()
     settings_ = Settings(
+        database_url=shared_database_url,
         data_dir=root.with_name(root.name + "-data"),  # (beside the workspace, not in it)
         jwt_secret="fuzz-secret-" + "x" * 32,
         rate_limit_authenticated=0,

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,8 +49,9 @@ TRAJECTORY = ROOT / "examples" / "buggy-calc.trajectory.json"
 BIG_INT = "1" * 4301  # over Python's int-string limit (4,300 digits)
 
 
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "database_url": database_url,
         "data_dir": tmp_path / "data",
         "jwt_secret": "hostile-secret-" + "x" * 32,
         "rate_limit_authenticated": 0,
@@ -63,9 +64,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def server(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer, **overrides: Any
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None, **overrides: Any
 ) -> AsyncIterator[TestClient]:
-    async with serve(make_settings(tmp_path, **overrides), openai_server) as client:
+    async with serve(make_settings(tmp_path, database_url, **overrides), openai_server) as client:
         yield client
 
 
@@ -107,9 +108,9 @@ async def new_session(client: TestClient, user: User, directory: Path) -> str:
 
 
 async def test_replay_without_a_replay_dir_refuses_everything_alike(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         user = await sign_up(client)
         session = await new_session(client, user, tmp_path / "work")
         before = rss_mib()
@@ -132,7 +133,7 @@ async def test_replay_without_a_replay_dir_refuses_everything_alike(
 
 
 async def test_replay_reads_only_regular_small_files_beneath_the_replay_dir(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
     replays = tmp_path / "replays"
     (replays / "sub").mkdir(parents=True)
@@ -149,7 +150,7 @@ async def test_replay_reads_only_regular_small_files_beneath_the_replay_dir(
     os.mkfifo(replays / "fifo.json")
     with open(replays / "huge.json", "wb") as handle:
         handle.truncate(10 * 1024 * 1024 + 1)  # sparse: costs no disk
-    async with server(tmp_path, openai_server, replay_dir=replays) as client:
+    async with server(tmp_path, openai_server, database_url, replay_dir=replays) as client:
         user = await sign_up(client)
         session = await new_session(client, user, tmp_path / "work")
         for good in (f"replay:{replays / 'good.json'}", "replay:sub/good.json"):
@@ -200,9 +201,9 @@ def test_replay_is_checked_again_when_read(tmp_path: Path) -> None:
 
 
 async def test_non_utf8_credentials_are_401_on_rest_and_websocket(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         await sign_up(client)
         upgrade = "".join(f"{k}: {v}\r\n" for k, v in handshake_headers().items()).encode()
         for path, extra in (("/api/sessions", b""), ("/ws/tasks/some-task", upgrade)):
@@ -221,9 +222,9 @@ async def test_non_utf8_credentials_are_401_on_rest_and_websocket(
 
 
 async def test_oversized_integers_are_422_on_rest_and_an_error_on_websocket(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         user = await sign_up(client)
         session = await new_session(client, user, tmp_path / "work")
         raw = f'{{"description": "x", "max_iterations": {BIG_INT}}}'.encode()
@@ -255,9 +256,9 @@ async def test_oversized_integers_are_422_on_rest_and_an_error_on_websocket(
 
 
 async def test_known_fields_are_strictly_typed(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         user = await sign_up(client)
         session = await new_session(client, user, tmp_path / "work")
         url = f"/api/sessions/{session}/tasks"
@@ -289,9 +290,9 @@ async def login(client: TestClient, email: str, password: str = PASSWORD) -> Any
 
 
 async def test_emails_are_normalized_and_control_characters_refused(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         nfc = unicodedata.normalize("NFC", "José@example.com")
         nfd = unicodedata.normalize("NFD", "José@example.com")
         assert nfc != nfd
@@ -311,9 +312,9 @@ async def test_emails_are_normalized_and_control_characters_refused(
 
 
 async def test_passwords_without_nul_and_not_all_whitespace(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         for password in ("correct\x00horse", " " * 12, "\t\n  \u3000   "):
             body = await expect_error(
                 await register(client, "p@example.com", password), 422, "VALIDATION_ERROR"
@@ -323,18 +324,18 @@ async def test_passwords_without_nul_and_not_all_whitespace(
 
 
 async def test_the_local_user_cannot_be_registered(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         for email in ("local@minidevin.invalid", "LOCAL@MINIDEVIN.INVALID", "x@minidevin.invalid"):
             body = await expect_error(await register(client, email), 422, "VALIDATION_ERROR")
             assert "reserved" in body["detail"]
 
 
 async def test_a_key_never_outlives_the_key_that_created_it(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         user = await sign_up(client)
         soon = datetime.now(UTC) + timedelta(hours=1)
         parent = await expect_json(
@@ -370,9 +371,9 @@ async def test_a_key_never_outlives_the_key_that_created_it(
 
 
 async def test_logout_revokes_the_token(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         user = await sign_up(client)
         other = (await expect_json(await login(client, user.email)))["access_token"]
         assert (await client.post("/api/auth/logout", headers=user.bearer)).status == 204
@@ -387,9 +388,9 @@ async def test_logout_revokes_the_token(
 
 
 async def test_a_password_change_revokes_tokens_and_optionally_keys(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         user = await sign_up(client)
         second = (await expect_json(await login(client, user.email)))["access_token"]
         wrong = {"current_password": "not it at all", "new_password": "a new password 1"}
@@ -419,13 +420,15 @@ async def test_a_password_change_revokes_tokens_and_optionally_keys(
         )
 
 
-async def test_data_files_are_private(tmp_path: Path, openai_server: ScriptedOpenAIServer) -> None:
+async def test_data_files_are_private(
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
+) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     (data / "artifacts").mkdir(mode=0o755)
     (data / "artifacts" / "old").write_text("x")
     (data / "artifacts" / "old").chmod(0o644)
-    async with server(tmp_path, openai_server, jwt_secret=None) as client:
+    async with server(tmp_path, openai_server, database_url, jwt_secret=None) as client:
         await sign_up(client)
         modes = {
             path.name: stat.S_IMODE(path.stat().st_mode)
@@ -433,7 +436,8 @@ async def test_data_files_are_private(tmp_path: Path, openai_server: ScriptedOpe
             if not path.is_symlink()
         }
     assert modes["data"] == 0o700 and modes["artifacts"] == 0o700, modes
-    for name in ("minidevin.sqlite3", "minidevin.sqlite3-wal", "jwt_secret", "old"):
+    database_files = ("minidevin.sqlite3", "minidevin.sqlite3-wal") if not database_url else ()
+    for name in (*database_files, "jwt_secret", "old"):
         assert modes[name] == 0o600, (name, modes)
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
 
@@ -454,10 +458,13 @@ async def test_artifact_files_are_private(
 
 
 async def test_no_statement_parameters_in_debug_logs(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    openai_server: ScriptedOpenAIServer,
+    caplog: pytest.LogCaptureFixture,
+    database_url: str | None,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with server(tmp_path, openai_server) as client:
+    async with server(tmp_path, openai_server, database_url) as client:
         user = await sign_up(client)
     key_hash = hashlib.sha256(user.api_key.encode()).hexdigest()
     assert caplog.records  # debug logging was on
@@ -482,10 +489,10 @@ def test_serve_refuses_a_short_jwt_secret(tmp_path: Path) -> None:
 
 
 async def test_login_limits_per_account_and_per_address_whatever_credentials(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
     async with server(
-        tmp_path, openai_server, rate_limit_login=4, trust_forwarded_for=True
+        tmp_path, openai_server, database_url, rate_limit_login=4, trust_forwarded_for=True
     ) as client:
         user = await sign_up(client)  # (a register and a login: two of the account's four)
         wrong = {"email": user.email, "password": "guess guess"}
@@ -517,11 +524,12 @@ def p95(samples: list[float]) -> float:
 
 
 async def test_a_login_flood_keeps_health_and_authenticated_requests_fast(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
     async with server(
         tmp_path,
         openai_server,
+        database_url,
         trust_forwarded_for=True,  # (200 fake client addresses)
         password_hash_concurrency=1,
         password_hash_queue=4,  # (a short test: 5 hashes in all)
@@ -562,10 +570,17 @@ async def test_a_login_flood_keeps_health_and_authenticated_requests_fast(
 
 
 async def test_without_a_sandbox_the_server_serves_one_user(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer
+    tmp_path: Path,
+    openai_server: ScriptedOpenAIServer,
+    database_url: str | None,
+    another_database_url: Callable[[], str | None],
 ) -> None:
     async with server(
-        tmp_path / "one", openai_server, sandbox="off", allow_unsandboxed_multiuser=False
+        tmp_path / "one",
+        openai_server,
+        database_url,
+        sandbox="off",
+        allow_unsandboxed_multiuser=False,
     ) as client:
         assert (await expect_json(await client.get("/health")))["registration"] == "open"
         first, second = await asyncio.gather(
@@ -577,7 +592,11 @@ async def test_without_a_sandbox_the_server_serves_one_user(
         assert "MINIDEVIN_ALLOW_UNSANDBOXED_MULTIUSER" in body["detail"]
         assert (await expect_json(await client.get("/health")))["registration"] == "closed"
     async with server(
-        tmp_path / "many", openai_server, sandbox="off", allow_unsandboxed_multiuser=True
+        tmp_path / "many",
+        openai_server,
+        another_database_url(),
+        sandbox="off",
+        allow_unsandboxed_multiuser=True,
     ) as client:
         for email in ("first@example.com", "second@example.com"):
             await expect_json(await register(client, email), 201)

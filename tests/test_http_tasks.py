@@ -219,11 +219,13 @@ async def test_the_user_story_through_rest_and_websocket(
 
 
 async def test_a_restart_keeps_users_keys_tokens_sessions_tasks_events_and_artifacts(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer, buggy_repo: Path
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, buggy_repo: Path, database_url: str | None
 ) -> None:
     openai_server.script(fix_a_test_turns())
     data_dir = tmp_path / "restart-data"  # no jwt_secret: the generated one must be kept
-    async with serve(Settings(data_dir=data_dir), openai_server) as client:
+    async with serve(
+        Settings(database_url=database_url, data_dir=data_dir), openai_server
+    ) as client:
         user = await sign_up(client)
         session, task, live = await run_fix_a_test(client, user, buggy_repo)
         before_sessions = await expect_json(await client.get("/api/sessions", headers=user.key))
@@ -239,7 +241,9 @@ async def test_a_restart_keeps_users_keys_tokens_sessions_tasks_events_and_artif
             )
             before_bytes[name] = await response.read()
 
-    async with serve(Settings(data_dir=data_dir), openai_server) as client:
+    async with serve(
+        Settings(database_url=database_url, data_dir=data_dir), openai_server
+    ) as client:
         login = await expect_json(
             await client.post("/api/auth/login", json={"email": user.email, "password": PASSWORD})
         )
@@ -268,10 +272,12 @@ async def test_a_restart_keeps_users_keys_tokens_sessions_tasks_events_and_artif
 
 
 async def test_a_task_live_at_shutdown_ends_stopped_and_stays_so_after_a_restart(
-    tmp_path: Path, openai_server: ScriptedOpenAIServer, buggy_repo: Path
+    tmp_path: Path, openai_server: ScriptedOpenAIServer, buggy_repo: Path, database_url: str | None
 ) -> None:
     openai_server.script(ScriptedTurn(text="Thinking very hard", stall=True))
-    settings = Settings(data_dir=tmp_path / "restart-data", jwt_secret="s" * 40)
+    settings = Settings(
+        database_url=database_url, data_dir=tmp_path / "restart-data", jwt_secret="s" * 40
+    )
     # the watcher has its own HTTP session, so only the server can close its socket
     async with aiohttp.ClientSession() as watcher:
         async with serve(settings, openai_server) as client:

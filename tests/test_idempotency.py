@@ -7,13 +7,13 @@ through the API's own lists.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from direct_db import direct_database
 from http_helpers import (
     FIX_DESCRIPTION,
     User,
@@ -210,9 +210,9 @@ async def test_a_retried_api_key_answers_its_secret_again_never_stored_in_clear(
         # the replayed secret works
         me = await client.get("/api/auth/api-keys", headers={"X-API-Key": first["key"]})
         await expect_json(me)
-    with sqlite3.connect(settings.database_path) as db:
-        rows = db.execute("SELECT user_id, key, fingerprint, body FROM idempotency_keys").fetchall()
-        dump = "\n".join(db.iterdump()).encode()
+    with direct_database(settings) as db:
+        rows = db.execute("SELECT user_id, key, fingerprint, body FROM idempotency_keys")
+        dump = db.dump()
     assert len(rows) == 1 and rows[0][0] == user.id
     assert first["key"].encode() not in bytes(rows[0][3]) and first["key"].encode() not in dump
     assert key.encode() not in dump and b"deploy" not in bytes(rows[0][3])

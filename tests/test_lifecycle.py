@@ -17,9 +17,12 @@ from minidevin.runtime.settings import Settings
 FINISH = ScriptedTurn(tool_calls=[("finish", {"summary": "done"})])
 
 
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
     return Settings(
-        data_dir=tmp_path.with_name(tmp_path.name + "-data"), jwt_secret="l" * 40, **overrides
+        database_url=database_url,
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
+        jwt_secret="l" * 40,
+        **overrides,
     )
 
 
@@ -28,10 +31,10 @@ def env(server: ScriptedOpenAIServer) -> dict[str, str]:
 
 
 async def test_idle_session_actors_stop_and_come_back(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     openai_server.script([FINISH, FINISH])
-    settings = make_settings(tmp_path, session_idle_seconds=0.2)
+    settings = make_settings(tmp_path, database_url, session_idle_seconds=0.2)
     async with Runtime(settings, provider_env=env(openai_server)) as runtime:
         baseline = threading.active_count()
         session = await runtime.create_session("s", tmp_path)
@@ -48,14 +51,16 @@ async def test_idle_session_actors_stop_and_come_back(
 
 
 async def test_threads_return_to_baseline_after_many_tasks(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     openai_server.responder = lambda body: (
         ScriptedTurn(tool_calls=[("terminal", {"command": "true"})])
         if len(body["messages"]) == 2
         else FINISH
     )
-    settings = make_settings(tmp_path, session_idle_seconds=0.1, max_concurrent_tasks=20)
+    settings = make_settings(
+        tmp_path, database_url, session_idle_seconds=0.1, max_concurrent_tasks=20
+    )
     async with Runtime(settings, provider_env=env(openai_server)) as runtime:
         baseline = threading.active_count()
         sessions = [await runtime.create_session(f"s{i}", tmp_path) for i in range(20)]
@@ -72,11 +77,11 @@ async def test_threads_return_to_baseline_after_many_tasks(
 
 
 async def test_a_subscriber_that_stops_reading_is_cut_off_without_slowing_the_task(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     openai_server.script([ScriptedTurn(text=" ".join(["word"] * 300)), FINISH])
     # (one event a delta: 300 of them, uncoalesced, overflow the queue)
-    settings = make_settings(tmp_path, subscriber_queue_size=20, token_coalesce_ms=0)
+    settings = make_settings(tmp_path, database_url, subscriber_queue_size=20, token_coalesce_ms=0)
     async with Runtime(settings, provider_env=env(openai_server)) as runtime:
         session = await runtime.create_session("s", tmp_path)
         task = await runtime.create_task(session.id, "talk a lot")

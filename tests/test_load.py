@@ -20,6 +20,7 @@ from waiting import until
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
 from minidevin.runtime.settings import Settings
+from minidevin.runtime.storage.postgres import PostgresStore
 
 TASKS = 200
 USER = {"email": "load@example.com", "password": "password123", "name": "L"}
@@ -27,6 +28,12 @@ USER = {"email": "load@example.com", "password": "password123", "name": "L"}
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def database_connections(runtime: Runtime) -> int:
+    """The store's open connections to a database server (none for SQLite's file)."""
+    store = runtime.store
+    return store.open_connections() if isinstance(store, PostgresStore) else 0
 
 
 def child_processes() -> list[str]:
@@ -50,10 +57,14 @@ def answer(body: dict[str, Any]) -> ScriptedTurn:
 
 
 async def test_200_tasks_with_200_subscribers(
-    aiohttp_client: Any, openai_server: ScriptedOpenAIServer, tmp_path: Path
+    aiohttp_client: Any,
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+    database_url: str | None,
 ) -> None:
     openai_server.responder = answer
     settings = Settings(
+        database_url=database_url,
         data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="l" * 40,
         max_concurrent_tasks=TASKS,
@@ -70,6 +81,7 @@ async def test_200_tasks_with_200_subscribers(
     token = (await (await client.post("/api/auth/login", json=USER)).json())["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
     baseline_threads, baseline_fds = threading.active_count(), open_fds()
+    baseline_connections = database_connections(runtime)
     started = time.monotonic()
 
     async def one(index: int) -> list[dict[str, Any]]:
@@ -102,10 +114,13 @@ async def test_200_tasks_with_200_subscribers(
         what=f"threads back to {baseline_threads} (now {threading.active_count()})",
     )
     await until(lambda: not child_processes(), timeout=10, what="no child process left")
+    # on PostgreSQL, the read pool keeps the connections the load opened (at most its size)
+    pool_growth = database_connections(runtime) - baseline_connections
+    assert pool_growth <= (runtime.store.pool_size if pool_growth else 0)  # type: ignore[attr-defined]
     await until(
-        lambda: open_fds() <= baseline_fds + 5,
+        lambda: open_fds() <= baseline_fds + 5 + pool_growth,
         timeout=10,
-        what=f"fds back to {baseline_fds} (now {open_fds()})",
+        what=f"fds back to {baseline_fds} + {pool_growth} pooled (now {open_fds()})",
     )
 
 

@@ -70,7 +70,10 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 
 
 def test_the_document_covers_every_route_of_the_app_and_no_other(tmp_path: Path) -> None:
-    settings_ = Settings(data_dir=tmp_path / "data", jwt_secret="openapi-secret-" + "x" * 32)
+    settings_ = Settings(
+        data_dir=tmp_path / "data",
+        jwt_secret="openapi-secret-" + "x" * 32,
+    )
     app = create_app(Runtime(settings_), manage_runtime=False)
     pages = {(route.method.lower(), route.path) for route in console.routes}  # (HTML, not API)
     assert ("get", "/") in pages and ("get", "/api/docs") in pages
@@ -159,9 +162,13 @@ def test_idempotency_keys_and_pages_are_described() -> None:
 
 
 async def test_the_document_is_served_without_credentials(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, tmp_path: Path, database_url: str | None
 ) -> None:
-    settings_ = Settings(data_dir=tmp_path / "data", jwt_secret="openapi-secret-" + "x" * 32)
+    settings_ = Settings(
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        jwt_secret="openapi-secret-" + "x" * 32,
+    )
     client = await aiohttp_client(create_app(Runtime(settings_)))
     response = await client.get(OPENAPI_PATH)
     assert response.status == 200, await response.text()
@@ -227,12 +234,13 @@ def _stop_actors() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(tmp_path_factory: pytest.TempPathFactory, shared_database_url: str | None) -> Iterator[Api]:
     root = tmp_path_factory.mktemp("openapi")
     workspace = root / "workspace"  # (not the data dir's parent: snapshots would take it in)
     workspace.mkdir()
     provider = ScriptedOpenAIServer(responder=respond).start_in_thread()
     settings_ = Settings(
+        database_url=shared_database_url,
         data_dir=root / "data",
         jwt_secret="openapi-secret-" + "x" * 32,
         rate_limit_authenticated=0,  # schemathesis sends far more than 100 requests a minute

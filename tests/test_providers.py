@@ -23,8 +23,9 @@ from minidevin.runtime.settings import Settings
 FINISH = ScriptedTurn(tool_calls=[("finish", {"summary": "done", "success": True})])
 
 
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "database_url": database_url,
         "data_dir": tmp_path.with_name(tmp_path.name + "-data"),
         "jwt_secret": "s" * 40,
         "provider_retry_base_delay": 0.01,
@@ -89,7 +90,7 @@ async def test_ollama_is_configured_only_when_its_server_answers(
 
 
 async def test_azure_deployment_runs_through_the_azure_client(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     env = {
         "AZURE_OPENAI_API_KEY": "azure-key-123",
@@ -97,7 +98,7 @@ async def test_azure_deployment_runs_through_the_azure_client(
         "OPENAI_API_VERSION": "2024-10-21",
     }
     openai_server.script([FINISH])
-    settings = make_settings(tmp_path, azure_deployments=("prod-gpt",))
+    settings = make_settings(tmp_path, database_url, azure_deployments=("prod-gpt",))
     async with Runtime(settings, provider_env=env) as runtime:
         assert [m.id for m in runtime.providers.models("azure")] == ["azure/prod-gpt"]
         _, detail = await run_task(runtime, tmp_path, model="azure/prod-gpt")
@@ -109,12 +110,12 @@ async def test_azure_deployment_runs_through_the_azure_client(
 
 
 async def test_ollama_model_runs_through_its_openai_compatible_endpoint(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     openai_server.ollama_models = ["llama3.2"]
     openai_server.script([FINISH])
     env = {"OLLAMA_HOST": openai_server.base_url.removesuffix("/v1")}
-    async with Runtime(make_settings(tmp_path), provider_env=env) as runtime:
+    async with Runtime(make_settings(tmp_path, database_url), provider_env=env) as runtime:
         _, detail = await run_task(runtime, tmp_path, model="ollama/llama3.2")
     assert detail.status == "completed"
     assert openai_server.requests[0]["model"] == "llama3.2"
@@ -122,8 +123,9 @@ async def test_ollama_model_runs_through_its_openai_compatible_endpoint(
 
 async def test_an_unconfigured_provider_is_refused_naming_the_missing_setting(
     tmp_path: Path,
+    database_url: str | None,
 ) -> None:
-    async with Runtime(make_settings(tmp_path), provider_env={}) as runtime:
+    async with Runtime(make_settings(tmp_path, database_url), provider_env={}) as runtime:
         session = await runtime.create_session("s", tmp_path)
         with pytest.raises(BadRequest) as refused:
             await runtime.create_task(session.id, "x", model="claude-3-5-sonnet-20241022")
@@ -135,11 +137,13 @@ async def test_an_unconfigured_provider_is_refused_naming_the_missing_setting(
 
 
 async def test_rate_limit_is_retried_after_retry_after(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     limited = ScriptedTurn(error_status=429, headers={"Retry-After": "0.3"})
     openai_server.script([limited, FINISH])
-    async with Runtime(make_settings(tmp_path), provider_env=openai_env(openai_server)) as runtime:
+    async with Runtime(
+        make_settings(tmp_path, database_url), provider_env=openai_env(openai_server)
+    ) as runtime:
         started = time.monotonic()
         events, detail = await run_task(runtime, tmp_path)
         elapsed = time.monotonic() - started
@@ -151,11 +155,13 @@ async def test_rate_limit_is_retried_after_retry_after(
 
 
 async def test_a_stream_dropped_midway_restarts_the_turn_and_says_so(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     dropped = ScriptedTurn(text="one two three four five", drop_midway=True, drop_after=3)
     openai_server.script([dropped, ScriptedTurn(text="all good")])
-    async with Runtime(make_settings(tmp_path), provider_env=openai_env(openai_server)) as runtime:
+    async with Runtime(
+        make_settings(tmp_path, database_url), provider_env=openai_env(openai_server)
+    ) as runtime:
         events, detail = await run_task(runtime, tmp_path)
     types = [e.type for e in events]
     restart = types.index("turn_restart")
@@ -165,10 +171,10 @@ async def test_a_stream_dropped_midway_restarts_the_turn_and_says_so(
 
 
 async def test_attempts_are_bounded_and_auth_errors_are_not_retried(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     openai_server.script([ScriptedTurn(error_status=500)] * 3)
-    settings = make_settings(tmp_path, provider_max_attempts=3)
+    settings = make_settings(tmp_path, database_url, provider_max_attempts=3)
     async with Runtime(settings, provider_env=openai_env(openai_server)) as runtime:
         events, detail = await run_task(runtime, tmp_path)
         assert detail.status == "failed" and len(openai_server.requests) == 3
@@ -182,7 +188,7 @@ async def test_attempts_are_bounded_and_auth_errors_are_not_retried(
 
 
 async def test_usage_and_cost_are_recorded_per_turn(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     work = ScriptedTurn(
         tool_calls=[("terminal", {"command": "true"})], prompt_tokens=1000, completion_tokens=100
@@ -190,7 +196,9 @@ async def test_usage_and_cost_are_recorded_per_turn(
     openai_server.script(
         [work, ScriptedTurn(text="done", prompt_tokens=1000, completion_tokens=100)]
     )
-    async with Runtime(make_settings(tmp_path), provider_env=openai_env(openai_server)) as runtime:
+    async with Runtime(
+        make_settings(tmp_path, database_url), provider_env=openai_env(openai_server)
+    ) as runtime:
         events, detail = await run_task(runtime, tmp_path, model="gpt-4o")
     usage_events = [e.data["usage"] for e in events if e.type == "usage"]
     assert usage_events[0] == {
@@ -200,11 +208,11 @@ async def test_usage_and_cost_are_recorded_per_turn(
 
 
 async def test_crossing_the_budget_ends_the_task(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     pricey = ScriptedTurn(tool_calls=[("terminal", {"command": "touch ran"})], prompt_tokens=10_000)
     openai_server.script([pricey, FINISH])
-    settings = make_settings(tmp_path, model_prices={"gpt-4o": (5.0, 20.0)})
+    settings = make_settings(tmp_path, database_url, model_prices={"gpt-4o": (5.0, 20.0)})
     async with Runtime(settings, provider_env=openai_env(openai_server)) as runtime:
         events, detail = await run_task(runtime, tmp_path, model="gpt-4o", max_cost_usd=0.01)
     assert events[-2].data["code"] == "BUDGET_EXCEEDED"
@@ -216,12 +224,12 @@ async def test_crossing_the_budget_ends_the_task(
 
 
 async def test_a_long_task_completes_in_a_tiny_context_window(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     noisy = f"{sys.executable} -c \"print('x' * 3000)\""
     turns = [ScriptedTurn(tool_calls=[("terminal", {"command": noisy})]) for _ in range(8)]
     openai_server.script([*turns, FINISH])
-    settings = make_settings(tmp_path, context_windows={"gpt-4o": 2000})
+    settings = make_settings(tmp_path, database_url, context_windows={"gpt-4o": 2000})
     async with Runtime(settings, provider_env=openai_env(openai_server)) as runtime:
         _, detail = await run_task(runtime, tmp_path, model="gpt-4o")
         artifacts = {a.name: a for a in await runtime.list_artifacts(detail.id)}
@@ -236,7 +244,9 @@ async def test_a_long_task_completes_in_a_tiny_context_window(
     assert all("x" * 3000 in output for output in outputs[:8]), "the trajectory keeps it all"
 
 
-async def test_an_anthropic_task_runs_through_the_messages_api(tmp_path: Path) -> None:
+async def test_an_anthropic_task_runs_through_the_messages_api(
+    tmp_path: Path, database_url: str | None
+) -> None:
     async with ScriptedAnthropicServer() as server:
         server.script(
             [
@@ -245,7 +255,7 @@ async def test_an_anthropic_task_runs_through_the_messages_api(tmp_path: Path) -
             ]
         )
         env = {"ANTHROPIC_API_KEY": "sk-ant-test-123", "ANTHROPIC_BASE_URL": server.base_url}
-        async with Runtime(make_settings(tmp_path), provider_env=env) as runtime:
+        async with Runtime(make_settings(tmp_path, database_url), provider_env=env) as runtime:
             events, detail = await run_task(runtime, tmp_path, model="claude-3-5-sonnet-20241022")
     assert detail.status == "completed" and detail.iterations == 2
     assert "".join(e.data["content"] for e in events if e.type == "token") == "Let me look."
@@ -258,11 +268,14 @@ async def test_an_anthropic_task_runs_through_the_messages_api(tmp_path: Path) -
 
 
 async def test_models_and_providers_endpoints(
-    aiohttp_client: Any, openai_server: ScriptedOpenAIServer, tmp_path: Path
+    aiohttp_client: Any,
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+    database_url: str | None,
 ) -> None:
     openai_server.ollama_models = ["llama3.2"]
     env = {**openai_env(openai_server), "OLLAMA_HOST": openai_server.base_url.removesuffix("/v1")}
-    runtime = Runtime(make_settings(tmp_path), provider_env=env)
+    runtime = Runtime(make_settings(tmp_path, database_url), provider_env=env)
     client = await aiohttp_client(create_app(runtime))
     user = {"email": "c@example.com", "password": "password123", "name": "C"}
     await client.post("/api/auth/register", json=user)

@@ -1,20 +1,19 @@
 """Retention: finished tasks older than `retention_days` go with their events and artifact
 files, in batches, while the API answers; live, queued and recent tasks and the sessions
-stay. Tasks are made "old" by writing their end timestamps straight into SQLite."""
+stay. Tasks are made "old" by writing their end timestamps straight into the database
+(`direct_db`: on each backend)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 from conftest import provider_env
+from direct_db import Direct, direct_database
 from http_helpers import sign_up
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from waiting import until
@@ -37,24 +36,16 @@ def respond(body: dict[str, Any]) -> ScriptedTurn:
     return finish()
 
 
-@contextmanager
-def database(settings: Settings) -> Iterator[sqlite3.Connection]:
-    with closing(sqlite3.connect(settings.database_path, timeout=10, isolation_level=None)) as db:
-        yield db
+def count(db: Direct, table: str, task_id: str) -> int:
+    return int(db.execute(f"SELECT count(*) FROM {table} WHERE task_id = ?", (task_id,))[0][0])
 
 
-def count(db: sqlite3.Connection, table: str, task_id: str) -> int:
-    return int(
-        db.execute(f"SELECT count(*) FROM {table} WHERE task_id = ?", (task_id,)).fetchone()[0]
-    )
-
-
-def artifact_files(runtime: Runtime, db: sqlite3.Connection, task_id: str) -> list[Path]:
-    rows = db.execute("SELECT id FROM artifacts WHERE task_id = ?", (task_id,)).fetchall()
+def artifact_files(runtime: Runtime, db: Direct, task_id: str) -> list[Path]:
+    rows = db.execute("SELECT id FROM artifacts WHERE task_id = ?", (task_id,))
     return [runtime.settings.artifacts_dir / row[0] for row in rows]
 
 
-def age(db: sqlite3.Connection, task_id: str, status: str | None = None) -> None:
+def age(db: Direct, task_id: str, status: str | None = None) -> None:
     """The task ended (or, if live, was created) long ago, as its row and log say."""
     db.execute(
         "UPDATE tasks SET created_at = ?, started_at = ?, "
@@ -65,14 +56,12 @@ def age(db: sqlite3.Connection, task_id: str, status: str | None = None) -> None
     db.execute("UPDATE events SET timestamp = ? WHERE task_id = ?", (OLD, task_id))  # (its log too)
 
 
-def add_events(db: sqlite3.Connection, task_id: str, how_many: int) -> None:
-    first = db.execute("SELECT max(seq) FROM events WHERE task_id = ?", (task_id,)).fetchone()[0]
+def add_events(db: Direct, task_id: str, how_many: int) -> None:
+    first = db.execute("SELECT max(seq) FROM events WHERE task_id = ?", (task_id,))[0][0]
     rows = ((task_id, first + n, "log", '{"text": "x"}', OLD) for n in range(1, how_many + 1))
-    db.execute("BEGIN")
     db.executemany(
         "INSERT INTO events (task_id, seq, type, data, timestamp) VALUES (?,?,?,?,?)", rows
     )
-    db.execute("COMMIT")
 
 
 async def finished_task(
@@ -100,12 +89,12 @@ async def test_a_sweep_deletes_old_finished_tasks_in_batches_while_the_api_answe
     live = await runtime.create_task(busy.id, f"{ASK_FOREVER} please", owner=owner)
     queued = await runtime.create_task(busy.id, "after the live one", owner=owner)
     assert queued.status == "queued"
-    await until(
-        lambda: runtime.store.fetch_point("SELECT 1 FROM tasks WHERE id = ? AND status = "
-                                          "'waiting_input'", (live.id,)),
-        what="the live task waiting for input",
-    )  # fmt: skip
-    with database(runtime.settings) as db:
+    with direct_database(runtime.settings) as db:
+        await until(
+            lambda: db.execute("SELECT 1 FROM tasks WHERE id = ? AND status = 'waiting_input'",
+                               (live.id,)),
+            what="the live task waiting for input",
+        )  # fmt: skip
         for task_id, status in ((old_big, None), (old_failed, "failed"), (live.id, None),
                                 (queued.id, None)):  # fmt: skip
             age(db, task_id, status)
@@ -160,12 +149,12 @@ async def test_the_runtime_sweeps_at_start_only_with_the_setting(
         old = await finished_task(runtime, session.id, "old")
         recent = await finished_task(runtime, session.id, "recent")
         user_id = await runtime.owner(None)
-    with database(settings) as db:
+    with direct_database(settings) as db:
         age(db, old)
         db.execute(
             "INSERT INTO idempotency_keys (user_id, key, fingerprint, status, body, created_at) "
-            "VALUES (?, 'stale', 'f', 201, x'00', ?), (?, 'fresh', 'f', 201, x'00', ?)",
-            (user_id, time.time() - 2 * 24 * 3600, user_id, time.time()),
+            "VALUES (?, 'stale', 'f', 201, ?, ?), (?, 'fresh', 'f', 201, ?, ?)",
+            (user_id, b"\x00", time.time() - 2 * 24 * 3600, user_id, b"\x00", time.time()),
         )
     async with Runtime(settings, provider_env=env) as runtime:
         assert runtime.retention is None
@@ -176,9 +165,9 @@ async def test_the_runtime_sweeps_at_start_only_with_the_setting(
         assert runtime.retention is not None
         await until(lambda: runtime.retention.sweeps >= 1, what="the first sweep")
         assert [t.id for t in (await runtime.get_session(session.id)).tasks] == [recent]
-    with database(settings) as db:
+    with direct_database(settings) as db:
         assert count(db, "events", old) == 0
-        keys = db.execute("SELECT key FROM idempotency_keys").fetchall()
+        keys = db.execute("SELECT key FROM idempotency_keys")
         assert keys == [("fresh",)]
 
 
@@ -188,7 +177,7 @@ async def test_a_task_resumed_while_the_sweep_waits_for_its_session_stays(
     openai_server.responder = respond
     session = await runtime.create_session("s", tmp_path)
     task_id = await finished_task(runtime, session.id, "old")
-    with database(runtime.settings) as db:
+    with direct_database(runtime.settings) as db:
         age(db, task_id, "stopped")
         events = count(db, "events", task_id)
         session_lock, asked = asyncio.Lock(), asyncio.Event()

@@ -35,6 +35,7 @@ async def test_no_secret_leaks_anywhere(
     capfd: pytest.CaptureFixture[str],
     json_logs: None,
     monkeypatch: pytest.MonkeyPatch,
+    database_url: str | None,
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", PROVIDER_KEY)  # as on a real server
     monkeypatch.setenv("MINIDEVIN_JWT_SECRET", "jwt-SECRET-" + "z" * 32)
@@ -55,6 +56,7 @@ async def test_no_secret_leaks_anywhere(
         ]
     )
     settings = Settings(
+        database_url=database_url,
         data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="jwt-SECRET-" + "z" * 32,
         rate_limit_authenticated=0,

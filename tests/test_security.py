@@ -27,8 +27,9 @@ PASSWORD = "correct horse battery"
 LAPSED = "2021-01-01T00:00:00Z"  # an expiry in the past
 
 
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
+        "database_url": database_url,
         "data_dir": tmp_path / "data",
         "jwt_secret": SECRET,
         "rate_limit_authenticated": 0,
@@ -40,9 +41,13 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def serve(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Any]:
+async def serve(
+    aiohttp_client: Any, tmp_path: Path, database_url: str | None
+) -> AsyncIterator[Any]:
     async def start(**overrides: Any) -> TestClient:
-        return await aiohttp_client(create_app(Runtime(make_settings(tmp_path, **overrides))))
+        return await aiohttp_client(
+            create_app(Runtime(make_settings(tmp_path, database_url, **overrides)))
+        )
 
     yield start
 
@@ -99,9 +104,11 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(serve: Any) -> N
 
 
 async def test_forwarded_for_is_the_client_behind_a_trusted_proxy(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, tmp_path: Path, database_url: str | None
 ) -> None:
-    settings = make_settings(tmp_path, rate_limit_anonymous=2, trust_forwarded_for=True)
+    settings = make_settings(
+        tmp_path, database_url, rate_limit_anonymous=2, trust_forwarded_for=True
+    )
     client = await aiohttp_client(create_app(Runtime(settings)))
     statuses = [
         (await client.get("/api/sessions", headers={"X-Forwarded-For": f"10.0.0.{i}"})).status

@@ -18,7 +18,7 @@ USER = {"email": "s@example.com", "password": "password123", "name": "S"}
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_shutdown_stops_tasks_closes_sockets_and_exits_quickly(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path, signum: int
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, signum: int, database_url: str | None
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -26,7 +26,7 @@ async def test_shutdown_stops_tasks_closes_sockets_and_exits_quickly(
     command = f"bash -c 'sleep {marker} & echo started > grandchild.txt; wait'"
     openai_server.script([ScriptedTurn(tool_calls=[("terminal", {"command": command})])])
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_server.base_url}
-    server = ServeProcess(tmp_path / "data", env)
+    server = ServeProcess(tmp_path / "data", env, database_url)
     try:
         server.request("POST", "/api/auth/register", USER)
         token = server.request("POST", "/api/auth/login", USER)["access_token"]
@@ -56,7 +56,7 @@ async def test_shutdown_stops_tasks_closes_sockets_and_exits_quickly(
     finally:
         server.close()
 
-    restarted = ServeProcess(tmp_path / "data", env)
+    restarted = ServeProcess(tmp_path / "data", env, database_url)
     try:
         token = restarted.request("POST", "/api/auth/login", USER)["access_token"]
         detail = restarted.request(

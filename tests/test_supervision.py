@@ -65,8 +65,14 @@ def registry() -> ProviderRegistry:
     return providers
 
 
-async def test_crashes_fail_one_task_and_the_session_goes_on(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path.with_name(tmp_path.name + "-data"), jwt_secret="v" * 40)
+async def test_crashes_fail_one_task_and_the_session_goes_on(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    settings = Settings(
+        database_url=database_url,
+        data_dir=tmp_path.with_name(tmp_path.name + "-data"),
+        jwt_secret="v" * 40,
+    )
     async with Runtime(settings, providers=registry()) as runtime:
         session = await runtime.create_session("s", tmp_path)
         for model, code in (("crashing", "PROVIDER_ERROR"), ("malformed", "INTERNAL_ERROR")):

@@ -248,7 +248,7 @@ async def test_tasks_of_one_session_run_one_at_a_time_in_order(
 
 
 async def test_sessions_run_in_parallel_up_to_the_global_cap(
-    openai_server: ScriptedOpenAIServer, tmp_path: Path
+    openai_server: ScriptedOpenAIServer, tmp_path: Path, database_url: str | None
 ) -> None:
     gate = tmp_path / "gate"
     wait_gate = f"while [ ! -f {gate} ]; do sleep 0.02; done"
@@ -256,6 +256,7 @@ async def test_sessions_run_in_parallel_up_to_the_global_cap(
         [ScriptedTurn(tool_calls=[("terminal", {"command": wait_gate})]), finish("a"), finish("b")]
     )
     settings = Settings(
+        database_url=database_url,
         data_dir=tmp_path.with_name(tmp_path.name + "-data"),
         jwt_secret="c" * 40,
         max_concurrent_tasks=1,

@@ -21,8 +21,9 @@ from minidevin.runtime.settings import Settings
 VALUE = "sk-live-" + "7" * 40
 
 
-def _settings(data_dir: Path, **fields: Any) -> Settings:
+def _settings(data_dir: Path, database_url: str | None, **fields: Any) -> Settings:
     return Settings(
+        database_url=database_url,
         data_dir=data_dir,
         jwt_secret="s" * 40,
         rate_limit_authenticated=0,
@@ -33,10 +34,10 @@ def _settings(data_dir: Path, **fields: Any) -> Settings:
 
 
 async def test_secrets_are_stored_listed_replaced_and_deleted_without_showing_a_value(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, tmp_path: Path, database_url: str | None
 ) -> None:
     data = tmp_path / "data"
-    client: TestClient = await aiohttp_client(create_app(Runtime(_settings(data))))
+    client: TestClient = await aiohttp_client(create_app(Runtime(_settings(data, database_url))))
     ada = await sign_up(client)
     created = await expect_json(
         await client.post(
@@ -64,8 +65,12 @@ async def test_secrets_are_stored_listed_replaced_and_deleted_without_showing_a_
     assert await expect_json(await client.get("/api/secrets", headers=ada.bearer), 200) == []
 
 
-async def test_a_users_secrets_are_theirs_alone(aiohttp_client: Any, tmp_path: Path) -> None:
-    client: TestClient = await aiohttp_client(create_app(Runtime(_settings(tmp_path / "d"))))
+async def test_a_users_secrets_are_theirs_alone(
+    aiohttp_client: Any, tmp_path: Path, database_url: str | None
+) -> None:
+    client: TestClient = await aiohttp_client(
+        create_app(Runtime(_settings(tmp_path / "d", database_url)))
+    )
     ada, bob = await sign_up(client), await sign_up(client, "bob@example.com", "Bob")
     body = {"name": "SHARED_NAME", "value": VALUE}
     await expect_json(await client.post("/api/secrets", json=body, headers=ada.bearer), 201)
@@ -75,8 +80,12 @@ async def test_a_users_secrets_are_theirs_alone(aiohttp_client: Any, tmp_path: P
     assert [s["name"] for s in listed] == ["SHARED_NAME"]
 
 
-async def test_bad_names_and_values_are_422(aiohttp_client: Any, tmp_path: Path) -> None:
-    client: TestClient = await aiohttp_client(create_app(Runtime(_settings(tmp_path / "d"))))
+async def test_bad_names_and_values_are_422(
+    aiohttp_client: Any, tmp_path: Path, database_url: str | None
+) -> None:
+    client: TestClient = await aiohttp_client(
+        create_app(Runtime(_settings(tmp_path / "d", database_url)))
+    )
     ada = await sign_up(client)
     for body in (
         {"name": "lower", "value": "v"},
@@ -91,9 +100,11 @@ async def test_bad_names_and_values_are_422(aiohttp_client: Any, tmp_path: Path)
     assert (await client.get("/api/secrets")).status == 401
 
 
-async def test_values_open_across_restarts_with_the_same_key_only(tmp_path: Path) -> None:
+async def test_values_open_across_restarts_with_the_same_key_only(
+    tmp_path: Path, database_url: str | None
+) -> None:
     key = Fernet.generate_key().decode()
-    settings = _settings(tmp_path / "d", secrets_key=key)
+    settings = _settings(tmp_path / "d", database_url, secrets_key=key)
     async with Runtime(settings) as runtime:
         user = await runtime.owner(None)
         await runtime.secrets.put(user, "TOKEN", VALUE)
@@ -104,13 +115,15 @@ async def test_values_open_across_restarts_with_the_same_key_only(tmp_path: Path
     assert not (tmp_path / "d" / "secrets_key").exists()  # the configured key is not written
 
 
-async def test_a_damaged_key_file_stops_the_start_naming_it(tmp_path: Path) -> None:
+async def test_a_damaged_key_file_stops_the_start_naming_it(
+    tmp_path: Path, database_url: str | None
+) -> None:
     data = tmp_path / "d"
-    async with Runtime(_settings(data)):
+    async with Runtime(_settings(data, database_url)):
         pass
     (data / "secrets_key").write_bytes(b"")
     try:
-        async with Runtime(_settings(data)):
+        async with Runtime(_settings(data, database_url)):
             raise AssertionError("started with an empty secrets key")
     except SecretFileError as exc:
         assert "secrets_key" in str(exc)
@@ -130,13 +143,15 @@ def test_names_that_change_how_programs_start_cannot_be_secrets(name: str) -> No
     assert user_variables({name: "/tmp/evil.so", "API_TOKEN": "x" * 8}) == {"API_TOKEN": "x" * 8}
 
 
-async def test_a_changed_secrets_key_refuses_cleanly_and_stores_nothing(tmp_path: Path) -> None:
+async def test_a_changed_secrets_key_refuses_cleanly_and_stores_nothing(
+    tmp_path: Path, database_url: str | None
+) -> None:
     from minidevin.runtime.secrets_store import SecretUnreadable
 
     work = tmp_path / "w"
     work.mkdir()
     servers = [{"name": "fx", "command": "true", "env": {"TOKEN": "t" * 12}}]
-    settings = _settings(tmp_path / "d", secrets_key=Fernet.generate_key().decode())
+    settings = _settings(tmp_path / "d", database_url, secrets_key=Fernet.generate_key().decode())
     async with Runtime(settings) as runtime:
         session = await runtime.create_session("s", work, mcp_servers=servers)
     settings = settings.model_copy(update={"secrets_key": Fernet.generate_key().decode()})

@@ -144,12 +144,10 @@ async def test_a_failed_task_reports_its_error(
             10,
             lambda: f"three deliveries, got {receiver.attempts}",
         )
-        errors = await client.server.app[RUNTIME].store.fetch_all(
-            "SELECT data FROM events WHERE task_id = ? AND type = 'error'", (task["id"],)
-        )
+        log = await client.server.app[RUNTIME].store.task_log(task["id"])
     assert [body["status"] for body in delivered] == ["queued", "running", "failed"]
     assert [body["error"] for body in delivered[:2]] == [None, None]
-    (error,) = [json.loads(row["data"]) for row in errors]
+    (error,) = [event.data for event in log if event.type == "error"]
     assert delivered[2]["error"] == {"code": error["code"], "message": error["error"]}
     assert "X-Minidevin-Signature" not in receiver.attempts[0]["headers"]  # no secret: unsigned
 
@@ -210,7 +208,7 @@ async def test_a_private_address_is_refused_at_delivery_time(
 
 
 async def test_pending_deliveries_go_out_after_kill_9_and_restart(
-    scripted: ScriptedOpenAIServer, receiver: Receiver, tmp_path: Path
+    scripted: ScriptedOpenAIServer, receiver: Receiver, tmp_path: Path, database_url: str | None
 ) -> None:
     receiver.accepting = False
     scripted.script([finish("all good")])
@@ -226,7 +224,7 @@ async def test_pending_deliveries_go_out_after_kill_9_and_restart(
         "MINIDEVIN_WEBHOOK_MAX_ATTEMPTS": "1000",
     }
     account = {"email": "w@example.com", "password": "password123", "name": "W"}
-    server = ServeProcess(tmp_path / "data", env)
+    server = ServeProcess(tmp_path / "data", env, database_url)
     try:
         server.request("POST", "/api/auth/register", account)
         token = server.request("POST", "/api/auth/login", account)["access_token"]
@@ -254,7 +252,7 @@ async def test_pending_deliveries_go_out_after_kill_9_and_restart(
         server.close()
     refused = {a["body"]["delivery_id"] for a in receiver.attempts}
     receiver.accepting = True
-    server = ServeProcess(tmp_path / "data", env)
+    server = ServeProcess(tmp_path / "data", env, database_url)
     try:
         # at least once: a request the killed server had already sent may be read (and
         # accepted) only now, so deliveries count once per `delivery_id`

@@ -39,8 +39,9 @@ NOT_AVAILABLE = "working_directory is not available"
 FINISH = ScriptedTurn(tool_calls=[("finish", {"summary": "done", "success": True})])
 
 
-def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
+def settings_for(tmp_path: Path, database_url: str | None, **overrides: Any) -> Settings:
     return Settings(
+        database_url=database_url,
         data_dir=tmp_path / "data",
         jwt_secret="w" * 40,
         rate_limit_authenticated=0,
@@ -54,11 +55,14 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def server(
-    tmp_path: Path, responder: Callable[..., Any] | None = None, **overrides: Any
+    tmp_path: Path,
+    database_url: str | None,
+    responder: Callable[..., Any] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[TestClient]:
     async with (
         ScriptedOpenAIServer(responder=responder) as model,
-        serve(settings_for(tmp_path, **overrides), model) as client,
+        serve(settings_for(tmp_path, database_url, **overrides), model) as client,
     ):
         yield client
 
@@ -83,10 +87,12 @@ async def new_task(client: TestClient, user: User, session_id: str, description:
     )
 
 
-async def test_forbidden_directories_answer_like_a_missing_one(tmp_path: Path) -> None:
+async def test_forbidden_directories_answer_like_a_missing_one(
+    tmp_path: Path, database_url: str | None
+) -> None:
     data = tmp_path / "data"
     (tmp_path / "a-file").write_text("x")
-    async with server(tmp_path) as client:
+    async with server(tmp_path, database_url) as client:
         ada = await sign_up(client)
         (data / "inside").mkdir()
         for directory in (
@@ -111,13 +117,15 @@ async def test_forbidden_directories_answer_like_a_missing_one(tmp_path: Path) -
         assert (await expect_json(await client.get("/api/sessions", headers=ada.key))) == []
 
 
-async def test_with_roots_a_root_itself_and_anything_outside_are_refused(tmp_path: Path) -> None:
+async def test_with_roots_a_root_itself_and_anything_outside_are_refused(
+    tmp_path: Path, database_url: str | None
+) -> None:
     root = tmp_path / "root"
     (root / "ada" / "w1").mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()
     (root / "sneaky").symlink_to(outside)
-    async with server(tmp_path, workspace_roots=(root,)) as client:
+    async with server(tmp_path, database_url, workspace_roots=(root,)) as client:
         ada = await sign_up(client)
         for directory in (root, outside, root / "sneaky", root / "missing", f"{root}/ada/../.."):
             await refused(client, ada, directory)
@@ -125,11 +133,13 @@ async def test_with_roots_a_root_itself_and_anything_outside_are_refused(tmp_pat
         assert session["working_directory"] == str((root / "ada" / "w1").resolve())
 
 
-async def test_a_directory_belongs_to_its_first_user(tmp_path: Path) -> None:
+async def test_a_directory_belongs_to_its_first_user(
+    tmp_path: Path, database_url: str | None
+) -> None:
     work = tmp_path / "work"
     project = work / "ada" / "project"
     (project / "src").mkdir(parents=True)
-    async with server(tmp_path) as client:
+    async with server(tmp_path, database_url) as client:
         ada = await sign_up(client, "ada@example.com")
         bob = await sign_up(client, "bob@example.com", "Bob")
         first = await create_session(client, ada, project)
@@ -147,7 +157,9 @@ async def test_a_directory_belongs_to_its_first_user(tmp_path: Path) -> None:
         await create_session(client, bob, tmp_path / "bobs")
 
 
-async def test_a_tenant_without_roots_gets_temporary_directories_only(tmp_path: Path) -> None:
+async def test_a_tenant_without_roots_gets_temporary_directories_only(
+    tmp_path: Path, database_url: str | None
+) -> None:
     """Without roots, a tenant cannot claim (and so take over) a host directory of root's
     such as `/root/.config` or `/var/lib/dpkg`, nor run as another local user."""
     others = tmp_path / "others"
@@ -157,7 +169,7 @@ async def test_a_tenant_without_roots_gets_temporary_directories_only(tmp_path: 
     hidden.mkdir()
     outside_tmp = Path(tempfile.mkdtemp(dir="/var/tmp" if os.path.isdir("/var/tmp") else "/"))
     try:
-        async with server(tmp_path) as client:
+        async with server(tmp_path, database_url) as client:
             ada = await sign_up(client)
             for directory in (others, hidden, outside_tmp, "/var/lib", "/root/.config"):
                 await refused(client, ada, directory)
@@ -167,27 +179,33 @@ async def test_a_tenant_without_roots_gets_temporary_directories_only(tmp_path: 
         outside_tmp.rmdir()
 
 
-async def test_the_local_user_may_open_any_directory_not_forbidden(tmp_path: Path) -> None:
+async def test_the_local_user_may_open_any_directory_not_forbidden(
+    tmp_path: Path, database_url: str | None
+) -> None:
     """`minidevin run` on your own checkout: the local user is the machine's operator."""
     others = tmp_path / "others"
     others.mkdir()
     os.chown(others, 4242, 4242)
-    async with Runtime(settings_for(tmp_path)) as runtime:
+    async with Runtime(settings_for(tmp_path, database_url)) as runtime:
         session = await runtime.create_session("mine", others)
         assert session.working_directory == str(others)
 
 
-async def test_racing_users_cannot_both_claim_a_directory(tmp_path: Path) -> None:
+async def test_racing_users_cannot_both_claim_a_directory(
+    tmp_path: Path, database_url: str | None
+) -> None:
     project = tmp_path / "work" / "project"
     project.mkdir(parents=True)
-    async with server(tmp_path) as client:
+    async with server(tmp_path, database_url) as client:
         users = [await sign_up(client, f"u{n}@example.com", f"U{n}") for n in range(4)]
         answers = await asyncio.gather(*(open_session(client, u, project) for u in users))
         assert sorted(answer.status for answer in answers) == [201, 403, 403, 403]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing a directory over needs root")
-async def test_a_root_owned_directory_is_handed_to_the_sandbox_uid(tmp_path: Path) -> None:
+async def test_a_root_owned_directory_is_handed_to_the_sandbox_uid(
+    tmp_path: Path, database_url: str | None
+) -> None:
     project = tmp_path / "work" / "project"
     (project / "pkg").mkdir(parents=True)
     (project / "pkg" / "mod.py").write_text("x = 1\n")
@@ -195,7 +213,7 @@ async def test_a_root_owned_directory_is_handed_to_the_sandbox_uid(tmp_path: Pat
     outside.write_text("root's\n")
     (project / "link").symlink_to(outside)
     os.link(outside, project / "hard")  # a hard link may be a file elsewhere: left alone
-    async with server(tmp_path, sandbox_uid=54321) as client:
+    async with server(tmp_path, database_url, sandbox_uid=54321) as client:
         ada = await sign_up(client)
         await create_session(client, ada, project)
     for path in (project, project / "pkg", project / "pkg" / "mod.py"):
@@ -205,13 +223,17 @@ async def test_a_root_owned_directory_is_handed_to_the_sandbox_uid(tmp_path: Pat
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing a directory over needs root")
-async def test_a_directory_owned_by_someone_is_not_handed_over(tmp_path: Path) -> None:
+async def test_a_directory_owned_by_someone_is_not_handed_over(
+    tmp_path: Path, database_url: str | None
+) -> None:
     project = tmp_path / "work" / "project"
     project.mkdir(parents=True)
     (project / "f").write_text("")
     os.chown(project, 4242, 4242)
     # (inside a workspace root: the operator placed it; a tenant is refused it otherwise)
-    async with server(tmp_path, sandbox_uid=54321, workspace_roots=(tmp_path / "work",)) as client:
+    async with server(
+        tmp_path, database_url, sandbox_uid=54321, workspace_roots=(tmp_path / "work",)
+    ) as client:
         await create_session(client, await sign_up(client), project)
     assert project.stat().st_uid == 4242 and (project / "f").stat().st_uid == 0
 
@@ -222,11 +244,13 @@ def swap_for_link(directory: Path, target: Path) -> None:
     directory.symlink_to(target)
 
 
-async def test_a_swapped_or_replaced_directory_fails_task_creation(tmp_path: Path) -> None:
+async def test_a_swapped_or_replaced_directory_fails_task_creation(
+    tmp_path: Path, database_url: str | None
+) -> None:
     root = tmp_path / "root"
     for name in ("w1", "w2"):
         (root / "bob" / name).mkdir(parents=True)
-    async with server(tmp_path, workspace_roots=(root,)) as client:
+    async with server(tmp_path, database_url, workspace_roots=(root,)) as client:
         bob = await sign_up(client)
         linked = await create_session(client, bob, root / "bob" / "w1")
         replaced = await create_session(client, bob, root / "bob" / "w2")
@@ -241,6 +265,7 @@ async def test_a_swapped_or_replaced_directory_fails_task_creation(tmp_path: Pat
 
 async def test_a_queued_task_whose_directory_was_swapped_fails_when_it_starts(
     tmp_path: Path,
+    database_url: str | None,
 ) -> None:
     gate = asyncio.Event()
     model = GatedModel()
@@ -248,7 +273,9 @@ async def test_a_queued_task_whose_directory_was_swapped_fails_when_it_starts(
     root = tmp_path / "root"
     for name in ("busy", "victim"):
         (root / "bob" / name).mkdir(parents=True)
-    async with server(tmp_path, model, workspace_roots=(root,), max_concurrent_tasks=1) as client:
+    async with server(
+        tmp_path, database_url, model, workspace_roots=(root,), max_concurrent_tasks=1
+    ) as client:
         bob = await sign_up(client)
         busy = await create_session(client, bob, root / "bob" / "busy")
         victim = await create_session(client, bob, root / "bob" / "victim")
@@ -266,7 +293,9 @@ async def test_a_queued_task_whose_directory_was_swapped_fails_when_it_starts(
     assert model.calls == ["hold the slot"]  # the swapped task never reached the model
 
 
-async def test_a_tool_call_after_the_directory_was_swapped_fails(tmp_path: Path) -> None:
+async def test_a_tool_call_after_the_directory_was_swapped_fails(
+    tmp_path: Path, database_url: str | None
+) -> None:
     root = tmp_path / "root"
     workspace = root / "bob" / "w1"
     workspace.mkdir(parents=True)
@@ -290,7 +319,7 @@ async def test_a_tool_call_after_the_directory_was_swapped_fails(tmp_path: Path)
     def responder(body: dict[str, Any]) -> ScriptedTurn:
         return next(turns)()  # the first turn swaps the directory while the task runs
 
-    async with server(tmp_path, responder, workspace_roots=(root,)) as client:
+    async with server(tmp_path, database_url, responder, workspace_roots=(root,)) as client:
         bob = await sign_up(client)
         session = await create_session(client, bob, workspace)
         task = await expect_json(await new_task(client, bob, session["id"], "edit"), 201)
