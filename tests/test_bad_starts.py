@@ -28,6 +28,9 @@ from minidevin.runtime.auth import SecretFileError, load_jwt_secret
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import StoreError, open_store
 
+# about SQLite itself: a real SQLite lock, a corrupt SQLite file, a read-only data directory
+pytestmark = pytest.mark.sqlite_only
+
 EXIT_WITHIN = 30.0  # what the issue promises; the runs below take seconds
 
 

@@ -11,7 +11,10 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import pytest
 from serve_process import ServeProcess
+
+pytestmark = pytest.mark.sqlite_only  # about SQLite itself: VACUUM of the SQLite file
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 4000

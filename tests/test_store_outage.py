@@ -27,6 +27,10 @@ from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from serve_process import ServeProcess
 from waiting import until
 
+# about SQLite itself: its write lock held by another process, a full tmpfs under its file
+# (PostgreSQL's outages: test_store_postgres.py)
+pytestmark = pytest.mark.sqlite_only
+
 USER = {"email": "outage@example.com", "password": "password123", "name": "O"}
 TEXT = " ".join(f"w{i}" for i in range(400))
 
