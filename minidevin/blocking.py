@@ -89,6 +89,7 @@ class BlockingRuntime:
         secrets: list[str] | None = None,
         approval_policy: schemas.ApprovalPolicy = "never",
         mcp_servers: list[McpServer] | None = None,
+        node: str | None = None,
     ) -> schemas.SessionCreated:
         return self._call(
             self.runtime.create_session(
@@ -100,6 +101,7 @@ class BlockingRuntime:
                 secrets=secrets,
                 approval_policy=approval_policy,
                 mcp_servers=mcp_servers,
+                node=node,
             )
         )
 

@@ -49,7 +49,7 @@ async def open_runtime(runtime: Runtime) -> None:
     runtime.deps = replace(runtime.deps, secrets=runtime.secrets)  # (before any actor starts)
     if runtime.settings.redis_url is not None:  # one node of several
         await join_nodes(runtime)
-    recovered = await recover_tasks(runtime.store, runtime.settings.data_dir, runtime.runs_here)
+    recovered = await recover_tasks(runtime.store, runtime.settings.data_dir, runtime._runs_here)
     # no task is live yet: patches a previous process left are garbage (its stores are not)
     await asyncio.to_thread(clear_leftovers, runtime.settings.snapshots_dir)
     sandbox = await asyncio.to_thread(sandbox_status)  # probes bwrap once, off the loop

@@ -37,7 +37,7 @@ class TaskControl:
     def _session_actor(self, session_id: str) -> pykka.ActorRef:
         raise NotImplementedError  # (the Runtime's)
 
-    async def runs_here(self, session_id: str) -> bool:
+    async def _runs_here(self, session_id: str) -> bool:
         """Whether the session's actors are this node's (always, without nodes)."""
         return self.nodes is None or await self.nodes.node_of(session_id) == self.nodes.node_id
 

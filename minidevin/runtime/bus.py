@@ -26,14 +26,15 @@ import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as redis
 import structlog
-from redis.exceptions import RedisError
 
 from minidevin.runtime.errors import ApiError, Unavailable
 from minidevin.runtime.events import Event
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 log = structlog.get_logger(__name__)
 PREFIX = "minidevin."
@@ -87,12 +88,14 @@ class NodeBus:
 
     async def start(self) -> None:
         """Connect and listen; raises `Unavailable` if Redis cannot be reached now."""
-        self._client = redis.from_url(
+        import redis.asyncio as aioredis  # (only with nodes: it imports tracing's SDK if present)
+
+        self._client = aioredis.from_url(
             self.url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10
         )
         try:
             await self._client.ping()
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # (refused, unreachable, a bad URL: one line either way)
             await self._client.aclose()
             raise Unavailable(f"Redis at {_where(self.url)} cannot be reached: {exc}") from None
         await self._listen()
@@ -171,7 +174,9 @@ class NodeBus:
             return await asyncio.wait_for(answer, CALL_TIMEOUT)
         except TimeoutError:
             raise Unavailable(f"node {node} did not answer within {CALL_TIMEOUT:.0f} s") from None
-        except (RedisError, OSError) as exc:
+        except ApiError:  # (the other node's answer, or "not running")
+            raise
+        except Exception as exc:  # (the connection: Redis's errors, OS errors)
             raise Unavailable(f"the other nodes cannot be reached now (Redis): {exc}") from None
         finally:
             self._calls.pop(call_id, None)

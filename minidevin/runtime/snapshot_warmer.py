@@ -30,8 +30,7 @@ class SnapshotWarmer:
     def __init__(self, snapshots_dir: Path) -> None:
         self.snapshots_dir = snapshots_dir
         self._jobs: queue.Queue[Job | None] = queue.Queue(QUEUE_LIMIT)
-        self._thread = threading.Thread(target=self._work, name="snapshot-warmer", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # (started by the first warm-up)
 
     def warm(
         self,
@@ -40,11 +39,16 @@ class SnapshotWarmer:
         run_as: tuple[int, int] | None,
     ) -> None:
         """Queue the directory's snapshot (never blocks; dropped when the queue is full)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="snapshot-warmer", daemon=True)
+            self._thread.start()
         with contextlib.suppress(queue.Full):
             self._jobs.put_nowait((working_directory, identity, run_as))
 
     def close(self, timeout: float = 10.0) -> None:
         """Take no more; wait (up to `timeout`) for the one under way."""
+        if self._thread is None:
+            return
         while True:  # (what waits is dropped: only the one under way is waited for)
             try:
                 self._jobs.get_nowait()
