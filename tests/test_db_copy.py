@@ -29,6 +29,7 @@ from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from serve_process import ServeProcess
 
 from minidevin.runtime.settings import Settings
+from minidevin.runtime.storage import open_store
 from minidevin.runtime.storage.postgres_schema import SCHEMA_VERSION as PG_VERSION
 from minidevin.runtime.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -298,17 +299,39 @@ def test_a_value_postgresql_cannot_hold_is_named_and_nothing_is_written(
     tmp_path: Path, postgres_server: ThrowawayPostgres, pg_url: str
 ) -> None:
     database = small_installation(tmp_path / "data")
-    with closing(sqlite3.connect(database)) as db, db:
-        db.execute("UPDATE tasks SET description = ? WHERE id = 't'", ("a\x00b",))
+    with closing(sqlite3.connect(database)) as db, db:  # (SQLite keeps any type in a column)
+        db.execute("UPDATE tasks SET max_iterations = 'lots' WHERE id = 't'")
 
     line = one_line_failure(minidevin_db("copy", "--from", str(database), "--to", pg_url))
 
     assert line.startswith("minidevin: cannot copy the table tasks: ")
     assert line.endswith(
-        "the row with id='t' holds text with a NUL character (PostgreSQL text cannot hold "
-        "one) in column description"
+        "the row with id='t' holds a str value where PostgreSQL's column is bigint in column "
+        "max_iterations"
     )
     assert pg_tables(postgres_server, pg_url) == set()  # (its migration rolled back too)
+
+
+async def test_text_with_nul_is_copied_and_reads_back_as_it_was(
+    tmp_path: Path, postgres_server: ThrowawayPostgres, pg_url: str
+) -> None:
+    """PostgreSQL text cannot hold NUL: the copy escapes it as the PostgreSQL store does,
+    and the store gives it back as SQLite held it (SOH, the escape, included)."""
+    database = small_installation(tmp_path / "data")
+    description = "a\x00b\x01c\x010"
+    with closing(sqlite3.connect(database)) as db, db:
+        db.execute("UPDATE tasks SET description = ? WHERE id = 't'", (description,))
+    done = minidevin_db("copy", "--from", str(database), "--to", pg_url)
+    assert done.returncode == 0, done.stderr
+    store = open_store(Settings(data_dir=tmp_path / "pg-data", database_url=pg_url))
+    await store.open()
+    try:
+        owner = await store.task_owner("t")
+        assert owner is not None
+        row = await store.task_row("t", owner)
+        assert row is not None and row["description"] == description
+    finally:
+        await store.close()
 
 
 def test_a_column_postgresql_lacks_stops_the_copy_before_anything_is_written(

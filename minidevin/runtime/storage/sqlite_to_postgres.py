@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -32,6 +34,7 @@ from minidevin.runtime.storage.interface import StoreError
 from minidevin.runtime.storage.open_errors import open_problem as sqlite_open_problem
 from minidevin.runtime.storage.postgres_errors import target
 from minidevin.runtime.storage.postgres_schema import migrate, schema_version
+from minidevin.runtime.storage.postgres_text import store_text
 from minidevin.runtime.storage.schema_upgrade import (
     close_quietly,
     connect_postgres,
@@ -191,18 +194,22 @@ async def _lock_empty_target(conn: asyncpg.Connection, where: str) -> list[str]:
     return names
 
 
+def _escaped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """Rows with their text as the PostgreSQL store holds it (`postgres_text.store_text`:
+    a NUL character, which PostgreSQL text cannot hold, escaped)."""
+    for row in rows:
+        yield tuple(store_text(value) if isinstance(value, str) else value for value in row)
+
+
 def _refused_value(source: sqlite3.Connection, table: _Table) -> str:
-    """Where the first value PostgreSQL cannot take is (text with a NUL character, a
-    value of another type than its column's), or "" if none is found."""
+    """Where the first value PostgreSQL cannot take is (a value of another type than its
+    column's), or "" if none is found."""
     for row in source.execute(table.select()):
         for column, kind, value in zip(table.columns, table.types, row, strict=True):
             expected = _PYTHON_TYPES.get(kind, (object,))
             if value is None or (isinstance(value, expected) and not isinstance(value, bool)):
-                if not (isinstance(value, str) and "\x00" in value):
-                    continue
-                problem = "text with a NUL character (PostgreSQL text cannot hold one)"
-            else:
-                problem = f"a {type(value).__name__} value where PostgreSQL's column is {kind}"
+                continue
+            problem = f"a {type(value).__name__} value where PostgreSQL's column is {kind}"
             key = ", ".join(f"{table.columns[at]}={row[at]!r}" for at in table.key)
             return f"; the row with {key} holds {problem} in column {column}"
     return ""
@@ -215,8 +222,9 @@ async def _copy_table(
     (count,) = source.execute(f"SELECT count(*) FROM {_quote(table.name)}").fetchone()
     try:
         status = await conn.copy_records_to_table(
-            table.name, records=source.execute(table.select()), columns=list(table.columns)
-        )
+            table.name, records=_escaped(source.execute(table.select())),
+            columns=list(table.columns),
+        )  # fmt: skip
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read the table {table.name} of {path}: {exc}") from None
     except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError,
