@@ -126,6 +126,7 @@ async def join_nodes(runtime: Runtime) -> None:
     except Unavailable as exc:
         raise StoreError(exc.detail) from None
     runtime.nodes = Nodes(runtime, bus)
+    runtime.accounts.cached = False  # (credentials changed on another node hold here at once)
     from minidevin.leases import Leases  # (it uses this module)
 
     runtime.leases = Leases(runtime, runtime.nodes)

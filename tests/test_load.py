@@ -111,7 +111,10 @@ async def test_200_tasks_with_200_subscribers(
     await until(
         lambda: threading.active_count() <= baseline_threads,
         timeout=20,
-        what=f"threads back to {baseline_threads} (now {threading.active_count()})",
+        what=lambda: (
+            f"threads back to {baseline_threads} "
+            f"(now {[thread.name for thread in threading.enumerate()]})"
+        ),
     )
     await until(lambda: not child_processes(), timeout=10, what="no child process left")
     # on PostgreSQL, the read pool keeps the connections the load opened (at most its size)

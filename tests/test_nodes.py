@@ -344,3 +344,23 @@ async def test_nodes_ride_out_a_redis_restart(
     for node in (first, second):
         assert node.process.poll() is None  # neither fenced itself
         assert node.request("GET", "/health")["status"] == "healthy"
+
+
+def test_a_revoked_key_and_a_new_password_hold_on_every_node_at_once(
+    nodes: list[ServeProcess],
+) -> None:
+    first, second, third = nodes
+    first.request("POST", "/api/auth/register", USER)
+    auth = login(first)
+    key = first.request("POST", "/api/auth/api-keys", {"name": "k"}, auth)
+    by_key = {"X-API-Key": key["key"]}
+    assert second.request("GET", "/api/sessions", None, by_key) == []  # (known to node 2)
+    old = login(third)
+    assert third.request("GET", "/api/sessions", None, old) == []  # (and node 3's token)
+    first.request("DELETE", f"/api/auth/api-keys/{key['id']}", None, auth)
+    body = {"current_password": USER["password"], "new_password": "another horse battery"}
+    first.request("POST", "/api/auth/password", body, auth)
+    for node, headers in ((second, by_key), (third, old)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            node.request("GET", "/api/sessions", None, headers)
+        assert refused.value.code == 401

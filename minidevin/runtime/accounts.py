@@ -84,6 +84,9 @@ class Accounts:
         )
         self._versions: dict[str, int] = {}  # user id -> token version (users are never deleted)
         self._keys: dict[str, _KnownKey] = {}  # by key hash; revocation evicts at once
+        # with nodes, nothing is cached: a revocation or a new password on another node
+        # must hold here at the next request
+        self.cached = True
         self._register_lock = asyncio.Lock()
 
     def close(self) -> None:
@@ -215,7 +218,7 @@ class Accounts:
 
     async def _token_version(self, user_id: str, *, fresh: bool = False) -> int | None:
         """The user's token version (None: no such user), cached."""
-        if fresh or user_id not in self._versions:
+        if fresh or not self.cached or user_id not in self._versions:
             version = await self.store.token_version(user_id)
             if version is None:
                 return None
@@ -241,7 +244,11 @@ class Accounts:
             raise Unauthorized("invalid API key")
         key_hash = hash_api_key(key)
         cached = self._keys.get(key_hash)
-        if cached is None or cached.checked + KEY_CACHE_SECONDS < time.monotonic():
+        if (
+            cached is None
+            or not self.cached
+            or cached.checked + KEY_CACHE_SECONDS < time.monotonic()
+        ):
             row = await self.store.api_key_by_hash(key_hash)
             if row is None or row["revoked_at"] is not None:
                 self._keys.pop(key_hash, None)
@@ -260,5 +267,10 @@ class Accounts:
         row = await self.store.user_by_email(LOCAL_USER_EMAIL)
         if row is not None:
             return row["id"]
-        # (the Runtime serialises first calls, so there is no race to lose here)
-        return (await self.store.insert_user(LOCAL_USER_EMAIL, "local", None)).id
+        try:  # (the Runtime serialises its own first calls; another node may win the race)
+            return (await self.store.insert_user(LOCAL_USER_EMAIL, "local", None)).id
+        except AlreadyExists:
+            row = await self.store.user_by_email(LOCAL_USER_EMAIL)
+            if row is None:
+                raise
+            return str(row["id"])

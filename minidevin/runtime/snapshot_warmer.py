@@ -21,6 +21,7 @@ from minidevin.runtime.snapshots import snapshots_for
 
 log = structlog.get_logger(__name__)
 QUEUE_LIMIT = 32
+IDLE_SECONDS = 0.2  # the thread ends after this long with nothing to do
 Job = tuple[Path, tuple[int, int] | None, tuple[int, int] | None]
 
 
@@ -30,7 +31,8 @@ class SnapshotWarmer:
     def __init__(self, snapshots_dir: Path) -> None:
         self.snapshots_dir = snapshots_dir
         self._jobs: queue.Queue[Job | None] = queue.Queue(QUEUE_LIMIT)
-        self._thread: threading.Thread | None = None  # (started by the first warm-up)
+        self._thread: threading.Thread | None = None  # (started by a warm-up, ends when idle)
+        self._lock = threading.Lock()
 
     def warm(
         self,
@@ -39,26 +41,40 @@ class SnapshotWarmer:
         run_as: tuple[int, int] | None,
     ) -> None:
         """Queue the directory's snapshot (never blocks; dropped when the queue is full)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="snapshot-warmer", daemon=True)
-            self._thread.start()
         with contextlib.suppress(queue.Full):
             self._jobs.put_nowait((working_directory, identity, run_as))
+        with self._lock:  # (the thread ends once idle: none stays behind between bursts)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="snapshot-warmer", daemon=True
+                )
+                self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Take no more; wait (up to `timeout`) for the one under way."""
-        if self._thread is None:
-            return
         while True:  # (what waits is dropped: only the one under way is waited for)
             try:
                 self._jobs.get_nowait()
             except queue.Empty:
                 break
-        self._jobs.put(None)
-        self._thread.join(timeout)
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(timeout)
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
+            if job is None:
+                return
             working_directory, identity, run_as = job
             snapshots = snapshots_for(self.snapshots_dir, working_directory, identity, run_as)
             if (snapshots.git_dir / "HEAD").exists():

@@ -88,6 +88,9 @@ class TokenCoalescer:
             self._emit(piece)
 
 
+IDLE_SECONDS = 1.0  # the flusher thread ends after this long with nothing due
+
+
 class _Flusher:
     """One daemon thread for every coalescer: flushes each batch when its window ends."""
 
@@ -100,7 +103,7 @@ class _Flusher:
     def schedule(self, when: float, coalescer: TokenCoalescer, batch: int) -> None:
         with self._cond:
             heapq.heappush(self._due, (when, next(self._order), coalescer, batch))
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="token-coalescer", daemon=True
                 )
@@ -110,8 +113,10 @@ class _Flusher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._due:
-                    self._cond.wait()
+                while not self._due:  # (idle a while: it ends, and comes back on demand)
+                    if not self._cond.wait(IDLE_SECONDS) and not self._due:
+                        self._thread = None
+                        return
                 when = self._due[0][0]
                 left = when - time.monotonic()
                 if left > 0:
