@@ -227,7 +227,10 @@ async def test_two_hundred_tasks_over_three_nodes_each_stream_whole_and_once(
     import asyncio
 
     nodes = cluster(
-        3, MINIDEVIN_MAX_CONCURRENT_TASKS="100", MINIDEVIN_MAX_WEBSOCKETS_PER_USER="250"
+        3,
+        MINIDEVIN_MAX_CONCURRENT_TASKS="100",
+        MINIDEVIN_MAX_WEBSOCKETS_PER_USER="250",
+        MINIDEVIN_MAX_CONNECTIONS_PER_ADDRESS="1000",  # (every client here is 127.0.0.1)
     )
     count = 200
     openai_server.script([ScriptedTurn(text=f"Done {n}.") for n in range(count)])
