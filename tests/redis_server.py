@@ -8,15 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from serve_process import free_port
+
 
 class RedisMissing(Exception):
     """redis-server is not installed here."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ThrowawayRedis:

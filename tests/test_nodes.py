@@ -88,6 +88,19 @@ def login(node: ServeProcess) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 
+def task_on(node: ServeProcess, work: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """A new user's task (one scripted turn) in a session created on `node`: (auth, task)."""
+    node.request("POST", "/api/auth/register", USER)
+    auth = login(node)
+    work.mkdir()
+    body = {"name": "s", "working_directory": str(work)}
+    session = node.request("POST", "/api/sessions", body, auth)
+    task = node.request(
+        "POST", f"/api/sessions/{session['id']}/tasks", {"description": "wait"}, auth
+    )
+    return auth, task
+
+
 async def collect(session: aiohttp.ClientSession, url: str, into: list[dict[str, Any]]) -> None:
     async with session.ws_connect(url) as ws:
         async for message in ws:
@@ -181,15 +194,7 @@ async def test_a_killed_nodes_task_is_taken_over_within_the_lease(
             ScriptedTurn(text="Done after the takeover."),
         ]
     )
-    first.request("POST", "/api/auth/register", USER)
-    auth = login(first)
-    work = tmp_path / "work"
-    work.mkdir()
-    body = {"name": "s", "working_directory": str(work)}
-    session = first.request("POST", "/api/sessions", body, auth)
-    task = first.request(
-        "POST", f"/api/sessions/{session['id']}/tasks", {"description": "wait"}, auth
-    )
+    auth, task = task_on(first, tmp_path / "work")
     token = auth["Authorization"].split()[1]
     seen: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as client:
@@ -301,15 +306,7 @@ async def test_nodes_ride_out_a_redis_restart(
     openai_server.script(
         [ScriptedTurn(text="Working.", tool_calls=[("terminal", {"command": "sleep 60"})])]
     )
-    first.request("POST", "/api/auth/register", USER)
-    auth = login(first)
-    work = tmp_path / "work"
-    work.mkdir()
-    body = {"name": "s", "working_directory": str(work)}
-    session = first.request("POST", "/api/sessions", body, auth)
-    task = first.request(
-        "POST", f"/api/sessions/{session['id']}/tasks", {"description": "wait"}, auth
-    )
+    auth, task = task_on(first, tmp_path / "work")
     token = auth["Authorization"].split()[1]
     seen: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as client:
