@@ -158,7 +158,8 @@ def _bytewise(ddl: str) -> str:
     return ddl.replace(" TEXT", ' TEXT COLLATE "C"')
 
 
-# the schema of the SQLite store's version 8, as PostgreSQL's version 1; then as SQLite's 9
+# the schema of the SQLite store's version 8, as PostgreSQL's version 1; then as SQLite's 9;
+# then PostgreSQL's own
 MIGRATIONS: tuple[str, ...] = (
     _bytewise(_INITIAL),
     # 2 (SQLite's 9): with nodes, the node a session runs on
@@ -166,6 +167,20 @@ MIGRATIONS: tuple[str, ...] = (
         """
         ALTER TABLE sessions ADD COLUMN node TEXT;
         CREATE INDEX sessions_node ON sessions(node);
+        """
+    ),
+    # 3 (PostgreSQL only): what every node reads — artifact contents; and each node's
+    # generation, which fences the writes of a node that was taken over
+    _bytewise(
+        """
+        CREATE TABLE artifact_contents (
+            artifact_id TEXT PRIMARY KEY REFERENCES artifacts(id) ON DELETE CASCADE,
+            content BYTEA NOT NULL
+        );
+        CREATE TABLE node_generations (
+            node TEXT PRIMARY KEY,
+            generation BIGINT NOT NULL
+        );
         """
     ),
 )
