@@ -19,6 +19,7 @@ from minidevin.runtime.pagination import Page, page
 from minidevin.runtime.storage.interface import ArtifactRow, new_id
 from minidevin.runtime.storage.postgres_accounts import PostgresAccounts
 from minidevin.runtime.storage.postgres_batch import Write, decode_json
+from minidevin.runtime.storage.postgres_fencing import PostgresFencing
 from minidevin.runtime.storage.postgres_outbox import PostgresOutbox
 from minidevin.runtime.storage.rows import session_options
 
@@ -47,7 +48,7 @@ def _event(task_id: str, row: dict[str, Any]) -> Event:
     return Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
 
 
-class PostgresStore(PostgresAccounts, PostgresOutbox):
+class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresFencing):
     """The `Store` on a PostgreSQL database, migrated on open.
 
     `PostgresStore(url, retry_seconds=10.0, pool_size=10)`: `url` is a

@@ -49,11 +49,32 @@ def decode_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-async def commit_batch(conn: asyncpg.Connection, batch: list[Write | Event]) -> bool:
+class Fenced(Exception):
+    """This node's generation is no longer the database's: another node took it over, and
+    nothing more of this process may be committed."""
+
+
+async def commit_batch(
+    conn: asyncpg.Connection, batch: list[Write | Event], fence: tuple[str, int] | None = None
+) -> bool:
     """The batch's statements and events in order, each event's projection applied after
-    it (`runtime/projection.py`), one transaction. True if a task row changed."""
+    it (`runtime/projection.py`), one transaction. True if a task row changed.
+
+    With `fence` (node id, generation), the transaction first reads the node's generation
+    under a share lock and raises `Fenced` if it moved on: a takeover's increment waits for
+    a batch in flight, and no batch commits after it."""
     projected = False
     async with conn.transaction():
+        if fence is not None:
+            node, generation = fence
+            now = await conn.fetchval(
+                "SELECT generation FROM node_generations WHERE node = $1 FOR SHARE", node
+            )
+            if now != generation:
+                raise Fenced(
+                    f"node {node} was taken over (generation {generation}, now {now}): "
+                    "its writes are refused"
+                )
         events: list[Event] = []
         for item in batch:
             if isinstance(item, Event):

@@ -28,7 +28,7 @@ from minidevin.runtime.events import Event
 from minidevin.runtime.storage.interface import StoreError
 from minidevin.runtime.storage.open_errors import OPEN_TIMEOUT_MAX
 from minidevin.runtime.storage.outage import StoreOutage
-from minidevin.runtime.storage.postgres_batch import Write, commit_batch
+from minidevin.runtime.storage.postgres_batch import Fenced, Write, commit_batch
 from minidevin.runtime.storage.postgres_errors import (
     WriterUnreachable,
     connection_broken,
@@ -73,6 +73,10 @@ class PostgresEngine:
         self._loop_thread: int | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._projected = False  # the last committed batch changed a task row
+        # with nodes: (this node, its generation), checked in every batch (`fence_as`)
+        self.fence: tuple[str, int] | None = None
+        self.fenced: str | None = None  # why this process may commit nothing more
+        self.on_fenced: Callable[[str], None] = lambda why: None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -238,11 +242,17 @@ class PostgresEngine:
             try:
                 await self._commit_patiently(batch)
                 metrics.observe_commit(len(batch), time.monotonic() - started)
+            except Fenced as exc:
+                self._refuse_fenced(batch, str(exc))
+                continue
             except Exception as exc:
                 log.error("store_batch_failed", error=str(exc), size=len(batch))
                 for item in batch:  # isolate the statement the database refuses; keep the rest
                     try:
                         await self._commit_patiently([item], take_queued=False)
+                    except Fenced as fenced:
+                        self._refuse_fenced([item], str(fenced))
+                        continue
                     except Exception as item_exc:
                         self._finish([item], item_exc)
                     else:
@@ -315,8 +325,10 @@ class PostgresEngine:
                 self._writer = await self._connect_writer()
             except Exception as exc:  # (whatever the reason, nothing of the batch was tried)
                 raise WriterUnreachable(self._describe(exc)) from exc
+        if self.fenced is not None:
+            raise Fenced(self.fenced)
         try:
-            self._projected = await commit_batch(self._writer, batch)
+            self._projected = await commit_batch(self._writer, batch, self.fence)
         except Exception as exc:
             if connection_broken(exc) or self._writer.is_closed():
                 self._writer.terminate()
@@ -326,6 +338,18 @@ class PostgresEngine:
                     # never a refusal of the batch's statements
                     raise WriterUnreachable(self._describe(exc)) from exc
             raise
+
+    # -- fencing (nodes) ---------------------------------------------------------------
+
+    def _refuse_fenced(self, batch: list[Write | Event], why: str) -> None:
+        """Nothing of `batch` is committed nor ever will be: its waiters fail, its events
+        are dropped unpublished (nobody was told of them), and the node is told to stop."""
+        first = self.fenced is None
+        self.fenced = why
+        self._finish(batch, StoreError(why))
+        if first:
+            log.error("store_fenced", reason=why, dropped=len(batch))
+            self.on_fenced(why)
 
     def _finish(self, batch: list[Write | Event], error: Exception | None) -> None:
         events = [item for item in batch if isinstance(item, Event)]
