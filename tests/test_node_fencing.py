@@ -1,0 +1,123 @@
+"""Fencing by node generation (issue 16): a node taken over commits nothing more, however
+late it wakes; a batch it had in flight commits before the takeover or not at all; started
+again, it takes a new generation and writes as before. Real PostgreSQL, two stores on one
+database standing for two nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+from pg_server import ThrowawayPostgres
+from waiting import until
+
+from minidevin.runtime import schemas
+from minidevin.runtime.events import Event, utc_now
+from minidevin.runtime.storage import StoreError
+from minidevin.runtime.storage.postgres import PostgresStore
+
+
+@pytest.fixture
+def database(postgres_server: ThrowawayPostgres) -> Iterator[str]:
+    name = "fence_" + uuid.uuid4().hex
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.sync.execute(postgres_server.url(), f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def seed_task(store: PostgresStore) -> str:
+    user = await store.insert_user(f"{uuid.uuid4().hex}@example.com", "u", None)
+    session = await store.insert_session(user.id, "s", "/tmp")
+    task_id = str(uuid.uuid4())
+    await store.insert_task(task_id, session.id, schemas.TaskRequest(description="d"), "m", 5,
+                            utc_now())  # fmt: skip
+    return task_id
+
+
+def token(task_id: str, seq: int) -> Event:
+    return Event(task_id, seq, "token", {"text": f"w{seq}"}, utc_now())
+
+
+async def test_a_node_taken_over_commits_nothing_more(database: str) -> None:
+    stale, taker = PostgresStore(database), PostgresStore(database)
+    await stale.open()
+    await taker.open()
+    fenced: list[str] = []
+    published: list[Event] = []
+    stale.on_fenced = fenced.append
+    stale.on_events_committed = published.extend
+    try:
+        assert await stale.fence_as("node1") == 1
+        task_id = await seed_task(stale)
+        stale.append(token(task_id, 1))
+        await stale.flush()  # (its own generation: committed)
+        assert [e.seq for e in published] == [1]
+
+        await taker.fence_node("node1")  # the takeover
+        stale.append(token(task_id, 2))
+        with pytest.raises(StoreError, match="taken over"):
+            await stale.write("UPDATE tasks SET iterations = 7 WHERE id = $1", task_id)
+        assert len(fenced) == 1 and "node node1 was taken over" in fenced[0]
+        with pytest.raises(StoreError, match="taken over"):  # and every write after it
+            await stale.flush()
+        assert len(fenced) == 1  # (told once)
+
+        assert [e.seq for e in await taker.events_after(task_id, 0)] == [1]
+        row = await taker.fetch_one("SELECT iterations FROM tasks WHERE id = $1", task_id)
+        assert row == {"iterations": 0}
+        assert [e.seq for e in published] == [1]  # the dropped event was never published
+    finally:
+        await stale.close()
+        await taker.close()
+
+    # started again (its lease taken anew): a new generation, and it writes again
+    again = PostgresStore(database)
+    await again.open()
+    try:
+        assert await again.fence_as("node1") == 3
+        again.append(token(task_id, 2))
+        await again.flush()
+        assert [e.seq for e in await again.events_after(task_id, 0)] == [1, 2]
+    finally:
+        await again.close()
+
+
+async def test_a_takeover_waits_for_a_batch_in_flight(database: str) -> None:
+    """A batch of node1's writer that is in flight when the takeover comes (a slow statement
+    in it) holds the takeover until it commits: it is wholly before the takeover; the next
+    batch is refused."""
+    stale, taker = PostgresStore(database), PostgresStore(database)
+    await stale.open()
+    await taker.open()
+    watcher = await asyncpg.connect(database)
+    stale.on_fenced = lambda why: None
+    try:
+        await stale.fence_as("node1")
+        task_id = await seed_task(stale)
+        stale.append(token(task_id, 1))
+        slow = asyncio.create_task(stale.write("SELECT pg_sleep(1.5)"))  # (same batch)
+
+        async def waiting(query: str) -> bool:
+            return bool(await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = $1 "
+                "AND query LIKE $2", *query.split("|"),
+            ))  # fmt: skip
+
+        await until(lambda: waiting("Timeout|SELECT pg_sleep%"), what="the batch in flight")
+        takeover = asyncio.create_task(taker.fence_node("node1"))
+        await until(lambda: waiting("Lock|UPDATE node_generations%"),
+                    what="the takeover to wait for the batch's lock")  # fmt: skip
+        await asyncio.wait_for(slow, 10)  # committed, in its own generation
+        await asyncio.wait_for(takeover, 10)
+        assert [e.seq for e in await taker.events_after(task_id, 0)] == [1]
+        stale.append(token(task_id, 2))
+        with pytest.raises(StoreError, match="taken over"):
+            await stale.flush()
+        assert [e.seq for e in await taker.events_after(task_id, 0)] == [1]
+    finally:
+        await watcher.close()
+        await stale.close()
+        await taker.close()
