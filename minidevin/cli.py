@@ -219,6 +219,13 @@ def db_vacuum_command(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"minidevin: {exc}", file=sys.stderr)
         return 2
+    if settings.database_url is not None:  # (PostgreSQL reclaims space itself: autovacuum)
+        print(
+            "minidevin: db vacuum is for the embedded SQLite store; MINIDEVIN_DATABASE_URL "
+            "names PostgreSQL, whose autovacuum (or VACUUM FULL) does this",
+            file=sys.stderr,
+        )
+        return 1
     path = settings.database_path
     if not path.is_file():
         print(f"minidevin: no database at {path}", file=sys.stderr)

@@ -21,8 +21,8 @@ ROWS = 4000
 PAYLOAD = "x" * 1000  # ~4 MB of event rows
 
 
-def vacuum(data: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIDEVIN_")}
+def vacuum(data: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIDEVIN_")} | settings
     return subprocess.run(
         [sys.executable, "-m", "minidevin.cli", "db", "vacuum", "--data-dir", str(data)],
         cwd=ROOT,
@@ -125,3 +125,11 @@ def test_vacuum_without_a_database_says_so(tmp_path: Path) -> None:
         f"minidevin: no database at {tmp_path}/empty/minidevin.sqlite3"
     ]
     assert not (tmp_path / "empty").exists()
+
+
+def test_vacuum_on_postgresql_says_it_is_for_sqlite(tmp_path: Path) -> None:
+    url = "postgresql://minidevin@127.0.0.1:9/minidevin"  # (never connected to)
+    done = vacuum(tmp_path / "data", MINIDEVIN_DATABASE_URL=url)
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1
+    assert "db vacuum is for the embedded SQLite store" in done.stderr
