@@ -191,7 +191,8 @@ class BlockingRuntime:
     def artifact_file(
         self, task_id: str, artifact_id: str, *, owner: str | None = None
     ) -> tuple[dict[str, Any], Path]:
-        """The artifact's row and the path of its bytes."""
+        """The artifact's row and the path of its bytes (on PostgreSQL, for an artifact
+        another node made, a copy of the database's bytes: see `Runtime.artifact_file`)."""
         return self._call(self.runtime.artifact_file(task_id, artifact_id, owner=owner))
 
     def events(self, task_id: str, *, after: int = 0, owner: str | None = None) -> Iterator[Event]:

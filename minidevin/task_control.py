@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pykka
+import structlog
 
 from minidevin.actors.messages import DecideApproval, StopTask, UserInput
 from minidevin.nodes import LOCAL, Nodes
 from minidevin.runtime import schemas
-from minidevin.runtime.artifacts import artifact_path
+from minidevin.runtime.artifacts import artifact_path, keep_artifact_copy
 from minidevin.runtime.errors import Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event
 from minidevin.runtime.hub import EventHub, SlowSubscriber, StoreUnavailable
@@ -23,6 +24,7 @@ from minidevin.runtime.storage import StoreError, task_detail
 from minidevin.runtime.task_stream import history_then_live
 
 ACTOR_REPLY_TIMEOUT = 10.0
+log = structlog.get_logger(__name__)
 
 
 class TaskControl:
@@ -173,12 +175,28 @@ class TaskControl:
     async def artifact_file(
         self, task_id: str, artifact_id: str, *, owner: str | None = None
     ) -> tuple[dict[str, Any], Path]:
-        """The artifact's row and the path of its bytes."""
+        """The artifact's row and the path of its bytes: this node's file, or on
+        PostgreSQL, for an artifact another node made, a copy of the bytes the database
+        holds, written into this node's artifacts directory the first time (the same
+        bytes and date on every node; `runtime/artifacts.py`)."""
         await self._task_row(task_id, owner)
         row = await self.store.artifact_row(task_id, artifact_id)
-        path = artifact_path(self.settings.artifacts_dir, artifact_id) if row else None
-        if row is None or path is None or not path.is_file():
+        if row is None:
             raise NotFound("artifact not found")
+        artifacts_dir = self.settings.artifacts_dir
+        path = artifact_path(artifacts_dir, artifact_id)
+        if path.is_file():
+            return row, path
+        content = await self.store.artifact_content(artifact_id)
+        if content is None:  # (SQLite, or a copied installation whose file was missing)
+            raise NotFound("artifact not found")
+        try:
+            path = await asyncio.to_thread(
+                keep_artifact_copy, artifacts_dir, artifact_id, content, row["created_at"]
+            )
+        except OSError as exc:  # (a full disk: the path is the server's business)
+            log.error("artifact_copy_failed", artifact_id=artifact_id, error=str(exc))
+            raise Unavailable("the artifact cannot be written on this node; try again") from None
         return row, path
 
     # -- helpers ----------------------------------------------------------------------------

@@ -158,7 +158,9 @@ def check_every_row_copied(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         ]
-        assert pg_tables(server, url) == {*tables, "schema_version"}
+        # (PostgreSQL's own: the artifacts' bytes, checked below, and the nodes' generations)
+        own = {"schema_version", "artifact_contents", "node_generations"}
+        assert pg_tables(server, url) == {*tables, *own}
         for table in tables:
             columns = [row[1] for row in source.execute(f"PRAGMA table_info({table})")]
             pg_columns = pg_rows(server, url, (
@@ -178,6 +180,12 @@ def check_every_row_copied(
                     f"(SELECT max(rowid) FROM {table})"
                 ))  # fmt: skip
                 assert following == last + 1, table
+        artifact_ids = [row[0] for row in source.execute("SELECT id FROM artifacts")]
+    files = {id_: (database.parent / "artifacts" / id_).read_bytes() for id_ in artifact_ids}
+    contents = pg_rows(server, url, "SELECT artifact_id, content FROM artifact_contents")
+    assert dict(contents) == files and files
+    assert f"  artifact_contents: {len(files)}" in printed
+    assert pg_rows(server, url, "SELECT count(*) FROM node_generations") == [(0,)]
 
 
 async def test_a_copied_installation_answers_the_same_on_postgresql(
@@ -225,9 +233,8 @@ async def test_a_copied_installation_answers_the_same_on_postgresql(
     assert DB_PASSWORD not in done.stdout + done.stderr
     printed = done.stdout.splitlines()
     assert printed[0].startswith(f"copied {database} into 127.0.0.1:{postgres_server.port}/")
-    assert printed[-1].startswith(
-        f"artifact files, the secrets key and the JWT secret stay in {data}"
-    )
+    assert printed[-1].startswith(f"the secrets key and the JWT secret stay in {data}")
+    assert not any("not copied" in line for line in printed)
     check_every_row_copied(postgres_server, pg_url, database, printed)
 
     openai_server.script(
@@ -254,6 +261,15 @@ async def test_a_copied_installation_answers_the_same_on_postgresql(
         assert hashlib.sha256(SECRET_VALUE.encode() + b"\n").hexdigest() in json.dumps(events)
         tasks = await expect_json(await client.get(tasks_path, headers=user.key))
         assert [brief["id"] for brief in tasks] == [task["id"], second["id"]]
+
+    # a node with a data directory of its own (no artifact file in it) serves the copied
+    # artifacts from the database, byte for byte
+    elsewhere = Settings(data_dir=tmp_path / "elsewhere", database_url=pg_url, **common)
+    async with serve(elsewhere, openai_server) as client:
+        for artifact in before["artifacts"].values():
+            path = f"/api/tasks/{task['id']}/artifacts/{artifact['id']}"
+            response = await client.get(path, headers=user.key)
+            assert response.status == 200 and await response.read() == artifact["bytes"]
 
 
 # -- refusals ------------------------------------------------------------------------------------
@@ -330,6 +346,42 @@ async def test_text_with_nul_is_copied_and_reads_back_as_it_was(
         assert owner is not None
         row = await store.task_row("t", owner)
         assert row is not None and row["description"] == description
+    finally:
+        await store.close()
+
+
+async def test_a_missing_artifact_file_is_named_and_the_others_are_copied(
+    tmp_path: Path, postgres_server: ThrowawayPostgres, pg_url: str
+) -> None:
+    database = small_installation(tmp_path / "data")
+    artifacts = tmp_path / "data" / "artifacts"
+    artifacts.mkdir()
+    kept, lost = str(uuid.uuid4()), str(uuid.uuid4())
+    content = bytes(range(256)) * 4  # (every byte value: bytea, not text)
+    (artifacts / kept).write_bytes(content)
+    with closing(sqlite3.connect(database)) as db, db:
+        db.executemany(
+            "INSERT INTO artifacts (id, task_id, name, type, content_type, size, created_at) "
+            "VALUES (?, 't', ?, 'diff', 'text/x-diff', ?, '2020-01-01T00:00:00.000Z')",
+            [(kept, "diff.patch", len(content)), (lost, "run1-diff.patch", 7)],
+        )
+
+    done = minidevin_db("copy", "--from", str(database), "--to", pg_url)
+
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert "  artifacts: 2" in printed and "  artifact_contents: 1" in printed
+    at = printed.index(
+        "1 artifact file(s) not copied (their rows are; a node without the file answers 404 "
+        "for them):"
+    )
+    assert printed[at + 1] == f"    {lost} (No such file or directory)"
+    store = open_store(Settings(data_dir=tmp_path / "pg-data", database_url=pg_url))
+    await store.open()
+    try:
+        assert await store.artifact_content(kept) == content
+        assert await store.artifact_content(lost) is None
+        assert await store.artifact_row("t", lost) is not None
     finally:
         await store.close()
 

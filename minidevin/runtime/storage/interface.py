@@ -27,7 +27,8 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from minidevin.runtime import schemas
@@ -53,7 +54,8 @@ def new_id() -> str:
 
 @dataclass(frozen=True)
 class ArtifactRow:
-    """An artifact file's metadata, stored beside its task."""
+    """An artifact file's metadata, stored beside its task; `file` is where its bytes are
+    on this node (a store every node reads, PostgreSQL, stores them with the row)."""
 
     id: str
     task_id: str
@@ -62,6 +64,7 @@ class ArtifactRow:
     content_type: str
     size: int
     created_at: str
+    file: Path | None = field(default=None, compare=False)
 
 
 class EventSink(Protocol):
@@ -287,7 +290,8 @@ class Repository(Protocol):
         ...
 
     def add_artifacts(self, rows: Sequence[ArtifactRow]) -> None:
-        """Queue (in order with events, never blocking) the rows of written artifacts."""
+        """Queue (in order with events, never blocking) the rows of written artifacts; on
+        PostgreSQL each with its file's bytes, in the same statement."""
         ...
 
     async def set_aside_artifacts(self, task_id: str) -> None:
@@ -299,6 +303,11 @@ class Repository(Protocol):
     async def list_artifacts(self, task_id: str) -> list[schemas.Artifact]: ...
     async def artifact_row(self, task_id: str, artifact_id: str) -> dict[str, Any] | None:
         """id, task_id, name, type, content_type, size, created_at."""
+        ...
+
+    async def artifact_content(self, artifact_id: str) -> bytes | None:
+        """The artifact's bytes as the database holds them (PostgreSQL: any node reads
+        them); None when it holds none (SQLite: the file in the data directory is all)."""
         ...
 
     # -- idempotency keys ----------------------------------------------------------------

@@ -16,8 +16,9 @@ from typing import Any
 from minidevin.runtime import schemas
 from minidevin.runtime.events import Event, utc_now
 from minidevin.runtime.pagination import Page, page
-from minidevin.runtime.storage.interface import ArtifactRow, new_id
+from minidevin.runtime.storage.interface import new_id
 from minidevin.runtime.storage.postgres_accounts import PostgresAccounts
+from minidevin.runtime.storage.postgres_artifacts import PostgresArtifacts
 from minidevin.runtime.storage.postgres_batch import Write, decode_json
 from minidevin.runtime.storage.postgres_fencing import PostgresFencing
 from minidevin.runtime.storage.postgres_outbox import PostgresOutbox
@@ -48,7 +49,7 @@ def _event(task_id: str, row: dict[str, Any]) -> Event:
     return Event(task_id, row["seq"], row["type"], decode_json(row["data"]), row["timestamp"])
 
 
-class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresFencing):
+class PostgresStore(PostgresAccounts, PostgresArtifacts, PostgresOutbox, PostgresFencing):
     """The `Store` on a PostgreSQL database, migrated on open.
 
     `PostgresStore(url, retry_seconds=10.0, pool_size=10)`: `url` is a
@@ -175,7 +176,7 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresFencing):
             path, user_id, str(identity[0]), str(identity[1]), utc_now(),
         )  # fmt: skip
 
-    # -- tasks, events, artifacts --------------------------------------------------------
+    # -- tasks, events (artifacts: postgres_artifacts.py) ----------------------------------
 
     async def insert_task(
         self,
@@ -268,43 +269,6 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresFencing):
             task_id,
         )
         return None if row is None else _event(task_id, row)
-
-    def add_artifacts(self, rows: Sequence[ArtifactRow]) -> None:
-        for row in rows:
-            self.submit(
-                Write(
-                    "INSERT INTO artifacts (id, task_id, name, type, content_type, size, "
-                    "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    (row.id, row.task_id, row.name, row.type, row.content_type, row.size,
-                     row.created_at),
-                )
-            )  # fmt: skip
-
-    async def set_aside_artifacts(self, task_id: str) -> None:
-        rows = await self.fetch_all("SELECT name FROM artifacts WHERE task_id = $1", task_id)
-        names = {row["name"] for row in rows}
-        run = 1 + sum(1 for name in names if name.startswith("run") and name.endswith("-plan.json"))
-        # (ILIKE: SQLite's LIKE ignores ASCII case)
-        await self.write(
-            "UPDATE artifacts SET name = $1 || name WHERE task_id = $2 "
-            "AND name NOT ILIKE 'run%-%'",
-            f"run{run}-", task_id,
-        )  # fmt: skip
-
-    async def list_artifacts(self, task_id: str) -> list[schemas.Artifact]:
-        rows = await self.fetch_all(
-            "SELECT id, name, type, size, created_at FROM artifacts WHERE task_id = $1 "
-            "ORDER BY created_at, name",
-            task_id,
-        )
-        return [schemas.Artifact(**row) for row in rows]
-
-    async def artifact_row(self, task_id: str, artifact_id: str) -> dict[str, Any] | None:
-        return await self.fetch_one(
-            "SELECT id, task_id, name, type, content_type, size, created_at FROM artifacts "
-            "WHERE id = $1 AND task_id = $2",
-            artifact_id, task_id,
-        )  # fmt: skip
 
     # -- idempotency keys ----------------------------------------------------------------
 

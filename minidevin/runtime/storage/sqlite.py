@@ -299,6 +299,9 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
             )
         )
 
+    async def artifact_content(self, artifact_id: str) -> bytes | None:
+        return None  # (the file in the data directory is all there is)
+
     # -- idempotency keys ----------------------------------------------------------------
 
     async def remembered_response(

@@ -12,9 +12,13 @@ insertion order are kept, and their identity sequences go on after them (page
 cursors a client holds stay valid). A table or column the two schemas do not
 share stops the copy before anything is written.
 
-Only the database is copied: artifact files, the secrets key and the JWT
-secret stay in the data directory, which the PostgreSQL-backed server must
-keep using. The caller holds that directory's lock, so no server writes the
+Each artifact's file (`artifacts/<id>` in the SQLite file's data directory) is
+copied into `artifact_contents` in the same transaction, so every node of the
+PostgreSQL installation serves it; a file that is missing or unreadable is named
+in the report and left out (its row is copied: the node with the file still
+serves it, others answer 404). The secrets key and the JWT secret stay in the
+data directory, which the PostgreSQL-backed server must keep using (or be given
+as settings). The caller holds that directory's lock, so no server writes the
 source meanwhile.
 """
 
@@ -64,6 +68,8 @@ class CopyReport:
     schema_version: int
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # artifacts whose file could not be copied: "<id> (<why>)"
+    missing_artifacts: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -246,6 +252,29 @@ async def _copy_table(
     return copied
 
 
+async def _copy_artifact_contents(
+    source: sqlite3.Connection, conn: asyncpg.Connection, artifacts_dir: Path, report: CopyReport
+) -> int:
+    """COPY the bytes of each artifact's file into `artifact_contents`, one file read at a
+    time; a file that cannot be read goes in `report.missing_artifacts`. The number
+    copied."""
+    ids = [row[0] for row in source.execute("SELECT id FROM artifacts ORDER BY id")]
+
+    def contents() -> Iterator[tuple[str, bytes]]:
+        for artifact_id in ids:
+            try:  # (a file is named by its id: `runtime/artifacts.artifact_path`)
+                content = (artifacts_dir / artifact_id).read_bytes()
+            except OSError as exc:
+                report.missing_artifacts.append(f"{artifact_id} ({exc.strerror or exc})")
+                continue
+            yield store_text(artifact_id), content
+
+    status = await conn.copy_records_to_table(
+        "artifact_contents", records=contents(), columns=["artifact_id", "content"]
+    )
+    return int(status.split()[-1])
+
+
 async def copy_sqlite_to_postgres(path: Path, url: str, *, url_name: str = "--to") -> CopyReport:
     """Copy the SQLite database at `path` into the PostgreSQL database at `url` (migrated
     first, in the same transaction), which must hold no rows. `StoreError` in one line
@@ -264,6 +293,10 @@ async def copy_sqlite_to_postgres(path: Path, url: str, *, url_name: str = "--to
                 source.execute("BEGIN")  # (one snapshot of the source for every table)
                 for table in tables:
                     report.rows[table.name] = await _copy_table(source, conn, table, path)
+                if "artifacts" in report.rows:
+                    report.rows["artifact_contents"] = await _copy_artifact_contents(
+                        source, conn, path.parent / "artifacts", report
+                    )
                 source.execute("ROLLBACK")
             with contextlib.suppress(asyncpg.PostgresError):  # (committed: autovacuum would too)
                 await conn.execute(f"ANALYZE {', '.join(map(_quote, names))}")
@@ -288,6 +321,20 @@ def describe_report(report: CopyReport) -> list[str]:
         f"{report.schema_version}): {report.total} rows in {report.seconds:.2f} s "
         f"({rate:,.0f} rows/s)",
         *(f"  {name}: {rows}" for name, rows in report.rows.items()),
-        f"artifact files, the secrets key and the JWT secret stay in {data_dir}: start the "
+        *_missing_lines(report.missing_artifacts),
+        f"the secrets key and the JWT secret stay in {data_dir}: start the "
         f"PostgreSQL-backed server with that data directory (MINIDEVIN_DATA_DIR={data_dir})",
+    ]
+
+
+def _missing_lines(missing: list[str], shown: int = 20) -> list[str]:
+    """The report's lines on artifact files not copied (the first `shown` by id)."""
+    if not missing:
+        return []
+    more = [f"    ... and {len(missing) - shown} more"] if len(missing) > shown else []
+    return [
+        f"{len(missing)} artifact file(s) not copied (their rows are; a node without the "
+        "file answers 404 for them):",
+        *(f"    {line}" for line in missing[:shown]),
+        *more,
     ]
