@@ -126,11 +126,18 @@ class Runtime(SessionControl):
         return self
 
     async def close(self) -> None:
-        """Stop every task (status `stopped`), stop the actors, flush the store."""
-        await asyncio.gather(
-            *(self._ask(ref, StopAll, "Server shutting down") for ref in self._sessions.values()),
-            return_exceptions=True,
-        )
+        """Stop every task (status `stopped`), stop the actors, flush the store. With nodes,
+        only the running tasks stop: the queued ones stay queued, and once this node has let
+        its lease go another node takes its sessions over at once and runs them
+        (`Leases.stop_here`, `Leases.hand_over`)."""
+        if self.leases is not None:
+            await self.leases.stop_here(self._sessions)
+        else:
+            reason = "Server shutting down"
+            await asyncio.gather(
+                *(self._ask(ref, StopAll, reason) for ref in self._sessions.values()),
+                return_exceptions=True,
+            )
         for ref in self._sessions.values():
             ref.stop(block=False)
         self._sessions.clear()
@@ -139,7 +146,9 @@ class Runtime(SessionControl):
         if self.webhooks is not None:
             await self.webhooks.stop()
         if self.leases is not None:
-            await self.leases.close()
+            await self.leases.close()  # (the lease let go: this node is gone for the others)
+            with contextlib.suppress(Exception):  # (Redis away: the watch takes it over later)
+                await self.leases.hand_over()
         if self.nodes is not None:
             await self.nodes.bus.close()
         await self.store.close()

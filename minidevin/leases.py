@@ -12,12 +12,24 @@ holds is refused at start (after waiting out a lease a killed process left).
 Every node watches the others' leases. When one expires, one node wins the
 takeover (`minidevin.takeover.<node>`, set-if-absent for a lease's time) and
 moves to itself every session of the dead node whose working directory it can
-see as claimed (same path, same device and inode: the same machine, or shared
-storage); their live tasks end `failed` with `INTERRUPTED` (and, with
-`MINIDEVIN_RESUME_INTERRUPTED`, are resumed here), their queued tasks run here.
-A session whose directory it cannot see stays placed on the dead node (its
-live tasks are interrupted all the same: none stays `running`), for that node
-to pick up when it returns.
+see as claimed (same path, same device and inode: the same machine; with
+`MINIDEVIN_SHARED_WORKSPACES`, same path, inode and owning user, any device:
+another machine mounting the same share); their live tasks end `failed` with
+`INTERRUPTED` (and, with `MINIDEVIN_RESUME_INTERRUPTED`, are resumed here),
+their queued tasks run here. A session whose directory it cannot see stays
+placed on the dead node (its live tasks are interrupted all the same: none
+stays `running`), for that node to pick up when it returns.
+
+A node shut down gracefully (SIGTERM, `Runtime.close`) hands its queue over at
+once: nothing starts here any more, its running tasks are stopped (`stopped`,
+as without nodes: they can be resumed), its queued tasks stay `queued`; then it
+lets its lease go and asks the live nodes, one at a time, to take it over now
+(`take_over_now`, a node bus command), until none of its sessions is left.
+
+With shared workspaces, a node that is neither alive nor known (its id named by
+sessions only, e.g. after Redis lost the set of nodes) is made known when a
+call for one of its sessions finds it gone (`watch_gone`); after a lease of
+grace, in which a live node retakes its lease, it is taken over as a dead one.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,17 +46,22 @@ import structlog
 
 from minidevin.nodes import NODES, Nodes
 from minidevin.resume import requeue, resume_interrupted
-from minidevin.runtime.recovery import LIVE_STATUSES, Recovered, settle_live
+from minidevin.runtime.errors import ApiError, Conflict, Unavailable
+from minidevin.runtime.recovery import LIVE_STATUSES, Recovered, settle_live, started
 from minidevin.runtime.storage import StoreError
-from minidevin.runtime.tools.paths import WorkspaceChanged, check_workspace
+from minidevin.runtime.tools.paths import WorkspaceChanged, check_workspace, open_beneath
 
 if TYPE_CHECKING:
+    import pykka
+
     from minidevin.api import Runtime
 
 log = structlog.get_logger(__name__)
 FENCED_EXIT = 70
 TAKEOVER_LEASES = 10  # a takeover holds its key at most this many leases (deleted when done)
 FENCE_AT = 0.8  # of the lease, since the last renewal sent: a node stops before it can expire
+STOP_SECONDS = 30.0  # a graceful shutdown waits this long at most for its running tasks to end
+TAKEOVER_WAIT = 8.0  # seconds `take_over_now` waits for a takeover already under way
 # renew the lease only while it is still this process's (an atomic compare-and-expire)
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -59,6 +77,11 @@ def alive_key(node: str) -> str:
 
 def takeover_key(node: str) -> str:
     return f"minidevin.takeover.{node}"
+
+
+def grace_key(node: str) -> str:
+    """Set for a lease when a node found gone is made known: not taken over before it ends."""
+    return f"minidevin.grace.{node}"
 
 
 class Leases:
@@ -133,6 +156,7 @@ class Leases:
                     and await client.set(key, self.token, nx=True, px=millis)
                 ):
                     renewed = 1  # (gone with a Redis restart, not taken: this node's again)
+                    await client.sadd(NODES, self.node_id)  # (the set went with it)
             except Exception as exc:
                 renewed = None
                 log.warning("lease_renew_failed", error=str(exc))
@@ -174,7 +198,7 @@ class Leases:
         client = self.nodes.bus.client
         for raw in await client.smembers(NODES):
             node = raw.decode()
-            if node == self.node_id or await client.exists(alive_key(node)):
+            if node == self.node_id or await client.exists(alive_key(node), grace_key(node)):
                 continue
             key, millis = takeover_key(node), int(TAKEOVER_LEASES * self.seconds * 1000)
             if await client.set(key, self.node_id, nx=True, px=millis):
@@ -192,11 +216,16 @@ class Leases:
         sessions = await store.sessions_on(node)
         moved = set()
         for session in sessions:
-            mine = await self._visible(session) and self.node_id == await store.place_session(
+            seen = await self._visible(session)
+            if seen is None or self.node_id != await store.place_session(
                 session["id"], self.node_id, node
-            )
-            if mine:
-                moved.add(session["id"])
+            ):
+                continue
+            moved.add(session["id"])
+            if seen[0] != seen[1]:  # (shared storage: its tasks here check this node's view)
+                await store.put_workspace_claim(
+                    session["working_directory"], session["user_id"], seen[1]
+                )
         left = {session["id"] for session in sessions} - moved
         rows = [
             row
@@ -219,15 +248,143 @@ class Leases:
             interrupted=len(settled.interrupted), queued=len(settled.queued),
         )  # fmt: skip
 
-    async def _visible(self, session: dict[str, Any]) -> bool:
-        """Whether the session's working directory is here, as it was claimed."""
+    async def _visible(
+        self, session: dict[str, Any]
+    ) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """The session's working directory's identity as claimed and as seen here, if it is
+        here as it was claimed: the same directory (device and inode); with shared workspaces,
+        a directory reached without a symbolic link with the same inode, claimed by the
+        session's user (another machine's mount of the share has another device number)."""
         claim = await self.runtime.store.workspace_claim(session["working_directory"])
         if claim is None:
-            return False
+            return None
         identity = (int(claim["st_dev"]), int(claim["st_ino"]))
         path = Path(session["working_directory"])
+        if self.runtime.settings.shared_workspaces:
+            here = await asyncio.to_thread(identity_here, path)
+            if here is None or here[1] != identity[1] or claim["user_id"] != session["user_id"]:
+                return None
+            return identity, here
         try:
             await asyncio.to_thread(check_workspace, path, identity)
         except (OSError, WorkspaceChanged):
-            return False
-        return True
+            return None
+        return identity, identity
+
+    # -- a graceful shutdown, and a node found gone -----------------------------------------
+
+    async def stop_here(self, sessions: dict[str, pykka.ActorRef]) -> None:
+        """A graceful shutdown's first step: no forwarded command runs here any more and no
+        task starts; the tasks running here stop (`stopped`, their final status written), the
+        queued ones stay `queued` in the database for the node that takes over (the session
+        actors are stopped, which drops their queues from memory only; a `StopAll` would
+        stop the queued tasks too)."""
+        runtime, store = self.runtime, self.runtime.store
+        self.nodes.closing = True
+        for task in self._tasks:  # (no takeover brings sessions here now; the lease is kept)
+            if task.get_name() == "lease-watch":
+                task.cancel()
+        runtime.slots.limit = 0  # (a slot one session gives back starts nothing in another)
+        refs = list(sessions.values())
+        for ref in refs:  # (its running task is told to stop: `SessionActor.on_stop`)
+            ref.stop(block=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_SECONDS
+        await asyncio.to_thread(_wait_stopped, refs, STOP_SECONDS)  # (nothing starts now)
+        await store.flush()
+        running = [
+            row["id"]
+            for row in await store.tasks_with_status(LIVE_STATUSES)
+            if row["session_id"] in sessions
+            and (row["status"] != "queued" or started(await store.task_log(row["id"])))
+        ]
+        while running and loop.time() < deadline:  # (until their final status is written)
+            await asyncio.sleep(0.05)
+            await store.flush()
+            live = {row["id"] for row in await store.tasks_with_status(LIVE_STATUSES)}
+            running = [task_id for task_id in running if task_id in live]
+        if running:  # (the node taking over interrupts them)
+            log.warning("tasks_not_stopped_in_time", tasks=running, seconds=STOP_SECONDS)
+
+    async def hand_over(self) -> None:
+        """A graceful shutdown, once this node's lease is let go (`close`): the live nodes are
+        asked, one at a time, to take its sessions over now (each takes those whose working
+        directory it sees), until none is left placed here. What none of them sees stays
+        here, its queue kept, for this node's next start (or a takeover by a node that sees
+        it)."""
+        client, store = self.nodes.bus.client, self.runtime.store
+        taken_by, left = [], len(await store.sessions_on(self.node_id))
+        for raw in sorted(await client.smembers(NODES)) if left else ():
+            node = raw.decode()
+            if node == self.node_id or not await client.exists(alive_key(node)):
+                continue
+            try:
+                left = int(await self.nodes.bus.call(node, "take_over", {"node": self.node_id}))
+            except ApiError as exc:  # (shutting down too, gone meanwhile: the next one)
+                log.warning("hand_over_refused", node=node, error=exc.detail)
+                continue
+            taken_by.append(node)
+            if not left:
+                break
+        if not left:
+            await client.srem(NODES, self.node_id)  # (nothing to watch here any more)
+        log.info("node_handed_over", node=self.node_id, taken_by=taken_by, left=left)
+
+    async def take_over_now(self, node: str) -> int:
+        """`node` let its lease go on a graceful shutdown and asks this node to take it over
+        now, as after a lease expiry (after any takeover of it already under way); returns
+        how many of its sessions stay placed on it. `Conflict` if it holds its lease."""
+        client, millis = self.nodes.bus.client, int(TAKEOVER_LEASES * self.seconds * 1000)
+        if node == self.node_id or await client.exists(alive_key(node)):
+            raise Conflict(f"node {node} holds its lease: it is not taken over")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TAKEOVER_WAIT
+        while not await client.set(takeover_key(node), self.node_id, nx=True, px=millis):
+            if loop.time() > deadline:
+                raise Unavailable(f"node {node} is being taken over by another node")
+            await asyncio.sleep(0.05)
+        try:
+            await self.take_over(node)
+        finally:
+            await client.delete(takeover_key(node))
+        return len(await self.runtime.store.sessions_on(node))
+
+    async def watch_gone(self, node: str) -> None:
+        """With shared workspaces: a call for a session of `node` found it gone. A node that
+        holds no lease and is not known is made known, with a lease of grace (a live node
+        whose lease Redis lost takes it again meanwhile); then the watch takes it over."""
+        client, millis = self.nodes.bus.client, int(self.seconds * 1000)
+        if node == self.node_id or await client.exists(alive_key(node)):
+            return
+        if await client.sismember(NODES, node):
+            return  # (known: taken over once its lease is over)
+        await client.set(grace_key(node), self.node_id, nx=True, px=millis)
+        await client.sadd(NODES, node)
+        log.warning("node_found_gone", node=node, grace_seconds=self.seconds)
+
+
+def _wait_stopped(refs: list[pykka.ActorRef], seconds: float) -> None:
+    """Until every actor of `refs` has stopped, `seconds` at most (blocking)."""
+    deadline = time.monotonic() + seconds
+    for ref in refs:
+        ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+
+
+def identity_here(path: Path) -> tuple[int, int] | None:
+    """`(st_dev, st_ino)` of the directory at the absolute `path`, reached without any
+    symbolic link; None if it is missing, not a directory, or a link lies on its path."""
+    parts = tuple(part for part in os.path.abspath(path).split("/") if part)
+    flags = os.O_PATH | os.O_DIRECTORY
+    try:
+        top = os.open("/", flags | os.O_CLOEXEC)
+        try:
+            fd = open_beneath(top, parts, flags)
+        finally:
+            os.close(top)
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino

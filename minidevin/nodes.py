@@ -9,10 +9,15 @@ the session; list its tools) is forwarded whole to that node through the node
 bus (`runtime/bus.py`) when it is elsewhere, and its answer (or API error)
 comes back as that node gave it. A forwarded call always runs where it arrives,
 so two nodes that disagree cannot bounce a call between them.
+
+Besides the runtime's operations, one command is the nodes' own: `take_over`
+(a node shutting down gracefully asks a live one to take its sessions over
+now, `leases.Leases.hand_over`). A node shutting down answers no command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +45,7 @@ RESULTS: dict[str, type[BaseModel] | None] = {
     "decide_approval": schemas.ApprovalDecided,
     "delete_session": None,
     "session_tools": schemas.SessionTools,
+    "take_over": None,  # (the nodes' own: how many sessions stay on the node taken over)
 }
 
 
@@ -50,6 +56,7 @@ class Nodes:
         self.runtime = runtime
         self.bus = bus
         self.node_id = bus.node_id
+        self.closing = False  # (a graceful shutdown: no command runs here any more)
 
     async def node_of(self, session_id: str) -> str:
         """The node the session runs on now (a session on none becomes this node's)."""
@@ -69,7 +76,14 @@ class Nodes:
         node = await self.node_of(session_id)
         if node == self.node_id:
             return LOCAL
-        answer = await self.bus.call(node, op, args)
+        try:
+            answer = await self.bus.call(node, op, args)
+        except Unavailable:
+            leases = self.runtime.leases
+            if self.runtime.settings.shared_workspaces and leases is not None:
+                with contextlib.suppress(Exception):  # (Redis away: nobody can tell)
+                    await leases.watch_gone(node)  # (any node may take it over)
+            raise
         result_type = RESULTS[op]
         return answer if result_type is None or answer is None else result_type(**answer)
 
@@ -84,6 +98,11 @@ class Nodes:
         """A call another node forwarded: run it here, as it would have run there."""
         if op not in RESULTS:
             raise NotFound(f"no such node command: {op}")
+        if self.closing:
+            raise Unavailable(f"node {self.node_id} is shutting down; try again")
+        if op == "take_over":
+            assert self.runtime.leases is not None
+            return await self.runtime.leases.take_over_now(str(args["node"]))
         method = getattr(self.runtime, op)
         token = _forwarded.set(True)
         try:

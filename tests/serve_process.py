@@ -39,6 +39,7 @@ class ServeProcess:
             **({"MINIDEVIN_DATABASE_URL": database_url} if database_url else {}),
             **env,
         }
+        self.env = full_env  # (what it runs with: its database URL, its node id)
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
@@ -84,6 +85,11 @@ class ServeProcess:
         self.process.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def terminate(self, timeout: float = 30) -> int:
+        """A graceful shutdown (SIGTERM, as a supervisor stops it): its exit status."""
+        self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
     def close(self) -> None:

@@ -265,6 +265,13 @@ class Settings(BaseModel):
         description="With nodes: a node that has not renewed its lease for this long is taken "
         "for dead; another takes over its sessions (it renews every third of it).",
     )
+    shared_workspaces: bool = Field(
+        False,
+        description="With nodes: working directories are on storage every node mounts at the "
+        "same path (NFS, ...): any node may take over a session whose node is down or gone, "
+        "its directory recognised by path, inode and owner (the device number may differ "
+        "between machines).",
+    )
     host: str = Field("127.0.0.1", description="Address `minidevin serve` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `minidevin serve` listens on.")
     log_level: str = Field("info", description="debug, info, warning or error.")

@@ -1,0 +1,194 @@
+"""A node shut down gracefully hands its queued work over at once, and with shared storage for
+working directories (`MINIDEVIN_SHARED_WORKSPACES`) any node may take a session over (issue 16,
+items 3 and 4). Real `minidevin serve` nodes on one PostgreSQL database and one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from direct_db import direct_database
+from redis_server import ThrowawayRedis
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from serve_process import ServeProcess
+from test_nodes import USER, Cluster, cluster, login, redis_server  # noqa: F401 (fixtures)
+from waiting import until
+
+from minidevin.runtime.settings import Settings
+
+LEASE = 60.0  # long: what happens well within it is not a lease's expiry
+SLEEP = ScriptedTurn(text="Working.", tool_calls=[("terminal", {"command": "sleep 60"})])
+
+
+def session_with_queue(
+    node: ServeProcess, work: Path, descriptions: list[str]
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """A new user's session created on `node`, with one task each `descriptions`: the first
+    runs, the others queue behind it. (auth, tasks)."""
+    node.request("POST", "/api/auth/register", USER)
+    auth = login(node)
+    work.mkdir()
+    body = {"name": "s", "working_directory": str(work)}
+    session = node.request("POST", "/api/sessions", body, auth)
+    tasks = [
+        node.request("POST", f"/api/sessions/{session['id']}/tasks", {"description": d}, auth)
+        for d in descriptions
+    ]
+    assert [t["status"] for t in tasks] == ["running"] + ["queued"] * (len(tasks) - 1)
+    return auth, tasks
+
+
+async def command_started(node: ServeProcess, auth: dict[str, str], task_id: str) -> None:
+    """Until the task's command runs (watched on `node`)."""
+    token = auth["Authorization"].split()[1]
+    url = f"{node.url.replace('http', 'ws')}/ws/tasks/{task_id}?token={token}"
+    async with aiohttp.ClientSession() as client, client.ws_connect(url) as ws:
+        async for message in ws:
+            if json.loads(message.data).get("type") == "tool_call":
+                return
+
+
+def detail(node: ServeProcess, auth: dict[str, str], task: dict[str, Any]) -> dict[str, Any]:
+    return node.request("GET", f"/api/tasks/{task['id']}", None, auth)  # type: ignore[no-any-return]
+
+
+def handed_over(node: ServeProcess) -> dict[str, Any]:
+    """The log line of the node's hand-over at its shutdown."""
+    lines = [line for line in node.logs() if line.get("event") == "node_handed_over"]
+    assert len(lines) == 1, node.log_path.read_text()[-3000:]
+    return lines[0]
+
+
+async def test_a_node_shut_down_gracefully_hands_its_queue_over_at_once(
+    cluster: Cluster,  # noqa: F811 (test_nodes' fixture)
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+) -> None:
+    first, second, _third = cluster(3, MINIDEVIN_LEASE_SECONDS=str(LEASE))
+    openai_server.script(
+        [SLEEP, ScriptedTurn(text="Second done."), ScriptedTurn(text="Third done.")]
+    )
+    auth, tasks = session_with_queue(first, tmp_path / "work", ["long", "second", "third"])
+    await asyncio.wait_for(command_started(second, auth, tasks[0]["id"]), 15)
+    terminated = time.perf_counter()
+    assert await asyncio.to_thread(first.terminate, 30) == 0  # SIGTERM: a graceful shutdown
+
+    def queue_done() -> list[dict[str, Any]] | None:
+        found = [detail(second, auth, task) for task in tasks[1:]]
+        return found if all(d["status"] == "completed" for d in found) else None
+
+    done = await until(
+        queue_done, timeout=LEASE / 2, what="the queued tasks to complete on another node"
+    )
+    seconds = time.perf_counter() - terminated
+    print(f"\nqueue done on another node {seconds:.2f} s after SIGTERM (lease {LEASE:.0f} s)")
+    assert seconds < LEASE / 2
+    assert {d["node_id"] for d in done} <= {"node2", "node3"}
+    assert done[0]["completed_at"] <= done[1]["started_at"]  # in their order, one at a time
+    assert [d["result"]["summary"] for d in done] == ["Second done.", "Third done."]
+    assert detail(second, auth, tasks[0])["status"] == "stopped"  # the running one: stopped
+    assert handed_over(first)["left"] == 0
+
+
+@pytest.mark.parametrize("shared", ["off", "on", "link"])
+async def test_shared_workspaces_let_a_node_on_another_device_take_a_session(
+    cluster: Cluster,  # noqa: F811 (test_nodes' fixture)
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+    shared: str,
+) -> None:
+    """The session's claim is made to say another device number for its directory, as the
+    claim made by a node on another machine mounting the same share says (one machine here
+    cannot show one directory under two devices). Without the setting no node takes it over:
+    it is not the directory claimed; with it, the directory is recognised by path, inode and
+    owner and the session moves with its queue; a symbolic link on the path is still
+    refused."""
+    first, second, _third = cluster(
+        3,
+        MINIDEVIN_LEASE_SECONDS=str(LEASE),
+        MINIDEVIN_SHARED_WORKSPACES="false" if shared == "off" else "true",
+    )
+    openai_server.script([SLEEP, ScriptedTurn(text="Queued done.")])
+    work = tmp_path / "shared" / "work"
+    work.parent.mkdir()
+    auth, tasks = session_with_queue(first, work, ["long", "queued"])
+    await asyncio.wait_for(command_started(second, auth, tasks[0]["id"]), 15)
+    real = os.stat(work)
+    settings = Settings(database_url=first.env["MINIDEVIN_DATABASE_URL"])
+    with direct_database(settings) as db:
+        claimed = db.execute("SELECT st_dev, st_ino FROM workspace_claims WHERE path = ?",
+                             [str(work)])  # fmt: skip
+        assert claimed == [(str(real.st_dev), str(real.st_ino))]
+        other_machine = str(real.st_dev + 1)
+        db.execute("UPDATE workspace_claims SET st_dev = ? WHERE path = ?",
+                   [other_machine, str(work)])  # fmt: skip
+    if shared == "link":  # the same directory (same inode), reached through a link now
+        moved = work.rename(tmp_path / "elsewhere")
+        work.symlink_to(moved)
+    assert await asyncio.to_thread(first.terminate, 30) == 0
+    queued = tasks[1]
+    if shared == "on":
+        done = await until(
+            lambda: (d := detail(second, auth, queued))["status"] == "completed" and d,
+            timeout=LEASE / 2,
+            what="the queued task to complete on another node",
+        )
+        assert done["node_id"] in ("node2", "node3")
+        assert handed_over(first)["left"] == 0
+        with direct_database(settings) as db:  # (its tasks check the taking node's view)
+            claimed = db.execute("SELECT st_dev FROM workspace_claims WHERE path = ?",
+                                 [str(work)])  # fmt: skip
+        assert claimed == [(str(real.st_dev),)]
+    else:
+        record = handed_over(first)  # (written before it exited: the takeovers are done)
+        assert record["left"] == 1 and sorted(record["taken_by"]) == ["node2", "node3"]
+        left = detail(second, auth, queued)
+        assert left["status"] == "queued" and left["node_id"] == "node1"  # kept, for node 1
+    assert detail(second, auth, tasks[0])["status"] == "stopped"
+
+
+async def test_with_shared_workspaces_a_gone_nodes_session_is_taken_over(
+    cluster: Cluster,  # noqa: F811 (test_nodes' fixture)
+    redis_server: ThrowawayRedis,  # noqa: F811 (test_nodes' fixture)
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+) -> None:
+    """Node 1 killed while Redis restarts: Redis forgets it ever joined, nobody watches its
+    lease. A call for its session finds it gone; after a lease of grace it is taken over."""
+    lease = 4.0
+    first, second, third = cluster(
+        3, MINIDEVIN_LEASE_SECONDS=str(lease), MINIDEVIN_SHARED_WORKSPACES="true"
+    )
+    openai_server.script([ScriptedTurn(text="Before."), ScriptedTurn(text="After.")])
+    auth, tasks = session_with_queue(first, tmp_path / "work", ["before"])
+    await until(lambda: detail(second, auth, tasks[0])["status"] == "completed", what="a task")
+    redis_server.stop()
+    first.close()  # kill -9 while Redis is away: no lease of it expires anywhere
+    redis_server.start()
+    session_id = detail(second, auth, tasks[0])["session_id"]
+
+    def create() -> dict[str, Any] | None:
+        path = f"/api/sessions/{session_id}/tasks"
+        try:
+            return second.request("POST", path, {"description": "after"}, auth)  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 503  # (node 1 is not running; then Redis is back)
+            return None
+
+    found_gone = time.perf_counter()
+    task = await until(create, timeout=4 * lease, what="a task created once node 1 is taken over")
+    print(f"\ngone node taken over {time.perf_counter() - found_gone:.2f} s after (lease {lease})")
+    done = await until(
+        lambda: (d := detail(second, auth, task))["status"] == "completed" and d,
+        what="the new task to complete",
+    )
+    assert done["node_id"] in ("node2", "node3")
+    logs = second.logs() + third.logs()
+    assert any(line.get("event") == "node_found_gone" for line in logs)
