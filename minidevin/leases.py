@@ -49,6 +49,7 @@ from minidevin.resume import requeue, resume_interrupted
 from minidevin.runtime.errors import ApiError, Conflict, Unavailable
 from minidevin.runtime.recovery import LIVE_STATUSES, Recovered, settle_live, started
 from minidevin.runtime.storage import StoreError
+from minidevin.runtime.storage.postgres_fencing import PostgresFencing
 from minidevin.runtime.tools.paths import WorkspaceChanged, check_workspace, open_beneath
 
 if TYPE_CHECKING:
@@ -114,6 +115,9 @@ class Leases:
                 )
             await asyncio.sleep(min(0.5, self.seconds / 4))
         self._renewed = loop.time()
+        store = self._fencing()
+        await store.fence_as(self.node_id)  # (a process before this one is fenced off now)
+        store.on_fenced = lambda why: self._fenced(f"the database refused its writes: {why}")
         await client.sadd(NODES, self.node_id)
         self._tasks = [
             asyncio.create_task(self._renew_forever(), name="lease-renew"),
@@ -121,10 +125,17 @@ class Leases:
         ]
 
     async def close(self) -> None:
+        """Let the lease go. What this node wrote is committed first: the node that takes
+        its sessions over fences it, and after that its writes are refused (logged, no
+        longer an exit: it is closing)."""
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        store = self._fencing()
+        with contextlib.suppress(StoreError):  # (an outage: held, as on any close)
+            await store.flush()
+        store.on_fenced = lambda why: log.info("store_fenced_after_hand_over", reason=why)
         with contextlib.suppress(Exception):  # (gone at once: no one waits out the lease)
             client = self.nodes.bus.client
             if (await client.get(alive_key(self.node_id))) == self.token.encode():
@@ -166,6 +177,12 @@ class Leases:
                 self._fenced("another process holds its lease")
             elif loop.time() - self._renewed > FENCE_AT * self.seconds:
                 self._fenced("it could not renew its lease in time")
+
+    def _fencing(self) -> PostgresFencing:
+        """The store, which with nodes is PostgreSQL's (`join_nodes` checks)."""
+        store = self.runtime.store
+        assert isinstance(store, PostgresFencing)
+        return store
 
     def _fenced(self, why: str) -> None:
         """Another node may own this node's sessions now: stop before writing anything more."""
@@ -213,6 +230,8 @@ class Leases:
         their queue run here (see the module's notes)."""
         runtime = self.runtime
         store = runtime.store
+        # first, nothing more of `node` commits, even a batch a paused process has in flight
+        await self._fencing().fence_node(node)
         sessions = await store.sessions_on(node)
         moved = set()
         for session in sessions:

@@ -6,12 +6,17 @@ database standing for two nodes."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from pg_server import ThrowawayPostgres
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from test_nodes import Cluster, cluster, redis_server, task_on  # noqa: F401 (fixtures)
 from waiting import until
 
 from minidevin.runtime import schemas
@@ -121,3 +126,59 @@ async def test_a_takeover_waits_for_a_batch_in_flight(database: str) -> None:
         await watcher.close()
         await stale.close()
         await taker.close()
+
+
+async def test_a_paused_node_that_was_taken_over_writes_nothing_when_it_wakes(
+    cluster: Cluster,  # noqa: F811 (the fixture imported above)
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+) -> None:
+    """node1 is paused (SIGSTOP) while its task's command runs; its lease runs out and
+    node2 takes the task over (`INTERRUPTED`, `failed`). Woken, node1 has the command's
+    result to write: it exits 70 (fenced) and the task's log ends with node2's final
+    status, with nothing of node1's after it."""
+    first, second, _third = cluster(3, MINIDEVIN_LEASE_SECONDS="2")
+    openai_server.script(
+        [
+            ScriptedTurn(text="Working.", tool_calls=[("terminal", {"command": "sleep 0.5"})]),
+            ScriptedTurn(text="Done."),
+        ]
+    )
+    auth, task = task_on(first, tmp_path / "work")
+    url = first.env["MINIDEVIN_DATABASE_URL"]
+    db = await asyncpg.connect(url)
+    try:
+
+        async def types() -> list[str]:
+            rows = await db.fetch(
+                "SELECT type FROM events WHERE task_id = $1 ORDER BY seq", task["id"]
+            )
+            return [row["type"] for row in rows]
+
+        await until(lambda: _has(types(), "tool_call"), what="the command to start")
+        first.signal(signal.SIGSTOP)
+        try:
+            await until(
+                lambda: (
+                    second.request("GET", f"/api/tasks/{task['id']}", None, auth)["status"]
+                    == "failed"
+                ),
+                timeout=15,
+                what="node2 to take the task over",
+            )
+            final = await db.fetchval("SELECT max(seq) FROM events WHERE task_id = $1", task["id"])
+        finally:
+            first.signal(signal.SIGCONT)
+        assert first.wait(30) == 70  # fenced
+        rows = await db.fetch(
+            "SELECT seq, type, data FROM events WHERE task_id = $1 ORDER BY seq", task["id"]
+        )
+        assert rows[-1]["seq"] == final and rows[-1]["type"] == "status"
+        assert '"failed"' in rows[-1]["data"]
+        assert "tool_result" not in [row["type"] for row in rows]  # (node1's, refused)
+    finally:
+        await db.close()
+
+
+async def _has(types: Any, wanted: str) -> bool:
+    return wanted in await types
