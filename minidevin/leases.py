@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from minidevin.actors.messages import Closing
 from minidevin.nodes import NODES, Nodes
 from minidevin.resume import requeue, resume_interrupted
 from minidevin.runtime.errors import ApiError, Conflict, Unavailable
@@ -306,6 +307,7 @@ class Leases:
         runtime.slots.limit = 0  # (a slot one session gives back starts nothing in another)
         refs = list(sessions.values())
         for ref in refs:  # (its running task is told to stop: `SessionActor.on_stop`)
+            ref.tell(Closing("Server shutting down"))
             ref.stop(block=False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_SECONDS

@@ -94,6 +94,14 @@ class StopAll:
     reply: Future[None] | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True)
+class Closing:
+    """The session actor is about to be stopped for `reason` (its running task stops with
+    it; its queued tasks stay queued in the store)."""
+
+    reason: str
+
+
 # -- among actors -----------------------------------------------------------------
 
 

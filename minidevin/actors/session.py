@@ -20,6 +20,7 @@ import structlog
 
 from minidevin.actors.deps import Deps
 from minidevin.actors.messages import (
+    Closing,
     DecideApproval,
     SlotGranted,
     StopAll,
@@ -61,6 +62,7 @@ class SessionActor(pykka.ThreadingActor):
         self.stop_all_replies: list[Future[None]] = []
         self.submitted = 0
         self.idle = False  # so the first idle moment is reported
+        self.close_reason = "Session closed"  # the running task's, when this actor stops
 
     def on_receive(self, message: Any) -> None:
         match message:
@@ -133,6 +135,8 @@ class SessionActor(pykka.ThreadingActor):
                     self._tell_running(message)
                 elif reply is not None:
                     reply.set_result("not_live")
+            case Closing(reason=reason):
+                self.close_reason = reason
             case StopAll(reason=reason, reply=reply):
                 for entry in list(self.waiting):
                     self._stop_task(entry.spec.task_id, reason, None)
@@ -240,7 +244,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         if self.running is not None:
-            self._tell_running(StopTask(self.running[0].spec.task_id, "Session closed"))
+            self._tell_running(StopTask(self.running[0].spec.task_id, self.close_reason))
         self.has_slot = self.in_line = False
         self.deps.slots.release(self.actor_ref)  # also a slot granted on the way to us
 
