@@ -57,6 +57,9 @@ class Nodes:
         self.bus = bus
         self.node_id = bus.node_id
         self.closing = False  # (a graceful shutdown: no command runs here any more)
+        # (set once the node holds its lease and generation and has settled what its last
+        # process left: a command run before that would be neither fenced nor recovered)
+        self.ready = False
 
     async def node_of(self, session_id: str) -> str:
         """The node the session runs on now (a session on none becomes this node's)."""
@@ -100,6 +103,8 @@ class Nodes:
             raise NotFound(f"no such node command: {op}")
         if self.closing:
             raise Unavailable(f"node {self.node_id} is shutting down; try again")
+        if not self.ready:
+            raise Unavailable(f"node {self.node_id} is starting; try again")
         if op == "take_over":
             assert self.runtime.leases is not None
             return await self.runtime.leases.take_over_now(str(args["node"]))

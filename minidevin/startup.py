@@ -78,6 +78,8 @@ async def open_runtime(runtime: Runtime) -> None:
             lock_for=runtime._session_lock,
         )
         runtime.retention.start()
+    if runtime.nodes is not None:  # forwarded commands run here from now on
+        runtime.nodes.ready = True
     log.info(
         "runtime_started",
         data_dir=str(runtime.settings.data_dir),

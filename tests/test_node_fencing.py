@@ -19,8 +19,13 @@ from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 from test_nodes import Cluster, cluster, redis_server, task_on  # noqa: F401 (fixtures)
 from waiting import until
 
+from minidevin.api import Runtime
+from minidevin.nodes import Nodes
 from minidevin.runtime import schemas
+from minidevin.runtime.bus import NodeBus
+from minidevin.runtime.errors import Unavailable
 from minidevin.runtime.events import Event, utc_now
+from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import StoreError
 from minidevin.runtime.storage.postgres import PostgresStore
 
@@ -182,3 +187,50 @@ async def test_a_paused_node_that_was_taken_over_writes_nothing_when_it_wakes(
 
 async def _has(types: Any, wanted: str) -> bool:
     return wanted in await types
+
+
+async def test_a_frozen_writer_does_not_hold_a_takeover_back(database: str) -> None:
+    """A process frozen inside a batch (paused, partitioned) keeps its connection open, idle
+    in its transaction, holding the generation's share lock: the server ends that
+    transaction (the writer's `idle_in_transaction_session_timeout`), so the takeover goes
+    on within seconds rather than for as long as the socket lives."""
+    stale, taker = PostgresStore(database), PostgresStore(database)
+    await stale.open()
+    await taker.open()
+    try:
+        await stale.fence_as("node1")
+        frozen = await stale._connect_writer()  # (the writer's own connection and settings)
+        await frozen.execute("BEGIN")
+        await frozen.fetchval(
+            "SELECT generation FROM node_generations WHERE node = 'node1' FOR SHARE"
+        )  # ... and the process freezes here
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(taker.fence_node("node1"), 15)
+        assert loop.time() - started < 10
+        frozen.terminate()
+    finally:
+        await stale.close()
+        await taker.close()
+
+
+async def test_a_node_runs_no_forwarded_command_before_it_is_fenced_and_recovered(
+    tmp_path: Path,
+    redis_server: Any,  # noqa: F811 (the fixture imported above)
+    database: str,
+) -> None:
+    """Until its start-up is done (lease, generation, recovery), a node answers a command
+    another node forwards with 503: run earlier, it would be neither fenced nor settled."""
+    settings = Settings(
+        database_url=database, redis_url=redis_server.url, node_id="node1",
+        data_dir=tmp_path / "data", jwt_secret="fence-secret-" + "x" * 32,
+    )  # fmt: skip
+    starting = Runtime(settings)
+    bus = NodeBus(redis_server.url, "node1", lambda events: None, starting_handler, print)
+    nodes = Nodes(starting, bus)
+    with pytest.raises(Unavailable, match="node node1 is starting"):
+        await nodes.handle("stop_task", {"task_id": str(uuid.uuid4()), "reason": "r"})
+
+
+async def starting_handler(op: str, args: dict[str, Any]) -> Any:
+    return None

@@ -47,6 +47,7 @@ log = structlog.get_logger(__name__)
 MAX_BATCH = 2000
 T = TypeVar("T")
 LOCK_TIMEOUT = "200ms"  # the writer waits out a held lock itself, in steps (an outage)
+IDLE_IN_TRANSACTION = "5s"  # far longer than any batch waits between its statements
 COMMAND_TIMEOUT = 30.0  # a server that stops answering is an outage, not a hang
 CONNECT_TIMEOUT = 5.0
 
@@ -146,7 +147,14 @@ class PostgresEngine:
             self._url,
             command_timeout=COMMAND_TIMEOUT,
             timeout=CONNECT_TIMEOUT,
-            server_settings={"lock_timeout": LOCK_TIMEOUT, "application_name": "minidevin"},
+            server_settings={
+                "lock_timeout": LOCK_TIMEOUT,
+                # a process frozen in a batch (paused, partitioned) must not hold its locks,
+                # the node generation's share lock among them, for as long as its socket
+                # lives: the server ends it (the batch is held and retried, as in an outage)
+                "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION,
+                "application_name": "minidevin",
+            },
         )
 
     async def _close_connections(self) -> None:
