@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ import structlog
 from minidevin.actors.messages import DecideApproval, StopTask, UserInput
 from minidevin.nodes import LOCAL, Nodes
 from minidevin.runtime import schemas
-from minidevin.runtime.artifacts import artifact_path, keep_artifact_copy
-from minidevin.runtime.errors import Conflict, NotFound, Unavailable
+from minidevin.runtime.artifacts import ArtifactCopies, ContentMismatch
+from minidevin.runtime.errors import ApiError, Conflict, NotFound, Unavailable
 from minidevin.runtime.events import FINAL_STATUSES, Event
 from minidevin.runtime.hub import EventHub, SlowSubscriber, StoreUnavailable
 from minidevin.runtime.settings import Settings
@@ -183,20 +184,25 @@ class TaskControl:
         row = await self.store.artifact_row(task_id, artifact_id)
         if row is None:
             raise NotFound("artifact not found")
-        artifacts_dir = self.settings.artifacts_dir
-        path = artifact_path(artifacts_dir, artifact_id)
-        if path.is_file():
-            return row, path
-        content = await self.store.artifact_content(artifact_id)
-        if content is None:  # (SQLite, or a copied installation whose file was missing)
-            raise NotFound("artifact not found")
+        copies = getattr(self, "_artifact_copies", None)
+        if copies is None:  # (one per runtime: one copy of an artifact at a time)
+            sync = self.settings.sync == "full"
+            copies = self._artifact_copies = ArtifactCopies(self.settings.artifacts_dir, sync=sync)
+        read_part = (  # (SQLite: the file in the data directory is all there is)
+            None
+            if self.settings.database_url is None
+            else partial(self.store.artifact_content_part, artifact_id)
+        )
         try:
-            path = await asyncio.to_thread(
-                keep_artifact_copy, artifacts_dir, artifact_id, content, row["created_at"]
-            )
+            path = await copies.path(artifact_id, row["size"], row["created_at"], read_part)
         except OSError as exc:  # (a full disk: the path is the server's business)
             log.error("artifact_copy_failed", artifact_id=artifact_id, error=str(exc))
             raise Unavailable("the artifact cannot be written on this node; try again") from None
+        except ContentMismatch as exc:
+            log.error("artifact_content_mismatch", artifact_id=artifact_id, error=str(exc))
+            raise ApiError("the artifact's bytes do not match its size") from None
+        if path is None:  # (SQLite, or a copied installation whose file was missing)
+            raise NotFound("artifact not found")
         return row, path
 
     # -- helpers ----------------------------------------------------------------------------

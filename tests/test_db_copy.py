@@ -38,7 +38,9 @@ DB_PASSWORD = "Pw-s3cret-9f2c"  # in the URLs: never in any output
 SECRET_VALUE = "sk-live-" + "7" * 40
 
 
-def minidevin_db(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def minidevin_db(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MINIDEVIN_")}
     return subprocess.run(
         [sys.executable, "-m", "minidevin.cli", "db", *args],
@@ -47,7 +49,7 @@ def minidevin_db(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -384,6 +386,51 @@ async def test_a_missing_artifact_file_is_named_and_the_others_are_copied(
         assert await store.artifact_row("t", lost) is not None
     finally:
         await store.close()
+
+
+async def test_only_regular_files_of_the_rows_size_beneath_the_directory_are_copied(
+    tmp_path: Path, postgres_server: ThrowawayPostgres, pg_url: str
+) -> None:
+    """A symbolic link (to a file of the right size), a FIFO (no writer: the copy must not
+    wait for one), a file of another size than its row's, and a row whose id is a path out
+    of the directory are each named and left out; the regular file is copied."""
+    database = small_installation(tmp_path / "data")
+    artifacts = tmp_path / "data" / "artifacts"
+    artifacts.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not an artifact\n")
+    size = len(outside.read_bytes())
+    kept, linked, fifo, shorter = (str(uuid.uuid4()) for _ in range(4))
+    (artifacts / kept).write_bytes(b"x" * size)
+    (artifacts / linked).symlink_to(outside)
+    os.mkfifo(artifacts / fifo)
+    (artifacts / shorter).write_bytes(b"x" * (size - 2))
+    escaping = str(outside)  # (an absolute id: `artifacts / id` is that path)
+    with closing(sqlite3.connect(database)) as db, db:
+        db.executemany(
+            "INSERT INTO artifacts (id, task_id, name, type, content_type, size, created_at) "
+            "VALUES (?, 't', ?, 'diff', 'text/x-diff', ?, '2020-01-01T00:00:00.000Z')",
+            [(id_, f"run{n}-diff.patch", size)
+             for n, id_ in enumerate((kept, linked, fifo, shorter, escaping))],
+        )  # fmt: skip
+
+    done = minidevin_db("copy", "--from", str(database), "--to", pg_url, timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert "  artifacts: 5" in printed and "  artifact_contents: 1" in printed
+    at = printed.index(
+        "4 artifact file(s) not copied (their rows are; a node without the file answers 404 "
+        "for them):"
+    )
+    assert set(printed[at + 1 : at + 5]) == {
+        f"    {linked} (a symbolic link: not followed)",
+        f"    {fifo} (not a regular file)",
+        f"    {shorter} ({size - 2} bytes where its row says {size})",
+        f"    {escaping} (not an artifact id: not looked for)",
+    }
+    rows = pg_rows(postgres_server, pg_url, "SELECT artifact_id, content FROM artifact_contents")
+    assert rows == [(kept, b"x" * size)]
 
 
 def test_a_column_postgresql_lacks_stops_the_copy_before_anything_is_written(

@@ -89,3 +89,16 @@ class PostgresArtifacts(PostgresEngine):
             "SELECT content FROM artifact_contents WHERE artifact_id = $1", artifact_id
         )
         return None if row is None else bytes(row["content"])
+
+    async def artifact_content_part(
+        self, artifact_id: str, offset: int, length: int
+    ) -> bytes | None:
+        """At most `length` of the artifact's bytes from `offset` (0 is the first), fewer
+        at its end; None when the database holds none for it. The server sends only that
+        part, so a large artifact is read a part at a time, never whole."""
+        row = await self.fetch_one(
+            "SELECT substring(content FROM $2 FOR $3) AS part FROM artifact_contents "
+            "WHERE artifact_id = $1",
+            artifact_id, offset + 1, length,
+        )  # fmt: skip
+        return None if row is None else bytes(row["part"])

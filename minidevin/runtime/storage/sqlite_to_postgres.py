@@ -14,8 +14,9 @@ share stops the copy before anything is written.
 
 Each artifact's file (`artifacts/<id>` in the SQLite file's data directory) is
 copied into `artifact_contents` in the same transaction, so every node of the
-PostgreSQL installation serves it; a file that is missing or unreadable is named
-in the report and left out (its row is copied: the node with the file still
+PostgreSQL installation serves it; a file that is missing or unreadable, a symbolic
+link, not a regular file, or not the size its row says (and a row whose id is not an
+artifact id) is named in the report and left out (its row is copied: the node with the file still
 serves it, others answer 404). The secrets key and the JWT secret stay in the
 data directory, which the PostgreSQL-backed server must keep using (or be given
 as settings). The caller holds that directory's lock, so no server writes the
@@ -25,7 +26,11 @@ source meanwhile.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import re
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +51,8 @@ from minidevin.runtime.storage.schema_upgrade import (
 )
 from minidevin.runtime.storage.sqlite_schema import SCHEMA_VERSION as SQLITE_VERSION
 
+# an artifact's id, as `storage.new_id` makes them (its file's name in the artifacts directory)
+_ARTIFACT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 LOCK_WAIT = "5s"  # for the target's table locks (a server using it holds them)
 # what a value of each PostgreSQL column type must be in Python (for the message naming
 # the first value a table's COPY refused)
@@ -256,23 +263,67 @@ async def _copy_artifact_contents(
     source: sqlite3.Connection, conn: asyncpg.Connection, artifacts_dir: Path, report: CopyReport
 ) -> int:
     """COPY the bytes of each artifact's file into `artifact_contents`, one file read at a
-    time; a file that cannot be read goes in `report.missing_artifacts`. The number
-    copied."""
-    ids = [row[0] for row in source.execute("SELECT id FROM artifacts ORDER BY id")]
+    time; a file that is not copied goes in `report.missing_artifacts` with why
+    (`artifact_file_content`). The number copied."""
+    rows = list(source.execute("SELECT id, size FROM artifacts ORDER BY id"))
+    directory: int | None = None
+    missing = ""  # (why no file is: the directory cannot be opened)
+    try:
+        directory = os.open(artifacts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        missing = exc.strerror or str(exc)
 
     def contents() -> Iterator[tuple[str, bytes]]:
-        for artifact_id in ids:
-            try:  # (a file is named by its id: `runtime/artifacts.artifact_path`)
-                content = (artifacts_dir / artifact_id).read_bytes()
-            except OSError as exc:
-                report.missing_artifacts.append(f"{artifact_id} ({exc.strerror or exc})")
+        for artifact_id, size in rows:
+            if directory is None:
+                report.missing_artifacts.append(f"{artifact_id} ({missing})")
+                continue
+            content = artifact_file_content(directory, artifact_id, size)
+            if isinstance(content, str):
+                report.missing_artifacts.append(f"{artifact_id} ({content})")
                 continue
             yield store_text(artifact_id), content
 
-    status = await conn.copy_records_to_table(
-        "artifact_contents", records=contents(), columns=["artifact_id", "content"]
-    )
+    try:
+        status = await conn.copy_records_to_table(
+            "artifact_contents", records=contents(), columns=["artifact_id", "content"]
+        )
+    finally:
+        if directory is not None:
+            os.close(directory)
     return int(status.split()[-1])
+
+
+def artifact_file_content(directory: int, artifact_id: Any, size: Any) -> bytes | str:
+    """The bytes of the artifact's file in the artifacts directory open as `directory`, or
+    why it is not copied: an id not of the form ids are made in (`storage.new_id`: a
+    UUID), so never a path out of the directory; a file that is missing, a symbolic link,
+    not a regular file (a FIFO is opened without waiting for a writer), or not the size
+    its row says."""
+    if not isinstance(artifact_id, str) or not _ARTIFACT_ID.fullmatch(artifact_id):
+        return "not an artifact id: not looked for"
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        descriptor = os.open(artifact_id, flags, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link: not followed"
+        return exc.strerror or str(exc)
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if info.st_size != size:
+            return f"{info.st_size} bytes where its row says {size}"
+        with open(descriptor, "rb", closefd=False) as handle:
+            content = handle.read()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        os.close(descriptor)
+    if len(content) != size:  # (changed while read)
+        return f"{len(content)} bytes read where its row says {size}"
+    return content
 
 
 async def copy_sqlite_to_postgres(path: Path, url: str, *, url_name: str = "--to") -> CopyReport:
