@@ -9,6 +9,7 @@ import json
 import os
 import time
 import urllib.error
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ from serve_process import ServeProcess
 from test_nodes import USER, Cluster, cluster, login, redis_server  # noqa: F401 (fixtures)
 from waiting import until
 
+from minidevin.api import Runtime
 from minidevin.runtime.settings import Settings
+from minidevin.runtime.tools.paths import WorkspaceChanged
+from minidevin.runtime.workspace import Workspaces
 
 LEASE = 60.0  # long: what happens well within it is not a lease's expiry
 SLEEP = ScriptedTurn(text="Working.", tool_calls=[("terminal", {"command": "sleep 60"})])
@@ -97,7 +101,7 @@ async def test_a_node_shut_down_gracefully_hands_its_queue_over_at_once(
     assert handed_over(first)["left"] == 0
 
 
-@pytest.mark.parametrize("shared", ["off", "on", "link"])
+@pytest.mark.parametrize("shared", ["off", "on", "link", "owner"])
 async def test_shared_workspaces_let_a_node_on_another_device_take_a_session(
     cluster: Cluster,  # noqa: F811 (test_nodes' fixture)
     openai_server: ScriptedOpenAIServer,
@@ -108,8 +112,10 @@ async def test_shared_workspaces_let_a_node_on_another_device_take_a_session(
     claim made by a node on another machine mounting the same share says (one machine here
     cannot show one directory under two devices). Without the setting no node takes it over:
     it is not the directory claimed; with it, the directory is recognised by path, inode and
-    owner and the session moves with its queue; a symbolic link on the path is still
-    refused."""
+    owner uid and gid and the session moves with its queue, whose tasks run there with the
+    claim's device left as it is (a node compares no device then: the user's sessions on
+    other machines keep working); a symbolic link on the path is still refused, and so is a
+    directory of the same path and inode but another owner (another filesystem's root)."""
     first, second, _third = cluster(
         3,
         MINIDEVIN_LEASE_SECONDS=str(LEASE),
@@ -123,12 +129,18 @@ async def test_shared_workspaces_let_a_node_on_another_device_take_a_session(
     real = os.stat(work)
     settings = Settings(database_url=first.env["MINIDEVIN_DATABASE_URL"])
     with direct_database(settings) as db:
-        claimed = db.execute("SELECT st_dev, st_ino FROM workspace_claims WHERE path = ?",
-                             [str(work)])  # fmt: skip
-        assert claimed == [(str(real.st_dev), str(real.st_ino))]
+        claimed = db.execute(
+            "SELECT st_dev, st_ino, st_uid, st_gid FROM workspace_claims WHERE path = ?",
+            [str(work)],
+        )
+        owner = (str(real.st_uid), str(real.st_gid))
+        assert claimed == [(str(real.st_dev), str(real.st_ino), *owner)]
         other_machine = str(real.st_dev + 1)
         db.execute("UPDATE workspace_claims SET st_dev = ? WHERE path = ?",
                    [other_machine, str(work)])  # fmt: skip
+        if shared == "owner":  # (what a directory of another owner would have claimed)
+            db.execute("UPDATE workspace_claims SET st_uid = ? WHERE path = ?",
+                       [str(real.st_uid + 1), str(work)])  # fmt: skip
     if shared == "link":  # the same directory (same inode), reached through a link now
         moved = work.rename(tmp_path / "elsewhere")
         work.symlink_to(moved)
@@ -142,10 +154,10 @@ async def test_shared_workspaces_let_a_node_on_another_device_take_a_session(
         )
         assert done["node_id"] in ("node2", "node3")
         assert handed_over(first)["left"] == 0
-        with direct_database(settings) as db:  # (its tasks check the taking node's view)
+        with direct_database(settings) as db:  # (not rewritten: no node compares its device)
             claimed = db.execute("SELECT st_dev FROM workspace_claims WHERE path = ?",
                                  [str(work)])  # fmt: skip
-        assert claimed == [(str(real.st_dev),)]
+        assert claimed == [(other_machine,)]
     else:
         record = handed_over(first)  # (written before it exited: the takeovers are done)
         assert record["left"] == 1 and sorted(record["taken_by"]) == ["node2", "node3"]
@@ -192,3 +204,54 @@ async def test_with_shared_workspaces_a_gone_nodes_session_is_taken_over(
     assert done["node_id"] in ("node2", "node3")
     logs = second.logs() + third.logs()
     assert any(line.get("event") == "node_found_gone" for line in logs)
+
+
+async def test_a_takeover_checks_the_directory_as_a_new_session_here_would(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """What a taking node accepts (`Workspaces.seen_for_takeover`), with its own settings: the
+    claimed directory, reached without a link, of the claim's inode and owner (uid and gid;
+    the device too unless shared workspaces) and allowed here as a new session's directory
+    would be (data directory, workspace roots, a tenant's rules). With shared workspaces a
+    task's admission (`Workspaces.identity`) compares no device either."""
+    store, settings = runtime.store, runtime.settings
+    user = (await store.insert_user(f"{uuid.uuid4().hex}@example.com", "u", None)).id
+    work = tmp_path / "work"
+    work.mkdir()
+    checked = await runtime.workspaces.claim(user, str(work))
+    path, (device, inode) = str(checked.path), checked.identity
+    real = os.stat(path)
+    owner = real.st_uid, real.st_gid
+
+    def taker(**changes: Any) -> Workspaces:
+        return Workspaces(store, settings.model_copy(update=changes))
+
+    async def seen(tenant: bool = True, **changes: Any) -> tuple[int, int] | None:
+        return await taker(**changes).seen_for_takeover(user, path, tenant=tenant)
+
+    assert await seen() == checked.identity
+    assert await seen(workspace_roots=(tmp_path / "roots",)) is None  # (not inside them here)
+    assert await seen(data_dir=tmp_path) is None  # (inside this node's data directory)
+    assert await taker().seen_for_takeover("someone else", path, tenant=True) is None
+    other_machine = (device + 1, inode)
+    await store.put_workspace_claim(path, user, other_machine, owner)
+    assert await seen() is None
+    assert await seen(shared_workspaces=True) == checked.identity
+    assert await taker(shared_workspaces=True).identity(user, path) == checked.identity
+    with pytest.raises(WorkspaceChanged):
+        await taker().identity(user, path)
+    for other_owner in ((owner[0] + 1, owner[1]), (owner[0], owner[1] + 1)):
+        await store.put_workspace_claim(path, user, other_machine, other_owner)
+        assert await seen(shared_workspaces=True) is None
+        with pytest.raises(WorkspaceChanged):
+            await taker(shared_workspaces=True).identity(user, path)
+    if os.geteuid() == 0:  # a directory of another local user: a tenant may not have it
+        os.chown(path, 54321, 54321)
+        await store.put_workspace_claim(path, user, checked.identity, (54321, 54321))
+        assert await seen(tenant=False) == checked.identity
+        assert await seen(tenant=True) is None
+        os.chown(path, *owner)
+    await store.put_workspace_claim(path, user, checked.identity, owner)
+    moved = Path(path).rename(tmp_path / "elsewhere")  # the same directory, through a link
+    Path(path).symlink_to(moved)
+    assert await seen() is None

@@ -18,9 +18,14 @@ then on to that session's user (a claim, kept when the session is deleted):
   serve strangers set workspace roots;
 - every refusal is the same answer, so it tells nothing about the host's files.
 
-The claim records the directory's `(st_dev, st_ino)`; every task start and every
-tool call re-opens the path without following links and compares (see
-`tools.paths.open_workspace`). A root-owned directory opened by a root server is
+The claim records the directory's `(st_dev, st_ino)` and its owner `(st_uid, st_gid)`
+(after the hand-over below); every task start and every tool call re-opens the path
+without following links and compares (see `tools.paths.open_workspace`). With nodes
+on shared storage (`shared_workspaces`), a task's admission compares the inode and
+the owner but not the device (another machine's mount of the share has another
+device number), then holds the task to the directory as this node sees it. A node
+taking a session over re-runs a new session's checks with its own settings
+(`Workspaces.seen_for_takeover`). A root-owned directory opened by a root server is
 handed to `sandbox_uid` (commands run as that uid, never as root).
 
 The snapshots behind `diff.patch` are `runtime/snapshots.py`.
@@ -44,7 +49,13 @@ import structlog
 import minidevin
 from minidevin.runtime.settings import Settings
 from minidevin.runtime.storage import Store
-from minidevin.runtime.tools.paths import WorkspaceChanged, check_workspace, open_workspace
+from minidevin.runtime.tools.paths import (
+    WorkspaceChanged,
+    changed_message,
+    check_workspace,
+    open_beneath,
+    open_workspace,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -70,6 +81,14 @@ class CheckedDirectory:
     path: Path
     identity: tuple[int, int]
     owner_uid: int
+    owner_gid: int
+
+    def owner_after_hand_over(self, sandbox_uid: int) -> tuple[int, int]:
+        """`(st_uid, st_gid)` once `hand_over` is done: a root server gives a root-owned
+        directory to `sandbox_uid`."""
+        if os.geteuid() == 0 and self.owner_uid == 0:
+            return sandbox_uid, sandbox_uid
+        return self.owner_uid, self.owner_gid
 
 
 def _refused(reason: str, raw: str) -> WorkspaceError:
@@ -151,7 +170,7 @@ def check_working_directory(raw: str, data_dir: Path, roots: tuple[Path, ...]) -
         info = os.fstat(fd)
     finally:
         os.close(fd)
-    return CheckedDirectory(resolved, (info.st_dev, info.st_ino), info.st_uid)
+    return CheckedDirectory(resolved, (info.st_dev, info.st_ino), info.st_uid, info.st_gid)
 
 
 class Workspaces:
@@ -186,7 +205,9 @@ class Workspaces:
                     raise _refused("another user's working directory is on, in or around it", raw)
                 if claim["path"] != path:
                     raise _refused("another of the user's directories is in or around it", raw)
-            await self.store.put_workspace_claim(path, user_id, checked.identity)
+            await self.store.put_workspace_claim(
+                path, user_id, checked.identity, checked.owner_after_hand_over(settings.sandbox_uid)
+            )
         try:
             await _in_own_thread(hand_over, checked, settings.sandbox_uid)
         except WorkspaceChanged:  # swapped between the check and the hand-over
@@ -197,15 +218,100 @@ class Workspaces:
         """The identity `user_id` claimed for `path`, checked against the directory now.
 
         `WorkspaceChanged` if the directory is no longer that one. A session older than
-        claims is checked (and claimed) as a new one would be (`WorkspaceError`).
+        claims is checked (and claimed) as a new one would be (`WorkspaceError`). With
+        shared workspaces, the directory reached here without a link must have the claim's
+        inode and owner (any device): its identity here is returned.
         """
         claim = await self.store.workspace_claim(path)
+        if claim is not None and claim["user_id"] == user_id and self._shared(claim):
+            seen = directory_here(Path(path))  # (a few syscalls: on the loop)
+            if seen is None or not matches_claim(claim, *seen, shared=True):
+                raise WorkspaceChanged(changed_message(path, "it is another directory now"))
+            return seen[0]
         if claim is not None and claim["user_id"] == user_id:
             identity = int(claim["st_dev"]), int(claim["st_ino"])
         else:
             identity = (await self.claim(user_id, path, tenant=tenant)).identity
         verify_working_directory(Path(path), identity)  # (a few syscalls: on the loop)
         return identity
+
+    def _shared(self, claim: dict[str, Any]) -> bool:
+        """Whether `claim` is compared without its device: shared workspaces, and a claim
+        that recorded its owner."""
+        return self.settings.shared_workspaces and claim.get("st_uid") is not None
+
+    async def seen_for_takeover(
+        self, user_id: str, path: str, *, tenant: bool
+    ) -> tuple[int, int] | None:
+        """The identity here of a session's working directory `path`, if this node may take
+        the session over; else None. It must be `user_id`'s claim; the directory reached
+        here without a link (`check_working_directory` resolves to `path` itself) must be the
+        claimed one (`matches_claim`: inode and owner; the device too unless shared
+        workspaces); and it must pass the checks a new session's directory passes, with this
+        node's settings (data directory, workspace roots, and for a `tenant`
+        `tenant_reason`)."""
+        settings = self.settings
+        claim = await self.store.workspace_claim(path)
+        if claim is None or claim["user_id"] != user_id:
+            return None
+        try:
+            checked = await _in_own_thread(
+                check_working_directory, path, settings.data_dir, settings.workspace_roots
+            )
+        except WorkspaceError:
+            return None  # (logged by the check)
+        reason = None
+        if str(checked.path) != path:
+            reason = "a symbolic link lies on its path"
+        elif tenant:
+            reason = tenant_reason(
+                checked.path, checked.owner_uid, settings.workspace_roots, settings.sandbox_uid
+            )
+        if reason is None and not matches_claim(
+            claim, checked.identity, (checked.owner_uid, checked.owner_gid),
+            shared=settings.shared_workspaces,
+        ):  # fmt: skip
+            reason = "another directory than the one claimed (inode, owner or device)"
+        if reason is not None:
+            log.info("working_directory_not_taken_over", reason=reason, working_directory=path)
+            return None
+        return checked.identity
+
+
+def matches_claim(
+    claim: dict[str, Any], identity: tuple[int, int], owner: tuple[int, int], *, shared: bool
+) -> bool:
+    """Whether a directory seen here as `identity` `(st_dev, st_ino)`, owned by `owner`
+    `(st_uid, st_gid)`, is the one `claim` recorded: the same inode and owner, and the same
+    device unless `shared` (a claim older than recorded owners: the same device and inode)."""
+    if identity[1] != int(claim["st_ino"]):
+        return False
+    if claim.get("st_uid") is None or claim.get("st_gid") is None:
+        return identity[0] == int(claim["st_dev"])
+    if owner != (int(claim["st_uid"]), int(claim["st_gid"])):
+        return False
+    return shared or identity[0] == int(claim["st_dev"])
+
+
+def directory_here(path: Path) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """`((st_dev, st_ino), (st_uid, st_gid))` of the directory at the absolute `path`,
+    reached without any symbolic link; None if it is missing, not a directory, or a link
+    lies on its path."""
+    parts = tuple(part for part in os.path.abspath(path).split("/") if part)
+    flags = os.O_PATH | os.O_DIRECTORY
+    try:
+        top = os.open("/", flags | os.O_CLOEXEC)
+        try:
+            fd = open_beneath(top, parts, flags)
+        finally:
+            os.close(top)
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino), (info.st_uid, info.st_gid)
 
 
 async def _in_own_thread(function: Callable[..., T], *args: Any) -> T:

@@ -214,11 +214,15 @@ class Repository(Protocol):
         ...
 
     async def workspace_claim(self, path: str) -> dict[str, Any] | None:
-        """path, user_id, st_dev, st_ino (as strings)."""
+        """path, user_id, st_dev, st_ino, st_uid, st_gid (as strings; the owner's None for a
+        claim older than schema version 10, PostgreSQL's 4)."""
         ...
 
-    async def put_workspace_claim(self, path: str, user_id: str, identity: tuple[int, int]) -> None:
-        """Claim `path` for `user_id`, or refresh the identity of their own claim on it."""
+    async def put_workspace_claim(
+        self, path: str, user_id: str, identity: tuple[int, int], owner: tuple[int, int]
+    ) -> None:
+        """Claim `path` for `user_id`, or refresh the identity `(st_dev, st_ino)` and the
+        owner `(st_uid, st_gid)` of their own claim on it."""
         ...
 
     # -- tasks, events, artifacts --------------------------------------------------------

@@ -183,6 +183,14 @@ MIGRATIONS: tuple[str, ...] = (
         );
         """
     ),
+    # 4 (SQLite's 10): a working directory's owner (uid, gid) as claimed, which a takeover
+    # and, with shared workspaces, every node compares (NULL: claimed before this version)
+    _bytewise(
+        """
+        ALTER TABLE workspace_claims ADD COLUMN st_uid TEXT;
+        ALTER TABLE workspace_claims ADD COLUMN st_gid TEXT;
+        """
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

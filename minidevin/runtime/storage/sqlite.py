@@ -148,16 +148,22 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
 
     async def workspace_claim(self, path: str) -> dict[str, Any] | None:
         return await self.fetch_one(
-            "SELECT path, user_id, st_dev, st_ino FROM workspace_claims WHERE path = ?", (path,)
+            "SELECT path, user_id, st_dev, st_ino, st_uid, st_gid FROM workspace_claims "
+            "WHERE path = ?",
+            (path,),
         )
 
-    async def put_workspace_claim(self, path: str, user_id: str, identity: tuple[int, int]) -> None:
+    async def put_workspace_claim(
+        self, path: str, user_id: str, identity: tuple[int, int], owner: tuple[int, int]
+    ) -> None:
         await self.write(
-            "INSERT INTO workspace_claims (path, user_id, st_dev, st_ino, created_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET st_dev = excluded.st_dev, "
-            "st_ino = excluded.st_ino WHERE workspace_claims.user_id = excluded.user_id",
-            (path, user_id, str(identity[0]), str(identity[1]), utc_now()),
-        )
+            "INSERT INTO workspace_claims (path, user_id, st_dev, st_ino, st_uid, st_gid, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+            "st_dev = excluded.st_dev, st_ino = excluded.st_ino, st_uid = excluded.st_uid, "
+            "st_gid = excluded.st_gid WHERE workspace_claims.user_id = excluded.user_id",
+            (path, user_id, str(identity[0]), str(identity[1]), str(owner[0]), str(owner[1]),
+             utc_now()),
+        )  # fmt: skip
 
     # -- tasks, events, artifacts --------------------------------------------------------
 

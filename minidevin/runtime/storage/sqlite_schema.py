@@ -161,6 +161,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions ADD COLUMN node TEXT;
     CREATE INDEX sessions_node ON sessions(node);
     """,
+    # 10: a working directory's owner (uid, gid) as claimed, which a takeover and, with
+    # shared workspaces, every node compares (NULL: claimed before this version)
+    """
+    ALTER TABLE workspace_claims ADD COLUMN st_uid TEXT;
+    ALTER TABLE workspace_claims ADD COLUMN st_gid TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
