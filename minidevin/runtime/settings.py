@@ -269,8 +269,9 @@ class Settings(BaseModel):
         False,
         description="With nodes: working directories are on storage every node mounts at the "
         "same path (NFS, ...): any node may take over a session whose node is down or gone, "
-        "its directory recognised by path, inode and owner (the device number may differ "
-        "between machines).",
+        "its directory recognised by path (no symbolic link on it), inode and the "
+        "directory's owner uid and gid (the device number may differ between machines), and "
+        "checked as a new session's directory with the taking node's settings.",
     )
     host: str = Field("127.0.0.1", description="Address `minidevin serve` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `minidevin serve` listens on.")

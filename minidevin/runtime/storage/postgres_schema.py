@@ -177,6 +177,8 @@ MIGRATIONS: tuple[str, ...] = (
             artifact_id TEXT PRIMARY KEY REFERENCES artifacts(id) ON DELETE CASCADE,
             content BYTEA NOT NULL
         );
+        -- (uncompressed out of line: a download reads it in parts, each part read alone)
+        ALTER TABLE artifact_contents ALTER COLUMN content SET STORAGE EXTERNAL;
         CREATE TABLE node_generations (
             node TEXT PRIMARY KEY,
             generation BIGINT NOT NULL
