@@ -30,6 +30,7 @@ from minidevin.runtime.storage.open_errors import OPEN_TIMEOUT_MAX
 from minidevin.runtime.storage.outage import StoreOutage
 from minidevin.runtime.storage.postgres_batch import Fenced, Write, commit_batch
 from minidevin.runtime.storage.postgres_errors import (
+    ReadOnlyServer,
     WriterUnreachable,
     connection_broken,
     describe,
@@ -126,7 +127,7 @@ class PostgresEngine:
     async def _open_once(self) -> None:
         self._writer = await self._connect_writer()
         if await self._writer.fetchval("SHOW transaction_read_only") == "on":
-            raise StoreError(open_problem(self.where, _ReadOnly(), 0.0))
+            raise StoreError(open_problem(self.where, ReadOnlyServer(), 0.0))
         for version in await migrate(self._writer, self.where):
             log.info("store_migrated", version=version, database=self.where)
         self._pool = await asyncpg.create_pool(
@@ -410,9 +411,3 @@ class PostgresEngine:
         """Tasks by status, for `/metrics`."""
         rows = await self.fetch_all("SELECT status, count(*) AS n FROM tasks GROUP BY status")
         return {row["status"]: row["n"] for row in rows}
-
-
-class _ReadOnly(Exception):
-    """The server accepts no writes (a standby): SQLSTATE 25006 for `open_problem`."""
-
-    sqlstate = "25006"

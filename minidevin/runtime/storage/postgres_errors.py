@@ -150,3 +150,9 @@ def open_problem(where: str, error: BaseException, waited: float) -> str:
             "point MINIDEVIN_DATABASE_URL at the primary"
         )
     return f"cannot open the PostgreSQL database {where}: {text}"
+
+
+class ReadOnlyServer(Exception):
+    """The server accepts no writes (a standby): SQLSTATE 25006 for `open_problem`."""
+
+    sqlstate = "25006"
