@@ -53,7 +53,7 @@ from minidevin.runtime.tools.paths import (
     WorkspaceChanged,
     changed_message,
     check_workspace,
-    open_beneath,
+    open_directory,
     open_workspace,
 )
 
@@ -297,14 +297,8 @@ def directory_here(path: Path) -> tuple[tuple[int, int], tuple[int, int]] | None
     """`((st_dev, st_ino), (st_uid, st_gid))` of the directory at the absolute `path`,
     reached without any symbolic link; None if it is missing, not a directory, or a link
     lies on its path."""
-    parts = tuple(part for part in os.path.abspath(path).split("/") if part)
-    flags = os.O_PATH | os.O_DIRECTORY
     try:
-        top = os.open("/", flags | os.O_CLOEXEC)
-        try:
-            fd = open_beneath(top, parts, flags)
-        finally:
-            os.close(top)
+        fd = open_directory(os.path.abspath(path))
         try:
             info = os.fstat(fd)
         finally:

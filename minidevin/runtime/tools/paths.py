@@ -133,6 +133,17 @@ def split_path(working_directory: Path, path: object) -> tuple[str, ...]:
     return () if relative == "." else tuple(relative.split("/"))
 
 
+def open_directory(path: str) -> int:
+    """An `O_PATH` descriptor of the directory at the absolute `path`, reached from `/`
+    without any symbolic link (`OSError` if it is missing, not a directory, or a link lies
+    on its path)."""
+    top = os.open("/", _DIRECTORY | os.O_CLOEXEC)
+    try:
+        return open_beneath(top, tuple(part for part in path.split("/") if part), _DIRECTORY)
+    finally:
+        os.close(top)
+
+
 def open_workspace(working_directory: Path, identity: tuple[int, int] | None) -> int:
     """An `O_PATH` descriptor of the working directory, reached without any symbolic link.
 
@@ -142,13 +153,8 @@ def open_workspace(working_directory: Path, identity: tuple[int, int] | None) ->
     root = os.path.abspath(working_directory)
     if identity is None:  # no checked identity to hold to: resolve the links given
         root = os.path.realpath(root)
-    parts = tuple(part for part in root.split("/") if part)
     try:
-        top = os.open("/", _DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = open_beneath(top, parts, _DIRECTORY)
-        finally:
-            os.close(top)
+        fd = open_directory(root)
         info = os.fstat(fd)
     except OSError as exc:
         raise WorkspaceChanged(changed_message(root, exc.strerror or str(exc))) from None
