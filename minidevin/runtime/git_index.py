@@ -26,7 +26,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,12 +34,18 @@ MAX_INDEX_BYTES = 64 << 20  # about 600,000 files; a larger index is not used
 MAX_PATH, MAX_NAME = 4096, 255  # bytes (a version-4 index could grow names without bound)
 HEADER = struct.Struct(">4sII")
 ENTRY = struct.Struct(">10I20sH")  # ctime s/ns, mtime s/ns, dev, ino, mode, uid, gid, size
+CTIME_FIELDS, OWNER_FIELDS = struct.Struct(">II"), struct.Struct(">II")  # at 0 and 28
+HANDED_OVER_FIELDS = struct.Struct(">8xIIII12xI")  # mtime s/ns, dev, ino, size
+KEPT_FIELDS = struct.Struct(">8xII8xII8x20sH")  # mtime s/ns, mode, uid, oid, flags
+PADDING = tuple(b"\0" * (8 - n) for n in range(8))  # after 62 + name bytes = n mod 8
 SHA1_BYTES = 20
 ASSUME_VALID, EXTENDED, STAGE, NAME_LENGTH = 0x8000, 0x4000, 0x3000, 0x0FFF
 KEPT_MODES = frozenset({0o100644, 0o100755, 0o120000})
-# an empty, `.`, `..` or `.git` component (a leading or doubled `/` included), a NUL or a
-# backslash, a component longer than MAX_NAME
-BAD_PATH = re.compile(rb"(?:^|/)(?:\.{0,2}|\.[gG][iI][tT])(?:/|$)|[\\\0]|[^/]{256}")
+# in the paths, each after a NUL (a NUL ends each name: none holds one): an empty, `.`, `..`
+# or `.git` component (a leading or doubled `/` included), its end where `$` would match in
+# the path alone (before a last newline too); and a component longer than MAX_NAME
+BAD_COMPONENT = re.compile(rb"[/\0](?:\.(?:\.?|[gG][iI][tT]))?(?:/|(?=\n?(?:\0|\Z)))")
+LONG_NAME = re.compile(rb"[^/]{256}")
 
 
 class UnusableIndex(Exception):
@@ -54,6 +60,25 @@ class IndexEntry(NamedTuple):
     @property
     def mtime_ns(self) -> int:
         return self.fields[2] * 1_000_000_000 + self.fields[3]
+
+
+class StatCache(NamedTuple):
+    """The entries kept from a repository's index, as parallel lists in git's order."""
+
+    paths: list[bytes]
+    modes: list[int]
+    oids: list[bytes]
+    owners: list[int]  # each entry's recorded uid
+    records: list[bytes]  # each entry as a version-2 index holds it (name padded with NULs)
+
+
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """An index file's inode, size and mtime (git writes a new file for each change)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def read_repository_index(directory: int, owners: set[int]) -> tuple[bytes, int] | None:
@@ -79,98 +104,150 @@ def read_repository_index(directory: int, owners: set[int]) -> tuple[bytes, int]
             os.close(fd)
 
 
-def stat_cache(data: bytes, index_mtime_ns: int, keep: Callable[[bytes], bool]) -> list[IndexEntry]:
+def read_stat_cache(data: bytes, index_mtime_ns: int, keep: Callable[[bytes], bool]) -> StatCache:
     """The entries of index `data` fit to seed a stat cache (`keep(path)` also true)."""
     if len(data) < HEADER.size + SHA1_BYTES or len(data) > MAX_INDEX_BYTES:
         raise UnusableIndex("size")
     if hashlib.sha1(data[:-SHA1_BYTES]).digest() != data[-SHA1_BYTES:]:
         raise UnusableIndex("checksum")  # (torn, foreign, or not SHA-1)
-    kept, previous, total = [], b"", 0
-    for flags, entry in _entries(data):
-        if entry.path < previous or (entry.path == previous and not flags & STAGE):
-            raise UnusableIndex("order")  # (a conflict's stages share a path: dropped below)
-        previous = entry.path
-        total += len(entry.path)
-        if total > 2 * len(data):
-            raise UnusableIndex("names")
-        _check_path(entry.path)
-        mode = entry.fields[6]
-        if (
-            flags & (ASSUME_VALID | EXTENDED | STAGE)
-            or mode not in KEPT_MODES
-            or entry.mtime_ns >= index_mtime_ns
-            or not keep(entry.path)
-        ):
-            continue
-        kept.append(entry)
-    return kept
-
-
-def after_hand_over(
-    entries: list[IndexEntry], working_directory: Path, owner: int
-) -> list[IndexEntry]:
-    """`entries` with the ctime and owner each file has now, for the entries recorded with
-    another owner than `owner` whose file kept its mtime, size, inode and device: a tree
-    handed over to the sandbox uid by `chown`. (The ctime in an index the tenant writes
-    guards nothing against the tenant; without this, a handed-over tree would be hashed
-    whole.)"""
-    refreshed = []
-    prefix = os.fsencode(working_directory) + b"/"
-    for entry in entries:
-        fields = entry.fields
-        if fields[7] != owner:
-            try:
-                info = os.lstat(prefix + entry.path)
-            except OSError:
-                info = None
-            if (
-                info is not None
-                and info.st_uid == owner
-                and divmod(info.st_mtime_ns, 1_000_000_000) == fields[2:4]
-                and (info.st_dev & 0xFFFFFFFF, info.st_ino & 0xFFFFFFFF) == fields[4:6]
-                and info.st_size & 0xFFFFFFFF == fields[9]
-            ):
-                ctime = divmod(info.st_ctime_ns, 1_000_000_000)
-                fields = (*ctime, *fields[2:7], info.st_uid, info.st_gid, fields[9])
-                entry = IndexEntry(entry.path, fields, entry.oid)
-        refreshed.append(entry)
-    return refreshed
-
-
-def _entries(data: bytes) -> Iterator[tuple[int, IndexEntry]]:
     signature, version, count = HEADER.unpack_from(data)
     if signature != b"DIRC" or version not in (2, 3, 4):
         raise UnusableIndex("header")
-    offset, end, previous = HEADER.size, len(data) - SHA1_BYTES, b""
+    entries = _entries(data, count) if version == 4 else _entries_v2(data, count, version)
+    kept = StatCache([], [], [], [], [])
+    paths, previous = [], b""
+    ignored = ASSUME_VALID | EXTENDED | STAGE
+    for path, mtime_s, mtime_ns, mode, uid, oid, flags, record in entries:
+        if path <= previous and (path < previous or not flags & STAGE):
+            raise UnusableIndex("order")  # (a conflict's stages share a path: dropped below)
+        previous = path
+        paths.append(path)
+        if (
+            flags & ignored
+            or mode not in KEPT_MODES
+            or mtime_s * 1_000_000_000 + mtime_ns >= index_mtime_ns
+            or not keep(path)
+        ):
+            continue
+        kept.paths.append(path)
+        kept.modes.append(mode)
+        kept.oids.append(oid)
+        kept.owners.append(uid)
+        kept.records.append(record)
+    _check_paths(paths)
+    return kept
+
+
+def _check_paths(paths: list[bytes]) -> None:
+    """Each path relative, without a `.`, `..` or `.git` component, a backslash or a name
+    longer than `MAX_NAME` (one search of them all: a search each costs 10 times more)."""
+    joined = b"\0" + b"\0".join(paths)
+    if b"\\" in joined or BAD_COMPONENT.search(joined):
+        raise UnusableIndex("path")
+    longest = max(map(len, paths), default=0)  # (only a path this long can have one)
+    if longest > MAX_NAME and any(LONG_NAME.search(p) for p in paths if len(p) > MAX_NAME):
+        raise UnusableIndex("path")
+
+
+def stat_cache(data: bytes, index_mtime_ns: int, keep: Callable[[bytes], bool]) -> list[IndexEntry]:
+    """`read_stat_cache`'s entries, one object each."""
+    kept = read_stat_cache(data, index_mtime_ns, keep)
+    return [
+        IndexEntry(path, ENTRY.unpack_from(record)[:10], oid)
+        for path, oid, record in zip(kept.paths, kept.oids, kept.records, strict=True)
+    ]
+
+
+def after_hand_over(kept: StatCache, directory: int, owner: int) -> StatCache:
+    """`kept` with the ctime and owner each file has now, for the entries recorded with
+    another owner than `owner` whose file kept its mtime, size, inode and device: a tree
+    handed over to the sandbox uid by `chown`. (The ctime in an index the tenant writes
+    guards nothing against the tenant; without this, a handed-over tree would be hashed
+    whole.) Paths are looked up beneath the directory descriptor `directory`."""
+    if all(uid == owner for uid in kept.owners):
+        return kept
+    records, paths, lookup = list(kept.records), kept.paths, os.stat
+    for number, uid in enumerate(kept.owners):
+        if uid == owner:
+            continue
+        try:
+            info = lookup(paths[number], dir_fd=directory, follow_symlinks=False)
+        except OSError:
+            continue
+        record = records[number]
+        mtime_s, mtime_ns, dev, ino, size = HANDED_OVER_FIELDS.unpack_from(record)
+        if (
+            info.st_uid == owner
+            and info.st_mtime_ns == mtime_s * 1_000_000_000 + mtime_ns
+            and info.st_ino & 0xFFFFFFFF == ino
+            and info.st_dev & 0xFFFFFFFF == dev
+            and info.st_size & 0xFFFFFFFF == size
+        ):
+            ctime = divmod(info.st_ctime_ns, 1_000_000_000)
+            owners = OWNER_FIELDS.pack(info.st_uid, info.st_gid)
+            records[number] = CTIME_FIELDS.pack(*ctime) + record[8:28] + owners + record[36:]
+    return kept._replace(records=records)
+
+
+Entry = tuple[bytes, int, int, int, int, bytes, int, bytes]  # path, mtime s/ns, mode, uid...
+
+
+def _entries_v2(data: bytes, count: int, version: int) -> Iterator[Entry]:
+    """A version-2 or -3 index's entries: path, mtime (s, ns), mode, uid, oid, flags and
+    the entry as a version-2 index holds it (padding made NULs whatever it was)."""
+    unpack, find, pads = KEPT_FIELDS.unpack_from, data.find, PADDING
+    offset, end, extended = HEADER.size, len(data) - SHA1_BYTES, version >= 3
+    for _ in range(count):
+        if offset + ENTRY.size > end:
+            raise UnusableIndex("truncated")
+        mtime_s, mtime_ns, mode, uid, oid, flags = unpack(data, offset)
+        start = offset + ENTRY.size
+        if flags & EXTENDED:
+            if not extended:
+                raise UnusableIndex("extended flags in version 2")
+            start += 2
+        stop = find(b"\0", start, end)
+        if stop < 0:
+            raise UnusableIndex("name")
+        length = stop - start
+        if (flags & NAME_LENGTH) != (length if length < NAME_LENGTH else NAME_LENGTH):
+            raise UnusableIndex("name length")
+        if length > MAX_PATH:
+            raise UnusableIndex("name length")
+        record = data[offset:stop] + pads[(ENTRY.size + length) & 7]  # (kept: never extended)
+        yield data[start:stop], mtime_s, mtime_ns, mode, uid, oid, flags, record
+        offset += (start - offset + length + 8) & ~7
+    if offset > end:
+        raise UnusableIndex("truncated")
+
+
+def _entries(data: bytes, count: int) -> Iterator[Entry]:
+    """A version-4 index's entries (names as a prefix of the last one's and a suffix), as
+    `_entries_v2` gives them."""
+    offset, end, previous, total = HEADER.size, len(data) - SHA1_BYTES, b"", 0
     for _ in range(count):
         if offset + ENTRY.size > end:
             raise UnusableIndex("truncated")
         *fields, oid, flags = ENTRY.unpack_from(data, offset)
-        start = offset
         offset += ENTRY.size
         if flags & EXTENDED:
-            if version < 3:
-                raise UnusableIndex("extended flags in version 2")
             offset += 2
-        if version == 4:
-            strip, offset = _varint(data, offset, end)
-            if strip > len(previous):
-                raise UnusableIndex("prefix")
-            stop = data.find(b"\0", offset, end)
-            if stop < 0:
-                raise UnusableIndex("name")
-            path = previous[: len(previous) - strip] + data[offset:stop]
-            offset = stop + 1
-        else:
-            stop = data.find(b"\0", offset, end)
-            if stop < 0:
-                raise UnusableIndex("name")
-            path = data[offset:stop]
-            offset = start + ((offset - start + len(path) + 8) & ~7)
+        strip, offset = _varint(data, offset, end)
+        if strip > len(previous):
+            raise UnusableIndex("prefix")
+        stop = data.find(b"\0", offset, end)
+        if stop < 0:
+            raise UnusableIndex("name")
+        path = previous[: len(previous) - strip] + data[offset:stop]
+        offset = stop + 1
+        total += len(path)
+        if total > 2 * len(data):
+            raise UnusableIndex("names")
         if (flags & NAME_LENGTH) != min(len(path), NAME_LENGTH) or len(path) > MAX_PATH:
             raise UnusableIndex("name length")
         previous = path
-        yield flags, IndexEntry(path, tuple(fields), oid)
+        record = ENTRY.pack(*fields, oid, flags) + path + PADDING[(ENTRY.size + len(path)) & 7]
+        yield path, fields[2], fields[3], fields[6], fields[7], oid, flags, record
     if offset > end:
         raise UnusableIndex("truncated")
 
@@ -190,20 +267,24 @@ def _varint(data: bytes, offset: int, end: int) -> tuple[int, int]:
     return value, offset + 1
 
 
-def _check_path(path: bytes) -> None:
-    if BAD_PATH.search(path):
-        raise UnusableIndex("path")
+def write_stat_cache(path: Path, kept: StatCache) -> None:
+    """A version-2 index of `kept`, no extensions, at `path`."""
+    _write(path, len(kept.records), kept.records)
 
 
 def write_index(path: Path, entries: list[IndexEntry]) -> None:
     """A version-2 index of `entries` (already in git's order), no extensions, at `path`."""
-    parts = [HEADER.pack(b"DIRC", 2, len(entries))]
-    for entry in entries:
-        name = entry.path
-        head = ENTRY.pack(*entry.fields, entry.oid, min(len(name), NAME_LENGTH))
-        size = (ENTRY.size + len(name) + 8) & ~7
-        parts.append(head + name + b"\0" * (size - ENTRY.size - len(name)))
-    body = b"".join(parts)
+    records = (
+        ENTRY.pack(*entry.fields, entry.oid, min(len(entry.path), NAME_LENGTH))
+        + entry.path
+        + PADDING[(ENTRY.size + len(entry.path)) & 7]
+        for entry in entries
+    )
+    _write(path, len(entries), records)
+
+
+def _write(path: Path, count: int, records: Iterable[bytes]) -> None:
+    body = HEADER.pack(b"DIRC", 2, count) + b"".join(records)
     temporary = path.with_name(path.name + ".seed")
     with open(temporary, "wb", opener=lambda p, f: os.open(p, f, 0o600)) as out:
         out.write(body + hashlib.sha1(body).digest())

@@ -10,9 +10,12 @@ The store's index is git's stat cache: a file whose size and times did not chang
 is not read again. So only the first snapshot of a plain directory hashes every
 file, and the next ones (this task's "after", the next task's "before") only
 what changed. A small tree whose stat signature did not change
-since the last snapshot is not handed to git at all. Snapshots of one directory
-take an `flock` on the store, so two sessions on one directory do not mix their
-indexes.
+since the last snapshot is not handed to git at all, nor is an index `git add`
+left as it was to `write-tree` (git writes a new file each time). Snapshots of
+one directory take an `flock` on the store, so two sessions on one directory do
+not mix their indexes; a snapshot that waited there for another, begun after it
+was asked for, takes that one's tree (the tree as it stood since: a task and its
+session's warm-up, `snapshot_warmer.py`, hash a repository once).
 
 A repository's first snapshot ever (no store of that directory was made
 before: trust on first use) starts from the repository's own stat cache: its
@@ -58,11 +61,12 @@ import structlog
 from minidevin.runtime.git_index import (
     UnusableIndex,
     after_hand_over,
+    file_identity,
     read_repository_index,
-    stat_cache,
-    write_index,
+    read_stat_cache,
+    write_stat_cache,
 )
-from minidevin.runtime.git_trees import tree_pack
+from minidevin.runtime.git_trees import create_store, write_tree_pack
 from minidevin.runtime.repository_objects import copy_blobs
 from minidevin.runtime.tools.paths import open_workspace
 
@@ -76,6 +80,7 @@ EXCLUDE = ".git\n__pycache__/\n*.py[co]\n"  # never the user's repository, nor b
 SEEDED = "seeded-from-repository"  # in a store whose index began as the repository's
 ZERO_OID = "0" * 40
 BLOB_MODES = frozenset({"100644", "100755", "120000"})  # (not trees, nor submodules' commits)
+RECENT_LIMIT = 4096  # stores whose last snapshot is remembered (`_RECENT`)
 
 
 def snapshots_for(
@@ -89,6 +94,11 @@ def snapshots_for(
     key = f"{working_directory}\0{identity}".encode()
     name = hashlib.sha256(key).hexdigest()[:32]
     return Snapshots(working_directory, snapshots_dir / f"{name}.git", identity, run_as)
+
+
+# each store's last snapshot in this process: when its `git add` began (monotonic ns), the
+# store's index after it (`file_identity`) and the tree (read and written under its lock)
+_RECENT: dict[Path, tuple[int, tuple[int, int, int] | None, str]] = {}
 
 
 class Snapshots:
@@ -110,6 +120,7 @@ class Snapshots:
         # a tree whose every entry has the same stat is the same tree (no git run needed)
         self._last: tuple[tuple[tuple[Any, ...], ...], str] | None = None
         self.racy_ns = RACY_NS
+        self._large: bool | None = None  # whether the tree is past `SIGNATURE_LIMIT`
 
     def _git(self, *args: str, stdin: bytes | None = None, index: Path | None = None) -> str:
         return os.fsdecode(self._git_bytes(*args, stdin=stdin, index=index))
@@ -156,21 +167,42 @@ class Snapshots:
 
     def take(self) -> str:
         """Record the working tree; returns the tree id (`WorkspaceChanged` if it changed)."""
+        requested = time.monotonic_ns()
         with self._pinned() as fd:
-            return self._take_pinned(fd)
+            return self._take_pinned(fd, requested)
 
-    def _take_pinned(self, fd: int) -> str:
+    def _take_pinned(self, fd: int, requested: int) -> str:
         taken = time.time_ns()
-        signature = tree_signature(Path(f"/proc/self/fd/{fd}"))
+        if self._large is None:  # (an object's first snapshot: later ones know from it)
+            self._large = self._index_is_large(fd)
+        signature = None if self._large else tree_signature(Path(f"/proc/self/fd/{fd}"))
+        self._large = signature is None
         if signature is not None and self._last is not None and self._last[0] == signature:
             return self._last[1]
-        tree = self._take()
+        tree = self._take(requested)
         racy = signature is None or _racy(signature, taken - self.racy_ns)
         self._last = None if racy else (signature, tree)
         return tree
 
-    def _take(self) -> str:
+    def _index_is_large(self, fd: int) -> bool:
+        """Whether the store's index, or before there is one the repository's (a hint: at
+        worst git runs where a signature would have done), is past `SIGNATURE_LIMIT` entries
+        (of 64 bytes and more each: 256 is many names of 190 bytes)."""
+        for path, directory in ((self.git_dir / INDEX, None), (".git/index", fd)):
+            with contextlib.suppress(OSError):
+                info = os.stat(path, dir_fd=directory, follow_symlinks=False)
+                return info.st_size > SIGNATURE_LIMIT * 256
+        return False
+
+    def _take(self, requested: int) -> str:
+        """The tree, from git; or the last snapshot of the store, when another thread took it
+        after this one was asked for (the tree as it stood since: as good as our own). An
+        index `git add` did not write again (git writes a new file) holds the last tree."""
         with self._locked():
+            recent = _RECENT.get(self.git_dir)
+            index = file_identity(self.git_dir / INDEX)
+            if recent is not None and recent[0] >= requested and recent[1] == index:
+                return recent[2]
             for attempt in (1, 2):
                 try:
                     if not (self.git_dir / "HEAD").exists():
@@ -179,10 +211,21 @@ class Snapshots:
                         if not known.exists():  # (trust on first use, and only then)
                             known.touch()
                             self._seed()
+                            recent = _RECENT.get(self.git_dir)  # (the seeded index's tree)
                     # (a git killed mid-write left its lock; we hold the store's: it is stale)
                     (self.git_dir / f"{INDEX}.lock").unlink(missing_ok=True)
+                    began = time.monotonic_ns()
                     self._git("add", "--all", ".")
-                    return self._git("write-tree", "--missing-ok").strip()
+                    index = file_identity(self.git_dir / INDEX)
+                    if recent is not None and index is not None and recent[1] == index:
+                        tree = recent[2]  # (`git add` left the index as it was: the same tree)
+                    else:
+                        tree = self._git("write-tree", "--missing-ok").strip()
+                        index = file_identity(self.git_dir / INDEX)
+                    if len(_RECENT) >= RECENT_LIMIT:
+                        _RECENT.clear()
+                    _RECENT[self.git_dir] = (began, index, tree)
+                    return tree
                 except RuntimeError as exc:
                     if attempt == 2:
                         raise
@@ -280,16 +323,16 @@ class Snapshots:
         if found is None:
             return
         try:
-            entries = stat_cache(*found, keep=_not_excluded)
-            pack = tree_pack(entries)
+            kept = read_stat_cache(*found, keep=_not_excluded)
+            tree = write_tree_pack(kept, self.git_dir / "objects" / "pack")  # (`git_trees.py`)
         except UnusableIndex as exc:
             log.info("snapshot_seed_skipped", reason=str(exc))
             return
-        entries = after_hand_over(entries, Path(f"/proc/self/fd/{fd}"), owner)
-        write_index(self.git_dir / INDEX, entries)
-        self._git("index-pack", "--stdin", stdin=pack)  # (its trees: see `git_trees.py`)
+        kept = after_hand_over(kept, fd, owner)
+        write_stat_cache(self.git_dir / INDEX, kept)
         (self.git_dir / SEEDED).touch()
-        if not any(entry.path.rsplit(b"/", 1)[-1] == b".gitignore" for entry in entries):
+        _RECENT[self.git_dir] = (0, file_identity(self.git_dir / INDEX), tree)  # (as it is)
+        if not any(p == b".gitignore" or p.endswith(b"/.gitignore") for p in kept.paths):
             return  # (no tracked file can be ignored: `_not_excluded` applied the store's own)
         ignored = self._git_bytes("ls-files", "-z", "--cached", "--ignored", "--exclude-standard")
         if ignored:
@@ -297,18 +340,10 @@ class Snapshots:
                       "--pathspec-file-nul", stdin=ignored)  # fmt: skip
 
     def _create(self) -> None:
-        """A new store: bare, with our excludes."""
+        """A new store (`git_trees.create_store`), with our excludes."""
+        _RECENT.pop(self.git_dir, None)
         shutil.rmtree(self.git_dir, ignore_errors=True)  # (a half-made one)
-        self.git_dir.mkdir(mode=0o700, parents=True)
-        subprocess.run(
-            ["git", "init", "--quiet", "--bare", str(self.git_dir)],
-            env=git_environment(self.git_dir),
-            capture_output=True,
-            timeout=GIT_TIMEOUT,
-            check=True,
-        )
-        (self.git_dir / "info").mkdir(exist_ok=True)
-        (self.git_dir / "info" / "exclude").write_text(EXCLUDE)
+        create_store(self.git_dir, EXCLUDE)
 
 
 def clear_leftovers(snapshots_dir: Path) -> None:
@@ -320,7 +355,9 @@ def clear_leftovers(snapshots_dir: Path) -> None:
 
 def _not_excluded(path: bytes) -> bool:
     """Whether `EXCLUDE` keeps `path` (a tracked file) in the store."""
-    return b"__pycache__" not in path.split(b"/") and not path.endswith((b".pyc", b".pyo"))
+    if path.endswith((b".pyc", b".pyo")):
+        return False
+    return b"__pycache__" not in path or b"__pycache__" not in path.split(b"/")
 
 
 def _racy(signature: tuple[tuple[Any, ...], ...], since: int) -> bool:
