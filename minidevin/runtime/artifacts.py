@@ -87,19 +87,20 @@ def write_task_artifacts(
         "trajectory": lambda: json.dumps(trajectory, indent=2, default=str).encode(),
     }
     rows, failures, written = [], [], []
+    try:
+        artifacts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        return [], [f"{name}: {exc}" for name, _, _ in TASK_ARTIFACTS]
     for name, type_, content_type in TASK_ARTIFACTS:
         if type_ == "diff" and patch is None:
             failures.append(f"{name}: the diff could not be made")
             continue
         artifact_id, created_at = new_id(), utc_now()
         path = artifact_path(artifacts_dir, artifact_id)
-        try:
-            artifacts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            size = _write_file(path, contents[type_]())
-            stamp = created_at_ns(created_at)  # (as every node's copy is dated)
-            os.utime(path, ns=(stamp, stamp))
+        try:  # (dated as every node's copy is)
+            size = _write_file(path, contents[type_](), created_at_ns(created_at))
         except OSError as exc:
-            with contextlib.suppress(OSError):  # (none, or one that could not be dated)
+            with contextlib.suppress(OSError):  # (none, or one cut short)
                 path.unlink(missing_ok=True)
             failures.append(f"{name}: {exc}")
             continue
@@ -116,22 +117,24 @@ def write_task_artifacts(
     return rows, failures
 
 
-def _write_file(path: Path, data: bytes | Path) -> int:
-    """Put `data` (bytes, or a file moved in) at `path`; its size. Made durable by the
-    caller's group sync (`runtime/group_sync.py`), not here."""
+def _write_file(path: Path, data: bytes | Path, stamp: int) -> int:
+    """Put `data` (bytes, or a file moved in) at `path`, dated `stamp` (ns); its size. Made
+    durable by the caller's group sync (`runtime/group_sync.py`), not here.
+
+    The bytes go straight to their final name, which is a fresh id (`O_EXCL`): no
+    temporary file and rename, which cost a directory entry each when a thousand tasks
+    end at once. A file cut short by a crash is never served: its row is stored after it
+    is written, and a file is served only while its size is its row's."""
     if isinstance(data, Path):
         size = data.stat().st_size
         data.replace(path)
+        os.utime(path, ns=(stamp, stamp))
         return size
-    temporary = path.with_suffix(".tmp")
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(descriptor, "wb") as handle:
-            handle.write(data)
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)  # (a full disk: free what was written)
-        raise
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    with open(os.open(path, flags, 0o600), "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.utime(handle.fileno(), ns=(stamp, stamp))
     return len(data)
 
 
