@@ -17,6 +17,7 @@ from test_snapshots import git, store_objects
 from minidevin.runtime.git_index import (
     IndexEntry,
     UnusableIndex,
+    file_identity,
     read_stat_cache,
     write_index,
     write_stat_cache,
@@ -171,3 +172,31 @@ def test_a_snapshot_asked_for_before_another_began_may_take_its_tree_never_after
     again = snapshots_for(tmp_path / "snapshots", work, None)
     assert again._take(asked) == changed
     assert (again.git_dir / INDEX).exists()
+
+
+def test_an_index_rewritten_alike_in_inode_size_and_time_is_another_index(
+    tmp_path: Path,
+) -> None:
+    """The "index unchanged" shortcut must not be fooled by a later write that reuses the
+    inode, keeps the size (a tenant can pick a name of the same length) and falls in the
+    same tick of a coarse clock: the index's own checksum tells them apart."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "a.txt").write_text("one\n")
+    git(repo, "add", "a.txt")
+    index = repo / ".git" / "index"
+    before = file_identity(index)
+    stamp = os.stat(index).st_mtime_ns
+    kept = tmp_path / "first-index"
+    os.link(index, kept)  # (the first index's inode, for the rewrite to land in)
+    (repo / "a.txt").write_text("two\n")  # (another blob: the same entry size)
+    git(repo, "add", "a.txt")
+    with open(kept, "r+b") as handle:  # (in place: the same inode, as a reused one would be)
+        handle.write(index.read_bytes())
+    os.utime(kept, ns=(stamp, stamp))  # (the same second on a coarse clock)
+    kept.replace(index)
+    after = file_identity(index)
+    assert before is not None and after is not None
+    assert before[:3] == after[:3]  # inode, size and time alike...
+    assert before != after  # ...and still another index

@@ -72,13 +72,22 @@ class StatCache(NamedTuple):
     records: list[bytes]  # each entry as a version-2 index holds it (name padded with NULs)
 
 
-def file_identity(path: Path) -> tuple[int, int, int] | None:
-    """An index file's inode, size and mtime (git writes a new file for each change)."""
+def file_identity(path: Path) -> tuple[int, int, int, bytes] | None:
+    """An index file's inode, size, mtime and trailing checksum (the SHA-1 of all it holds:
+    equal only for the same entries, whatever inode a later write reuses and however coarse
+    the file system's clock); None without one (no file, or `index.skipHash`'s zeros)."""
     try:
-        info = os.stat(path)
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if info.st_size < 32:
+                return None
+            handle.seek(-20, os.SEEK_END)
+            checksum = handle.read(20)
     except OSError:
         return None
-    return info.st_ino, info.st_size, info.st_mtime_ns
+    if checksum == bytes(20):
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns, checksum
 
 
 def read_repository_index(directory: int, owners: set[int]) -> tuple[bytes, int] | None:

@@ -98,7 +98,7 @@ def snapshots_for(
 
 # each store's last snapshot in this process: when its `git add` began (monotonic ns), the
 # store's index after it (`file_identity`) and the tree (read and written under its lock)
-_RECENT: dict[Path, tuple[int, tuple[int, int, int] | None, str]] = {}
+_RECENT: dict[Path, tuple[int, tuple[int, int, int, bytes] | None, str]] = {}
 
 
 class Snapshots:
@@ -231,6 +231,7 @@ class Snapshots:
                         raise
                     log.warning("snapshot_store_rebuilt", error=str(exc)[:500])
                     shutil.rmtree(self.git_dir, ignore_errors=True)  # (damaged: start over)
+                    recent = None  # (the removed store's)
         raise AssertionError("unreachable")
 
     def diff(self, before: str, after: str, max_bytes: int = 1 << 30) -> str:
@@ -336,6 +337,7 @@ class Snapshots:
             return  # (no tracked file can be ignored: `_not_excluded` applied the store's own)
         ignored = self._git_bytes("ls-files", "-z", "--cached", "--ignored", "--exclude-standard")
         if ignored:
+            _RECENT.pop(self.git_dir, None)  # (the index is not the seed's tree any more)
             self._git("--literal-pathspecs", "rm", "-q", "--cached", "--pathspec-from-file=-",
                       "--pathspec-file-nul", stdin=ignored)  # fmt: skip
 
