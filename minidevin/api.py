@@ -32,6 +32,7 @@ from minidevin.nodes import LOCAL
 from minidevin.resume import check_resumable, resumed_spec
 from minidevin.runtime import schemas
 from minidevin.runtime.accounts import Accounts
+from minidevin.runtime.artifacts import ArtifactCopies
 from minidevin.runtime.data_lock import DataDirLock
 from minidevin.runtime.errors import Conflict, NotFound
 from minidevin.runtime.events import utc_now
@@ -98,6 +99,9 @@ class Runtime(SessionControl):
         self._data_lock = DataDirLock(self.settings.data_dir)
         self.retention: RetentionSweeper | None = None
         self.warmer = SnapshotWarmer(self.settings.snapshots_dir)
+        self.artifact_copies = ArtifactCopies(
+            self.settings.artifacts_dir, sync=self.settings.sync == "full"
+        )
         self.leases: Leases | None = None  # with nodes: this node's lease, the others' watched
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()

@@ -36,6 +36,7 @@ class TaskControl:
     hub: EventHub
 
     nodes: Nodes | None = None  # with nodes: where sessions run, calls forwarded there
+    artifact_copies: ArtifactCopies  # (one per runtime: one copy of an artifact at a time)
 
     def _session_actor(self, session_id: str) -> pykka.ActorRef:
         raise NotImplementedError  # (the Runtime's)
@@ -184,17 +185,11 @@ class TaskControl:
         row = await self.store.artifact_row(task_id, artifact_id)
         if row is None:
             raise NotFound("artifact not found")
-        copies = getattr(self, "_artifact_copies", None)
-        if copies is None:  # (one per runtime: one copy of an artifact at a time)
-            sync = self.settings.sync == "full"
-            copies = self._artifact_copies = ArtifactCopies(self.settings.artifacts_dir, sync=sync)
-        read_part = (  # (SQLite: the file in the data directory is all there is)
-            None
-            if self.settings.database_url is None
-            else partial(self.store.artifact_content_part, artifact_id)
-        )
+        read_part = partial(self.store.artifact_content_part, artifact_id)
         try:
-            path = await copies.path(artifact_id, row["size"], row["created_at"], read_part)
+            path = await self.artifact_copies.path(
+                artifact_id, row["size"], row["created_at"], read_part
+            )
         except OSError as exc:  # (a full disk: the path is the server's business)
             log.error("artifact_copy_failed", artifact_id=artifact_id, error=str(exc))
             raise Unavailable("the artifact cannot be written on this node; try again") from None

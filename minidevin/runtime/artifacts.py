@@ -177,21 +177,19 @@ class ArtifactCopies:
         self._swept_at: float | None = None  # (time.monotonic)
 
     async def path(
-        self, artifact_id: str, size: int, created_at: str, read_part: ReadPart | None
+        self, artifact_id: str, size: int, created_at: str, read_part: ReadPart
     ) -> Path | None:
         """The path of the artifact's whole file on this node: the file there if it has
-        the row's `size`, else a copy of the database's bytes (`read_part`; None where the
-        database holds none), written now or by the download already writing it. None if
-        there is neither. `OSError` if the copy cannot be written, `ContentMismatch` if the
-        database's bytes are not `size` long."""
+        the row's `size`, else a copy of the database's bytes (`read_part`, which gives None
+        where the database holds none: SQLite's), written now or by the download already
+        writing it. None if there is neither. `OSError` if the copy cannot be written,
+        `ContentMismatch` if the database's bytes are not `size` long."""
         path = artifact_path(self.artifacts_dir, artifact_id)
         found = regular_file_size(path)
         if found == size:
             return path
         if found is not None:  # (cut short by a power cut: never served)
             log.error("artifact_file_damaged", artifact_id=artifact_id, size=found, expected=size)
-        if read_part is None:
-            return None
         copying = self._copying.get(artifact_id)
         if copying is None:
             copying = asyncio.ensure_future(self._copy(artifact_id, size, created_at, read_part))

@@ -309,9 +309,12 @@ class Repository(Protocol):
         """id, task_id, name, type, content_type, size, created_at."""
         ...
 
-    async def artifact_content(self, artifact_id: str) -> bytes | None:
-        """The artifact's bytes as the database holds them (PostgreSQL: any node reads
-        them); None when it holds none (SQLite: the file in the data directory is all)."""
+    async def artifact_content_part(
+        self, artifact_id: str, offset: int, length: int
+    ) -> bytes | None:
+        """At most `length` of the artifact's bytes from `offset`, as the database holds
+        them (PostgreSQL: any node reads them), fewer at their end; None when it holds none
+        (SQLite: the file in the data directory is all)."""
         ...
 
     # -- idempotency keys ----------------------------------------------------------------

@@ -84,12 +84,6 @@ class PostgresArtifacts(PostgresEngine):
             artifact_id, task_id,
         )  # fmt: skip
 
-    async def artifact_content(self, artifact_id: str) -> bytes | None:
-        row = await self.fetch_one(
-            "SELECT content FROM artifact_contents WHERE artifact_id = $1", artifact_id
-        )
-        return None if row is None else bytes(row["content"])
-
     async def artifact_content_part(
         self, artifact_id: str, offset: int, length: int
     ) -> bytes | None:

@@ -305,7 +305,9 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
             )
         )
 
-    async def artifact_content(self, artifact_id: str) -> bytes | None:
+    async def artifact_content_part(
+        self, artifact_id: str, offset: int, length: int
+    ) -> bytes | None:
         return None  # (the file in the data directory is all there is)
 
     # -- idempotency keys ----------------------------------------------------------------
