@@ -12,9 +12,12 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minidevin import __version__
+
+if TYPE_CHECKING:
+    from minidevin.runtime.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _settings(**options: Any) -> Settings | None:
+    """The settings from the environment, with the command's `options` that were given;
+    None after one line on stderr saying why they cannot be read."""
+    from minidevin.runtime.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env(**{k: v for k, v in options.items() if v is not None})
+    except SettingsError as exc:
+        print(f"minidevin: {exc}", file=sys.stderr)
+        return None
+
+
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
@@ -176,17 +191,9 @@ def serve_command(args: argparse.Namespace) -> int:
     from minidevin.api import Runtime
     from minidevin.http.app import create_app
     from minidevin.runtime.logging import configure_logging
-    from minidevin.runtime.settings import Settings, SettingsError
 
-    overrides = {
-        name: value
-        for name, value in (("host", args.host), ("port", args.port), ("data_dir", args.data_dir))
-        if value is not None
-    }
-    try:
-        settings = Settings.from_env(**overrides)
-    except SettingsError as exc:
-        print(f"minidevin: {exc}", file=sys.stderr)
+    settings = _settings(host=args.host, port=args.port, data_dir=args.data_dir)
+    if settings is None:
         return 2
     try:  # first of all: a busy port is one line, with nothing started, logged or changed
         listeners = _listen(settings.host, settings.port)
@@ -210,14 +217,10 @@ def db_vacuum_command(args: argparse.Namespace) -> int:
     import sqlite3
 
     from minidevin.runtime.data_lock import DataDirLock
-    from minidevin.runtime.settings import Settings, SettingsError
     from minidevin.runtime.storage.sqlite_retention import database_bytes, vacuum
 
-    overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
-    try:
-        settings = Settings.from_env(**overrides)
-    except SettingsError as exc:
-        print(f"minidevin: {exc}", file=sys.stderr)
+    settings = _settings(data_dir=args.data_dir)
+    if settings is None:
         return 2
     if settings.database_url is not None:  # (PostgreSQL reclaims space itself: autovacuum)
         print(
@@ -251,14 +254,10 @@ def db_migrate_command(args: argparse.Namespace) -> int:
     `MINIDEVIN_DATABASE_URL`, else SQLite in the data directory, under its lock) and print
     the schema version; one line and exit 1 when it cannot (unreachable, newer schema)."""
     from minidevin.runtime.data_lock import DataDirLock
-    from minidevin.runtime.settings import Settings, SettingsError
     from minidevin.runtime.storage.schema_upgrade import upgrade_postgres, upgrade_sqlite
 
-    overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
-    try:
-        settings = Settings.from_env(**overrides)
-    except SettingsError as exc:
-        print(f"minidevin: {exc}", file=sys.stderr)
+    settings = _settings(data_dir=args.data_dir)
+    if settings is None:
         return 2
     _quiet_logging(settings.log_format)
     if settings.database_url:
@@ -283,7 +282,6 @@ def db_copy_command(args: argparse.Namespace) -> int:
     import re
 
     from minidevin.runtime.data_lock import DataDirLock
-    from minidevin.runtime.settings import Settings, SettingsError
     from minidevin.runtime.storage.schema_upgrade import sqlite_version, upgrade_sqlite
     from minidevin.runtime.storage.sqlite_schema import SCHEMA_VERSION
     from minidevin.runtime.storage.sqlite_to_postgres import (
@@ -291,10 +289,8 @@ def db_copy_command(args: argparse.Namespace) -> int:
         describe_report,
     )
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"minidevin: {exc}", file=sys.stderr)
+    settings = _settings()
+    if settings is None:
         return 2
     url, url_name = (
         (args.to, "--to") if args.to else (settings.database_url, "MINIDEVIN_DATABASE_URL")
