@@ -71,7 +71,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """The store the test's API runs on: None for SQLite (in the data directory), else
     the URL of a new PostgreSQL database of the test's own (dropped after it)."""
-    if getattr(request, "param", "sqlite") == "sqlite":
+    yield from _database_on(request, getattr(request, "param", "sqlite"))
+
+
+def _database_on(request: pytest.FixtureRequest, backend: str) -> Iterator[str | None]:
+    """None for SQLite; else a new PostgreSQL database's URL, dropped when this ends."""
+    if backend == "sqlite":
         yield None
         return
     databases = request.getfixturevalue("postgres_databases")
@@ -107,15 +112,7 @@ def another_database_url(
 @pytest.fixture(scope="module", params=BACKEND_NAMES)
 def shared_database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """`database_url` for a server a module's tests share: each backend in turn."""
-    if request.param == "sqlite":
-        yield None
-        return
-    databases = request.getfixturevalue("postgres_databases")
-    name, url = databases.create()
-    try:
-        yield url
-    finally:
-        databases.release(name)
+    yield from _database_on(request, request.param)
 
 
 @pytest.fixture
