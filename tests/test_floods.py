@@ -32,6 +32,7 @@ from http_helpers import (
 )
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 from serve_process import ServeProcess
+from waiting import fresh_minute
 
 from minidevin.runtime.settings import Settings
 
@@ -75,6 +76,7 @@ async def ws_reply(ws: ClientWebSocketResponse, message: dict[str, Any]) -> dict
 async def test_websocket_messages_count_against_the_rate_limit(
     tmp_path: Path, database_url: str | None
 ) -> None:
+    await fresh_minute()
     async with ScriptedOpenAIServer() as server:
         server.script([STALL])
         async with serve(

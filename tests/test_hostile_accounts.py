@@ -37,6 +37,7 @@ from http_helpers import (
     sign_up,
 )
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
+from waiting import fresh_minute
 
 from minidevin.api import Runtime
 from minidevin.http.keys import RUNTIME
@@ -491,6 +492,7 @@ def test_serve_refuses_a_short_jwt_secret(tmp_path: Path) -> None:
 async def test_login_limits_per_account_and_per_address_whatever_credentials(
     tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
+    await fresh_minute()
     async with server(
         tmp_path, openai_server, database_url, rate_limit_login=4, trust_forwarded_for=True
     ) as client:

@@ -27,7 +27,7 @@ from http_helpers import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
-from waiting import until
+from waiting import fresh_minute, until
 
 from minidevin.runtime.settings import Settings
 
@@ -128,6 +128,7 @@ async def test_scrapes_are_never_rate_limited_and_refusals_are_counted(
     settings: Settings, openai_server: ScriptedOpenAIServer
 ) -> None:
     limited = settings.model_copy(update={"rate_limit_anonymous": 1})
+    await fresh_minute()
     async with serve(limited, openai_server) as client:
         before = await scrape(client)
         for _ in range(5):  # over the anonymous limit of 1 a minute, were they counted

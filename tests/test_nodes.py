@@ -20,7 +20,7 @@ from conftest import provider_env
 from redis_server import RedisMissing, ThrowawayRedis
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 from serve_process import ServeProcess
-from waiting import until
+from waiting import fresh_minute, until
 
 USER = {"email": "nodes@example.com", "password": "correct horse battery", "name": "N"}
 FINAL = {"completed", "failed", "stopped"}
@@ -167,10 +167,9 @@ async def test_a_task_created_on_one_node_is_watched_on_two_and_stopped_through_
 
 async def test_rate_limits_count_across_nodes(cluster: Cluster) -> None:
     nodes = cluster(3, MINIDEVIN_RATE_LIMIT_AUTHENTICATED="9")
+    await fresh_minute(15)  # (the registration and login count too)
     nodes[0].request("POST", "/api/auth/register", USER)
     auth = login(nodes[1])
-    # (not across a minute's end: the windows are fixed minutes)
-    await until(lambda: time.time() % 60 < 45, timeout=20, what="a fresh part of the minute")
     for node in nodes * 3:  # nine requests, three on each node
         node.request("GET", "/api/sessions", None, auth)
     for node in nodes:  # the tenth, wherever it goes, is over the one limit

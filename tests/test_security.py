@@ -12,6 +12,7 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
+from waiting import fresh_minute
 
 from minidevin.api import Runtime
 from minidevin.http.app import create_app
@@ -70,6 +71,7 @@ def is_error(body: Any, code: str) -> bool:
 
 
 async def test_anonymous_requests_are_limited_per_address_with_headers(serve: Any) -> None:
+    await fresh_minute()
     client = await serve(rate_limit_anonymous=3, rate_limit_authenticated=0)
     body = {"email": "nobody@example.com", "password": "wrong-password"}
     answers = [await client.post("/api/auth/login", json=body) for _ in range(4)]
@@ -85,6 +87,7 @@ async def test_anonymous_requests_are_limited_per_address_with_headers(serve: An
 
 
 async def test_authenticated_requests_count_per_user(serve: Any) -> None:
+    await fresh_minute()
     client = await serve(rate_limit_anonymous=0, rate_limit_authenticated=5)
     alice = await register(client, "alice@example.com")
     bob = await register(client, "bob@example.com")
@@ -95,6 +98,7 @@ async def test_authenticated_requests_count_per_user(serve: Any) -> None:
 
 
 async def test_forwarded_for_counts_only_behind_a_trusted_proxy(serve: Any) -> None:
+    await fresh_minute()
     untrusted = await serve(rate_limit_anonymous=2)
     statuses = [
         (await untrusted.get("/api/sessions", headers={"X-Forwarded-For": f"10.0.0.{i}"})).status
@@ -106,6 +110,7 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(serve: Any) -> N
 async def test_forwarded_for_is_the_client_behind_a_trusted_proxy(
     aiohttp_client: Any, tmp_path: Path, database_url: str | None
 ) -> None:
+    await fresh_minute()
     settings = make_settings(
         tmp_path, database_url, rate_limit_anonymous=2, trust_forwarded_for=True
     )

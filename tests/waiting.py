@@ -69,6 +69,21 @@ async def until(
     raise AssertionError("unreachable")
 
 
+async def fresh_minute(needed: float = 8.0) -> None:
+    """Wait, if need be, until at least `needed` s of the wall clock's minute are left.
+
+    Rate limits count in fixed minutes: a test that counts requests up to a
+    limit must not straddle a minute's end (the count starts again at 0 there).
+    With the default, seven tests in eight do not wait.
+    """
+    await until(
+        lambda: 60 - time.time() % 60 >= needed,
+        timeout=needed + 5,
+        what=f"a minute with {needed:g} s left",
+        interval=0.1,
+    )
+
+
 def process_gone(pid: int) -> bool:
     """True when `pid` no longer runs (absent, or a zombie waiting to be reaped)."""
     try:
