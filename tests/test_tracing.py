@@ -43,7 +43,7 @@ def one(found: list[Any]) -> Any:
     return found[0]
 
 
-async def test_a_task_is_one_trace_under_the_request_that_created_it(
+async def test_a_task_is_one_trace_under_the_request_that_created_it_in_a_trusted_callers_trace(
     settings: Settings,
     openai_server: ScriptedOpenAIServer,
     buggy_repo: Path,
@@ -56,7 +56,8 @@ async def test_a_task_is_one_trace_under_the_request_that_created_it(
             finish("looked"),
         ]
     )
-    async with serve(settings, openai_server) as client:
+    trusting = settings.model_copy(update={"trace_join_callers": True})
+    async with serve(trusting, openai_server) as client:
         user = await sign_up(client)
         session = await create_session(client, user, buggy_repo)
         created = await client.post(
@@ -102,6 +103,45 @@ async def test_a_task_is_one_trace_under_the_request_that_created_it(
     assert [s.attributes["minidevin.tool.success"] for s in tools] == [True, False]
     assert tools[1].status.status_code == StatusCode.ERROR
     assert all(task.start_time <= s.start_time and s.end_time <= task.end_time for s in of_task)
+
+
+async def test_a_clients_traceparent_is_only_linked_by_default(
+    settings: Settings,
+    openai_server: ScriptedOpenAIServer,
+    buggy_repo: Path,
+    spans: InMemorySpanExporter,
+) -> None:
+    """An untrusted caller can neither write into its trace nor unsample ours ("-00")."""
+    openai_server.script([finish("done")])
+    async with serve(settings, openai_server) as client:
+        user = await sign_up(client)
+        session = await create_session(client, user, buggy_repo)
+        created = await client.post(
+            f"/api/sessions/{session['id']}/tasks",
+            json={"description": "look around", "model": "gpt-4o"},
+            headers={**user.key, "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-00"},
+        )
+        assert created.status == 201, await created.text()
+        messages, _ = await stream(client, (await created.json())["id"], user.token)
+        assert messages[-1]["status"] == "completed", messages[-1]
+        task = one(
+            await until(
+                lambda: [s for s in spans.get_finished_spans() if s.name == "task"] or None,
+                what="the task span ended",
+            )
+        )
+    request = one(
+        [s for s in spans.get_finished_spans() if s.name == "POST /api/sessions/{session_id}/tasks"]
+    )
+    assert request.parent is None and f"{request.context.trace_id:032x}" != TRACE_ID
+    assert request.context.trace_flags.sampled
+    link = one(list(request.links))
+    assert (f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") == (
+        TRACE_ID,
+        CALLER_SPAN,
+    )
+    assert task.context.trace_id == request.context.trace_id
+    assert task.parent.span_id == request.context.span_id
 
 
 def test_tracing_is_off_and_the_sdk_not_imported_without_the_endpoint(tmp_path: Path) -> None:

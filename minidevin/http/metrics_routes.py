@@ -67,7 +67,10 @@ async def tracing_middleware(request: web.Request, handler: Handler) -> web.Stre
     resource = request.match_info.route.resource
     # (an unrouted path is the client's: never a span name of its own)
     route = resource.canonical if resource is not None else "unmatched"
-    with tracing.request_span(request.method, route, request.headers) as span:
+    join_caller = request.app[RUNTIME].settings.trace_join_callers
+    with tracing.request_span(
+        request.method, route, request.headers, join_caller=join_caller
+    ) as span:
         response = await handler(request)
         tracing.record_response(span, response.status)
         return response

@@ -219,6 +219,12 @@ class Settings(BaseModel):
     ws_send_timeout: float = Field(
         10.0, gt=0, description="A WebSocket send that does not finish in this is cut (4008/abort)."
     )
+    trace_join_callers: bool = Field(
+        False,
+        description="With tracing on, a request joins its caller's trace (`traceparent`); "
+        "off, it starts a trace of its own linked to the caller's span (a client cannot "
+        "write into another trace or force sampling). On only behind callers you trust.",
+    )
     metrics_token: str | None = Field(
         None,
         description="Bearer token `GET /metrics` requires (Prometheus' `authorization`); "

@@ -1,10 +1,13 @@
 """OpenTelemetry traces of tasks; off unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 One trace per task run: the HTTP request that created (or resumed) the task is
-its root (or joins the caller's trace, from its `traceparent` header); under it
+its root; under it
 a `task` span lasts the run, with a `model_turn` span per model turn (model,
 provider, tokens) and a `tool_call` span per tool call the tool runner executes
-(tool, success, the terminal's exit code).
+(tool, success, the terminal's exit code). A request's `traceparent` is the
+client's word: the request span only links to it, unless the setting
+`MINIDEVIN_TRACE_JOIN_CALLERS` says the callers are trusted, and then it joins
+that trace (and its sampling decision).
 
 The SDK and the OTLP exporter are the optional extra `minidevin[otel]`, imported
 only when tracing is turned on; off, every function here returns at once. The
@@ -108,20 +111,27 @@ def remember_request(task_id: str) -> None:
 
 
 @contextmanager
-def request_span(method: str, route: str, headers: Mapping[str, str]) -> Iterator[Any]:
-    """A server span for one HTTP request, current while the handler runs (None when off)."""
+def request_span(
+    method: str, route: str, headers: Mapping[str, str], *, join_caller: bool = False
+) -> Iterator[Any]:
+    """A server span for one HTTP request, current while the handler runs (None when off):
+    in the caller's trace if `join_caller`, else the root of a new one linked to it."""
     active = _active
     if active is None:
         yield None
         return
     from opentelemetry import context, propagate, trace
 
-    parent = propagate.extract(headers)
+    caller = propagate.extract(headers)
+    caller_span = trace.get_current_span(caller).get_span_context()
+    parent = caller if join_caller else context.Context()
+    links = [] if join_caller or not caller_span.is_valid else [trace.Link(caller_span)]
     span = active.tracer.start_span(
         f"{method} {route}",
         context=parent,
         kind=trace.SpanKind.SERVER,
         attributes={"http.request.method": method, "http.route": route},
+        links=links,
     )
     token = context.attach(trace.set_span_in_context(span, parent))
     try:
