@@ -160,8 +160,9 @@ def check_every_row_copied(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         ]
-        # (PostgreSQL's own: the artifacts' bytes, checked below, and the nodes' generations)
-        own = {"schema_version", "artifact_contents", "node_generations"}
+        # (PostgreSQL's own: the artifacts' bytes, checked below, the nodes' generations and
+        # the runs' claims)
+        own = {"schema_version", "artifact_contents", "node_generations", "task_claims"}
         assert pg_tables(server, url) == {*tables, *own}
         for table in tables:
             columns = [row[1] for row in source.execute(f"PRAGMA table_info({table})")]

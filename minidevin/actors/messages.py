@@ -111,6 +111,11 @@ class SlotGranted:
 
 
 @dataclass(frozen=True)
+class RetryStart:
+    """To a session: try again to start its next task (the store could not claim it)."""
+
+
+@dataclass(frozen=True)
 class TaskParked:
     """The running task waits for a person (`ask_user`): its session gives up the slot."""
 

@@ -10,6 +10,8 @@ again, and shows `queued` if it has to wait for it.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from minidevin.actors.deps import Deps
 from minidevin.actors.messages import (
     Closing,
     DecideApproval,
+    RetryStart,
     SlotGranted,
     StopAll,
     StopTask,
@@ -37,6 +40,7 @@ from minidevin.actors.task_start import load_secrets
 from minidevin.runtime.event_types import Resumed, Status
 from minidevin.runtime.events import TaskEventLog
 from minidevin.runtime.redaction import Redactor
+from minidevin.runtime.storage import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +104,8 @@ class SessionActor(pykka.ThreadingActor):
                 self._start_next()
                 running = self.running is not None and self.running[0] is entry
                 reply.set_result("running" if running else "queued")
+            case RetryStart():
+                self._start_next()
             case SlotGranted():
                 self.in_line = False
                 self.has_slot = True
@@ -190,11 +196,40 @@ class SessionActor(pykka.ThreadingActor):
             return
         if not self._want_slot():
             return
-        entry = self.waiting.popleft()
+        entry = self.waiting[0]
+        if not self._claim(entry):
+            return
+        self.waiting.popleft()
         self.deps.store.touch_session(self.session_id)
         entry.events.emit(Status(status="running", message="Task started"), wait=False)
         task = TaskActor.start(entry.spec, entry.events, self.deps, self.actor_ref)
         self.running = (entry, task)
+
+    def _claim(self, entry: _Entry) -> bool:
+        """Whether this node may start the entry's run now (with nodes, the store claims it).
+
+        Another node has it, or this one was taken over: the entry is dropped, unstarted
+        (the node that has the run has the task). The store cannot answer: it stays
+        first in line, and the start is tried again in a second.
+        """
+        task_id = entry.spec.task_id
+        try:
+            claimed = self.deps.store.claim_run(task_id)
+        except StoreError as exc:
+            log.warning("task_claim_failed", task_id=task_id, error=str(exc))
+            retry = threading.Timer(1.0, self._retry_start)
+            retry.daemon = True
+            retry.start()
+            return False
+        if not claimed:
+            log.warning("task_claimed_elsewhere", task_id=task_id, session_id=self.session_id)
+            self.waiting.popleft()
+            self._start_next()
+        return claimed
+
+    def _retry_start(self) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # (stopped meanwhile)
+            self.actor_ref.tell(RetryStart())
 
     def _want_slot(self) -> bool:
         """True if a slot is ours; otherwise we are in line and a `SlotGranted` will come."""

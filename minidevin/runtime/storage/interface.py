@@ -192,6 +192,12 @@ class Repository(Protocol):
         """Queue (in order with events, never blocking) a bump of its `updated_at`."""
         ...
 
+    def claim_run(self, task_id: str, timeout: float = 5.0) -> bool:
+        """From a session's thread, before the task's next run starts: whether this node may
+        start it (with nodes, each run is taken by one node whose generation is current;
+        one node alone always may). `StoreError` if the store cannot answer now."""
+        ...
+
     async def delete_session(self, session_id: str) -> list[str]:
         """Delete a session with its tasks, events and artifact rows; its artifact ids."""
         ...

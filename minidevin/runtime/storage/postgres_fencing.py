@@ -8,11 +8,41 @@ transaction). A node taking another over first moves that node's generation on
 every later one is refused (`Fenced`), however late the stale process wakes
 from a pause or a partition. A fenced process drops what it holds (nobody was
 told of it) and stops (`on_fenced`); started again, it takes a new generation.
+
+A run of a task is taken the same way (`claim_run`): before a node starts a
+task's next run, it claims the task's row in `task_claims` (`FOR UPDATE SKIP
+LOCKED`: a claim another node has in flight is skipped, not waited for) in one
+statement that also reads its own generation under a share lock. The claim
+succeeds if the task is unclaimed, claimed by this very generation, or claimed
+by a generation that has since moved on (a node restarted or taken over); so a
+node that was taken over cannot start a run, even one it had queued in memory,
+and each run is started by one node.
 """
 
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
+
+from minidevin.runtime.storage.interface import StoreError
 from minidevin.runtime.storage.postgres_engine import PostgresEngine
+
+_CLAIM = """
+UPDATE task_claims SET node = $2, generation = $3
+WHERE task_id = (
+    SELECT c.task_id FROM task_claims c
+    WHERE c.task_id = $1 AND (
+        c.node IS NULL
+        OR (c.node = $2 AND c.generation = $3)
+        OR c.generation IS DISTINCT FROM
+            (SELECT g.generation FROM node_generations g WHERE g.node = c.node)
+    )
+    FOR UPDATE SKIP LOCKED
+)
+AND $3 = (SELECT generation FROM node_generations WHERE node = $2 FOR SHARE)
+RETURNING task_id
+"""
 
 
 class PostgresFencing(PostgresEngine):
@@ -30,6 +60,35 @@ class PostgresFencing(PostgresEngine):
         await self.flush()  # (what was queued before commits unfenced, as it was asked)
         self.fence = (node, int(generation))
         return int(generation)
+
+    def claim_run(self, task_id: str, timeout: float = 5.0) -> bool:
+        """From a session's thread, before it starts the task's next run: take the run (see
+        the module); False if another node has it or this node was taken over. Without
+        nodes (no generation) there is nothing to claim. Raises `StoreError` when the
+        database cannot answer within `timeout` s (try again later)."""
+        if self.fence is None:
+            return True
+        node, generation = self.fence
+        assert self._loop is not None, "store is not open"
+        claim = asyncio.run_coroutine_threadsafe(self._claim(task_id, node, generation), self._loop)
+        try:
+            return claim.result(timeout)
+        except TimeoutError:
+            claim.cancel()
+            raise StoreError(f"no answer to the claim of task {task_id} in {timeout:g} s") from None
+
+    async def _claim(self, task_id: str, node: str, generation: int) -> bool:
+        assert self._pool is not None, "store is not open"
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO task_claims (task_id) VALUES ($1) ON CONFLICT DO NOTHING", task_id
+                )
+                return await conn.fetchval(_CLAIM, task_id, node, generation) is not None
+        except asyncpg.ForeignKeyViolationError:
+            return False  # (the task was deleted)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"the claim of task {task_id} failed: {exc}") from exc
 
     async def fence_node(self, node: str) -> None:
         """Another node's generation moves on (it is being taken over): once this returns,

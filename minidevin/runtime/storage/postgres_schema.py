@@ -193,6 +193,16 @@ MIGRATIONS: tuple[str, ...] = (
         ALTER TABLE workspace_claims ADD COLUMN st_gid TEXT;
         """
     ),
+    # 5 (PostgreSQL only): which node (at which generation) took each run of a task
+    _bytewise(
+        """
+        CREATE TABLE task_claims (
+            task_id TEXT PRIMARY KEY REFERENCES tasks(id) ON DELETE CASCADE,
+            node TEXT,
+            generation BIGINT
+        );
+        """
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

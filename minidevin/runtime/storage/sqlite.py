@@ -113,6 +113,9 @@ class SqliteStore(SqliteAccounts, SqliteRetention, SqliteSecrets, SqliteApproval
             Write("UPDATE sessions SET updated_at = ? WHERE id = ?", (utc_now(), session_id))
         )
 
+    def claim_run(self, task_id: str, timeout: float = 5.0) -> bool:
+        return True  # (one node owns the data directory: nothing to claim from)
+
     async def delete_session(self, session_id: str) -> list[str]:
         artifacts = await self.fetch_all(
             "SELECT a.id FROM artifacts a JOIN tasks t ON t.id = a.task_id WHERE t.session_id = ?",
