@@ -43,6 +43,37 @@ def one(found: list[Any]) -> Any:
     return found[0]
 
 
+async def traced_task(
+    settings: Settings,
+    openai_server: ScriptedOpenAIServer,
+    work: Path,
+    spans: InMemorySpanExporter,
+    flags: str,
+) -> tuple[str, Any, Any]:
+    """Run a task created with a caller's `traceparent` (trace flags `flags`) to its end:
+    its id, the creating request's span and the task's span."""
+    async with serve(settings, openai_server) as client:
+        user = await sign_up(client)
+        session = await create_session(client, user, work)
+        created = await client.post(
+            f"/api/sessions/{session['id']}/tasks",
+            json={"description": "look around", "model": "gpt-4o"},
+            headers={**user.key, "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-{flags}"},
+        )
+        assert created.status == 201, await created.text()
+        task_id = (await created.json())["id"]
+        messages, _ = await stream(client, task_id, user.token)
+        assert messages[-1]["status"] == "completed", messages[-1]
+        finished = await until(
+            lambda: [s for s in spans.get_finished_spans() if s.name == "task"] or None,
+            what="the task span ended",
+        )
+    request = one(
+        [s for s in spans.get_finished_spans() if s.name == "POST /api/sessions/{session_id}/tasks"]
+    )
+    return task_id, request, one(finished)
+
+
 async def test_a_task_is_one_trace_under_the_request_that_created_it_in_a_trusted_callers_trace(
     settings: Settings,
     openai_server: ScriptedOpenAIServer,
@@ -57,27 +88,7 @@ async def test_a_task_is_one_trace_under_the_request_that_created_it_in_a_truste
         ]
     )
     trusting = settings.model_copy(update={"trace_join_callers": True})
-    async with serve(trusting, openai_server) as client:
-        user = await sign_up(client)
-        session = await create_session(client, user, buggy_repo)
-        created = await client.post(
-            f"/api/sessions/{session['id']}/tasks",
-            json={"description": "look around", "model": "gpt-4o"},
-            headers={**user.key, "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"},
-        )
-        assert created.status == 201, await created.text()
-        task_id = (await created.json())["id"]
-        messages, _ = await stream(client, task_id, user.token)
-        assert messages[-1]["status"] == "completed", messages[-1]
-        finished = await until(
-            lambda: [s for s in spans.get_finished_spans() if s.name == "task"] or None,
-            what="the task span ended",
-        )
-
-    task = one(finished)
-    request = one(
-        [s for s in spans.get_finished_spans() if s.name == "POST /api/sessions/{session_id}/tasks"]
-    )
+    task_id, request, task = await traced_task(trusting, openai_server, buggy_repo, spans, "01")
     # the request joined the caller's trace; the task is its child, in the same trace
     assert f"{request.context.trace_id:032x}" == TRACE_ID
     assert f"{request.parent.span_id:016x}" == CALLER_SPAN
@@ -113,26 +124,7 @@ async def test_a_clients_traceparent_is_only_linked_by_default(
 ) -> None:
     """An untrusted caller can neither write into its trace nor unsample ours ("-00")."""
     openai_server.script([finish("done")])
-    async with serve(settings, openai_server) as client:
-        user = await sign_up(client)
-        session = await create_session(client, user, buggy_repo)
-        created = await client.post(
-            f"/api/sessions/{session['id']}/tasks",
-            json={"description": "look around", "model": "gpt-4o"},
-            headers={**user.key, "traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-00"},
-        )
-        assert created.status == 201, await created.text()
-        messages, _ = await stream(client, (await created.json())["id"], user.token)
-        assert messages[-1]["status"] == "completed", messages[-1]
-        task = one(
-            await until(
-                lambda: [s for s in spans.get_finished_spans() if s.name == "task"] or None,
-                what="the task span ended",
-            )
-        )
-    request = one(
-        [s for s in spans.get_finished_spans() if s.name == "POST /api/sessions/{session_id}/tasks"]
-    )
+    _, request, task = await traced_task(settings, openai_server, buggy_repo, spans, "00")
     assert request.parent is None and f"{request.context.trace_id:032x}" != TRACE_ID
     assert request.context.trace_flags.sampled
     link = one(list(request.links))
