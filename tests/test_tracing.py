@@ -7,18 +7,23 @@ send over OTLP), spans read from it.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import provider_env
 from http_helpers import create_session, serve, sign_up, stream
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
+from serve_process import ServeProcess
 from waiting import until
 
 from minidevin.runtime import tracing
@@ -26,6 +31,7 @@ from minidevin.runtime.settings import Settings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
+USER = {"email": "t@example.com", "password": "password123", "name": "T"}
 
 
 @pytest.fixture
@@ -134,6 +140,48 @@ async def test_a_clients_traceparent_is_only_linked_by_default(
     )
     assert task.context.trace_id == request.context.trace_id
     assert task.parent.span_id == request.context.span_id
+
+
+async def test_a_run_whose_server_was_killed_is_recorded_at_the_next_start(
+    settings: Settings,
+    openai_server: ScriptedOpenAIServer,
+    buggy_repo: Path,
+    spans: InMemorySpanExporter,
+) -> None:
+    """Its `task` span died with the process, unexported: the next start records the run,
+    failed `INTERRUPTED`, from when it started to its last committed event."""
+    openai_server.script([ScriptedTurn(text="Thinking", stall=True)])
+    env = {**provider_env(openai_server), "MINIDEVIN_JWT_SECRET": settings.jwt_secret or ""}
+    killed = ServeProcess(settings.data_dir, env, settings.database_url)
+    try:
+        killed.request("POST", "/api/auth/register", USER)
+        token = killed.request("POST", "/api/auth/login", USER)["access_token"]
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        body = {"name": "s", "working_directory": str(buggy_repo)}
+        session = killed.request("POST", "/api/sessions", body, auth)
+        task = killed.request(
+            "POST", f"/api/sessions/{session['id']}/tasks", {"description": "think"}, auth
+        )
+        await openai_server.wait_for_requests(1, timeout=15)  # mid-turn
+        await until(
+            lambda: (
+                killed.request("GET", f"/api/tasks/{task['id']}", None, auth)["status"] == "running"
+            ),
+            what="the task running, as the database says",
+        )
+        killed.signal(signal.SIGKILL)
+        killed.wait(timeout=10)
+    finally:
+        killed.close()
+    assert not spans.get_finished_spans()
+    async with serve(settings, openai_server):
+        recorded = one([s for s in spans.get_finished_spans() if s.name == "task"])
+    assert recorded.attributes["minidevin.task.id"] == task["id"]
+    assert recorded.attributes["minidevin.session.id"] == session["id"]
+    assert recorded.attributes["error.type"] == "INTERRUPTED"
+    assert recorded.status.status_code == StatusCode.ERROR
+    started = datetime.fromisoformat(task["created_at"].replace("Z", "+00:00")).timestamp()
+    assert started - 1 <= recorded.start_time / 1e9 <= recorded.end_time / 1e9 < time.time()
 
 
 def test_tracing_is_off_and_the_sdk_not_imported_without_the_endpoint(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from minidevin.runtime import tracing
 from minidevin.runtime.event_types import Error, Status
 from minidevin.runtime.events import FINAL_STATUSES, Event, TaskEventLog
 from minidevin.runtime.projection import KEEP_FIRST, task_columns
@@ -75,6 +76,10 @@ async def settle_live(
             into.queued.append(row)
             continue
         newest = await store.last_event(row["id"])
+        last_seen = newest.timestamp if newest else None
+        tracing.interrupted_run(
+            row["id"], row.get("session_id", ""), row.get("started_at"), last_seen, why
+        )
         events = TaskEventLog(row["id"], store.append, newest.seq if newest else 0)
         events.emit(Error(error=why, code="INTERRUPTED"))
         events.emit(Status(status="failed", message="Task interrupted by a server restart"))

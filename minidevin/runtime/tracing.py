@@ -24,8 +24,10 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -170,6 +172,44 @@ def start_task(task_id: str, model: str, session_id: str) -> None:
     span = active.tracer.start_span("task", context=parent, attributes=attributes)
     with active.lock:
         active.tasks[task_id] = span
+
+
+def interrupted_run(
+    task_id: str, session_id: str, started_at: str | None, last_seen: str | None, why: str
+) -> None:
+    """The `task` span of a run whose process died (its own span was never ended, so never
+    exported): found at the next start, it is recorded then, from when the task started to
+    its last committed event, failed `INTERRUPTED`, as a trace of its own."""
+    active = _active
+    if active is None:
+        return
+    from opentelemetry import context
+    from opentelemetry.trace import Status, StatusCode
+
+    end = _nanoseconds(last_seen) or time.time_ns()
+    start = min(_nanoseconds(started_at) or end, end)
+    attributes = {
+        "minidevin.task.id": task_id,
+        "minidevin.session.id": session_id,
+        "minidevin.task.status": "failed",
+        "error.type": "INTERRUPTED",
+    }
+    span = active.tracer.start_span(
+        "task", context=context.Context(), attributes=attributes, start_time=start
+    )
+    span.set_status(Status(StatusCode.ERROR, why))
+    span.end(end_time=end)
+
+
+def _nanoseconds(timestamp: str | None) -> int | None:
+    """An API timestamp (ISO 8601, `Z`) in nanoseconds since the epoch; None if none."""
+    if not timestamp:
+        return None
+    try:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int(moment.timestamp() * 1_000_000_000)
 
 
 def end_task(task_id: str, status: str | None) -> None:
