@@ -9,11 +9,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import pytest
+from scripted_provider import ScriptedOpenAIServer, ScriptedTurn, finish
 from test_node_fencing import database, seed_task  # noqa: F401 (the fixture)
+from test_nodes import Cluster, cluster, redis_server, task_on  # noqa: F401 (fixtures)
+from waiting import until
 
+from minidevin.runtime.storage import StoreError
 from minidevin.runtime.storage.postgres import PostgresStore
 
 
@@ -70,7 +75,7 @@ async def test_a_run_is_taken_by_one_node_until_that_nodes_generation_moves_on(
         assert row == {"node": "node1", "generation": 3}
 
 
-async def test_a_claim_in_flight_elsewhere_is_skipped_not_waited_for(
+async def test_a_claim_in_flight_is_skipped_not_waited_for_and_answered_not_yet(
     database: str,  # noqa: F811
     nodes: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -79,13 +84,15 @@ async def test_a_claim_in_flight_elsewhere_is_skipped_not_waited_for(
     try:
         task_id = await seed_task(first)
         assert await claim(first, task_id)
-        await second.fence_node("node1")
         # another claimer holds the row in an open transaction
         holder = other.transaction()
         await holder.start()
         await other.execute("SELECT 1 FROM task_claims WHERE task_id = $1 FOR UPDATE", task_id)
         started = time.monotonic()
-        assert not await claim(second, task_id)
+        assert not await claim(second, task_id)  # node1's, and node1 is current: a no
+        await second.fence_node("node1")
+        with pytest.raises(StoreError, match="locked by a claim in flight"):
+            await claim(second, task_id)  # its own once the lock goes: not yet, not no
         assert time.monotonic() - started < 0.5  # skipped at once: not its lock to wait on
         await holder.rollback()
         assert await claim(second, task_id)
@@ -103,3 +110,45 @@ async def test_a_deleted_task_cannot_be_claimed_and_one_node_needs_no_claim(
     async with opened(database) as alone:  # (a single PostgreSQL node: no generation)
         assert await claim(alone, task_id)
         assert await claim(alone, task_id)
+
+
+async def test_a_session_waits_out_a_claim_in_flight_then_starts_the_task(
+    cluster: Cluster,  # noqa: F811
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+) -> None:
+    """The claim row of a session's next task is locked when its turn comes: the node
+    keeps the task first in line (no start, not dropped) and starts it once it may."""
+    (node,) = cluster(1)
+    openai_server.script([ScriptedTurn(text="Working", stall=True), finish("next done")])
+    auth, running = task_on(node, tmp_path / "work")
+    (session,) = node.request("GET", "/api/sessions", None, auth)
+    tasks_url = f"/api/sessions/{session['id']}/tasks"
+    queued = node.request("POST", tasks_url, {"description": "next"}, auth)
+    assert queued["status"] == "queued"
+    await openai_server.wait_for_requests(1)  # the first task is mid-turn (its stall)
+    db = await asyncpg.connect(node.env["MINIDEVIN_DATABASE_URL"])
+    try:
+        await db.execute("INSERT INTO task_claims (task_id) VALUES ($1)", queued["id"])
+        holder = db.transaction()
+        await holder.start()
+        await db.execute("SELECT 1 FROM task_claims WHERE task_id = $1 FOR UPDATE", queued["id"])
+        node.request("POST", f"/api/tasks/{running['id']}/stop", None, auth)
+        await until(
+            lambda: any(line.get("event") == "task_claim_failed" for line in node.logs()),
+            what="the start refused for now",
+        )
+        assert node.request("GET", f"/api/tasks/{queued['id']}", None, auth)["status"] == "queued"
+        await holder.rollback()
+        status = ("GET", f"/api/tasks/{queued['id']}", None, auth)
+        await until(
+            lambda: (
+                node.request("GET", f"/api/tasks/{queued['id']}", None, auth)["status"]
+                == "completed"
+            ),
+            what=lambda: f"the task to finish once its claim was free: {node.request(*status)}",
+        )
+        tries = [line for line in node.logs() if line.get("event") == "task_claim_failed"]
+        assert len(tries) <= 3  # (one try a second while it was held, not one per message)
+    finally:
+        await db.close()

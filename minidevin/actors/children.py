@@ -51,6 +51,13 @@ from minidevin.runtime.workspace import verify_working_directory
 log = structlog.get_logger(__name__)
 
 
+def tell_parent(parent: pykka.ActorRef, message: Any) -> None:
+    """Tell the TaskActor; if it has ended meanwhile (a stop), the answer has no one to
+    go to and is dropped."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        parent.tell(message)
+
+
 class ModelActor(pykka.ThreadingActor):
     """Streams one model turn at a time; publishes its text as `token` events (of at
     most 256 KiB of text each: `streaming.split_delta`), consecutive deltas joined
@@ -82,7 +89,7 @@ class ModelActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         match message:
             case StreamTurn(messages=messages, tools=tools):
-                self.parent.tell(self._stream(list(messages), list(tools)))
+                tell_parent(self.parent, self._stream(list(messages), list(tools)))
 
     def _stream(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Any:
         self.timer = metrics.TurnTimer(self.provider)
@@ -151,7 +158,7 @@ class ModelActor(pykka.ThreadingActor):
         )
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        self.parent.tell(ChildCrashed("model", repr(exception_value)))
+        tell_parent(self.parent, ChildCrashed("model", repr(exception_value)))
 
 
 class ToolActor(pykka.ThreadingActor):
@@ -180,15 +187,16 @@ class ToolActor(pykka.ThreadingActor):
             case RunTool(call_id=call_id, name=name, arguments=arguments):
                 result = self._run(name, arguments)
                 if self.mcp is not None and (problems := self.mcp.take_problems()):
-                    self.parent.tell(McpFailed(tuple((p.server, p.message) for p in problems)))
-                self.parent.tell(ToolDone(call_id, result))
+                    failed = tuple((p.server, p.message) for p in problems)
+                    tell_parent(self.parent, McpFailed(failed))
+                tell_parent(self.parent, ToolDone(call_id, result))
             case StartMcp():
-                self.parent.tell(self._start_mcp())
+                tell_parent(self.parent, self._start_mcp())
             case TakeSnapshot():
-                self.parent.tell(SnapshotTaken(self._snapshot()))
+                tell_parent(self.parent, SnapshotTaken(self._snapshot()))
             case MakeDiff() as request:
                 self._close_mcp()  # the task ended: no more calls
-                self.parent.tell(DiffMade(self._diff(request)))
+                tell_parent(self.parent, DiffMade(self._diff(request)))
 
     def _start_mcp(self) -> McpStarted:
         """Start the servers (all at once, within `mcp_start_timeout`); their tools join the
@@ -265,7 +273,7 @@ class ToolActor(pykka.ThreadingActor):
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self._close_mcp()
-        self.parent.tell(ChildCrashed("tools", repr(exception_value)))
+        tell_parent(self.parent, ChildCrashed("tools", repr(exception_value)))
 
 
 def tool_context(

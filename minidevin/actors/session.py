@@ -67,6 +67,8 @@ class SessionActor(pykka.ThreadingActor):
         self.submitted = 0
         self.idle = False  # so the first idle moment is reported
         self.close_reason = "Session closed"  # the running task's, when this actor stops
+        self.closing = False  # told it is closing: start nothing more
+        self.retry: threading.Timer | None = None  # the next try of a start the store refused
 
     def on_receive(self, message: Any) -> None:
         match message:
@@ -105,7 +107,9 @@ class SessionActor(pykka.ThreadingActor):
                 running = self.running is not None and self.running[0] is entry
                 reply.set_result("running" if running else "queued")
             case RetryStart():
-                self._start_next()
+                self.retry = None
+                if not self.closing:
+                    self._start_next()
             case SlotGranted():
                 self.in_line = False
                 self.has_slot = True
@@ -142,7 +146,7 @@ class SessionActor(pykka.ThreadingActor):
                 elif reply is not None:
                     reply.set_result("not_live")
             case Closing(reason=reason):
-                self.close_reason = reason
+                self.close_reason, self.closing = reason, True
             case StopAll(reason=reason, reply=reply):
                 for entry in list(self.waiting):
                     self._stop_task(entry.spec.task_id, reason, None)
@@ -209,17 +213,19 @@ class SessionActor(pykka.ThreadingActor):
         """Whether this node may start the entry's run now (with nodes, the store claims it).
 
         Another node has it, or this one was taken over: the entry is dropped, unstarted
-        (the node that has the run has the task). The store cannot answer: it stays
-        first in line, and the start is tried again in a second.
+        (the node that has the run has the task). The store cannot answer, or a claim in
+        flight holds the row: it stays first in line, and the start is tried again in a
+        second (one try pending at a time).
         """
         task_id = entry.spec.task_id
         try:
             claimed = self.deps.store.claim_run(task_id)
         except StoreError as exc:
             log.warning("task_claim_failed", task_id=task_id, error=str(exc))
-            retry = threading.Timer(1.0, self._retry_start)
-            retry.daemon = True
-            retry.start()
+            if self.retry is None:  # (one try pending at a time, whatever asked for a start)
+                self.retry = threading.Timer(1.0, self._retry_start)
+                self.retry.daemon = True
+                self.retry.start()
             return False
         if not claimed:
             log.warning("task_claimed_elsewhere", task_id=task_id, session_id=self.session_id)
@@ -278,6 +284,8 @@ class SessionActor(pykka.ThreadingActor):
             self.stop_all_replies.clear()
 
     def on_stop(self) -> None:
+        if self.retry is not None:
+            self.retry.cancel()
         if self.running is not None:
             self._tell_running(StopTask(self.running[0].spec.task_id, self.close_reason))
         self.has_slot = self.in_line = False

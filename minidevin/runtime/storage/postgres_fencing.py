@@ -11,7 +11,8 @@ told of it) and stops (`on_fenced`); started again, it takes a new generation.
 
 A run of a task is taken the same way (`claim_run`): before a node starts a
 task's next run, it claims the task's row in `task_claims` (`FOR UPDATE SKIP
-LOCKED`: a claim another node has in flight is skipped, not waited for) in one
+LOCKED`: a claim in flight is skipped, not waited for; then the answer is "not
+yet", and the session tries again) in one
 statement that also reads its own generation under a share lock. The claim
 succeeds if the task is unclaimed, claimed by this very generation, or claimed
 by a generation that has since moved on (a node restarted or taken over); so a
@@ -43,6 +44,16 @@ WHERE task_id = (
 AND $3 = (SELECT generation FROM node_generations WHERE node = $2 FOR SHARE)
 RETURNING task_id
 """
+# (no claim: why — this node's generation is gone, or another current one holds the run;
+# neither: the row was only locked by a claim in flight, and the answer is "not yet")
+_WHY_NOT = """
+SELECT
+    $3 IS NOT DISTINCT FROM (SELECT generation FROM node_generations WHERE node = $2) AS current,
+    c.node IS NOT NULL AND NOT (c.node = $2 AND c.generation = $3)
+        AND c.generation IS NOT DISTINCT FROM
+            (SELECT g.generation FROM node_generations g WHERE g.node = c.node) AS held
+FROM task_claims c WHERE c.task_id = $1
+"""
 
 
 class PostgresFencing(PostgresEngine):
@@ -69,13 +80,22 @@ class PostgresFencing(PostgresEngine):
         if self.fence is None:
             return True
         node, generation = self.fence
-        assert self._loop is not None, "store is not open"
-        claim = asyncio.run_coroutine_threadsafe(self._claim(task_id, node, generation), self._loop)
+        try:
+            assert self._loop is not None, "store is not open"
+            claim = asyncio.run_coroutine_threadsafe(
+                self._claim(task_id, node, generation), self._loop
+            )
+        except (AssertionError, RuntimeError) as exc:  # (closed, or its loop gone)
+            raise StoreError(f"the claim of task {task_id} failed: {exc}") from exc
         try:
             return claim.result(timeout)
         except TimeoutError:
             claim.cancel()
             raise StoreError(f"no answer to the claim of task {task_id} in {timeout:g} s") from None
+        except StoreError:
+            raise
+        except Exception as exc:  # (a connection lost or the pool closed on the way)
+            raise StoreError(f"the claim of task {task_id} failed: {exc!r}") from exc
 
     async def _claim(self, task_id: str, node: str, generation: int) -> bool:
         assert self._pool is not None, "store is not open"
@@ -84,11 +104,16 @@ class PostgresFencing(PostgresEngine):
                 await conn.execute(
                     "INSERT INTO task_claims (task_id) VALUES ($1) ON CONFLICT DO NOTHING", task_id
                 )
-                return await conn.fetchval(_CLAIM, task_id, node, generation) is not None
+                if await conn.fetchval(_CLAIM, task_id, node, generation) is not None:
+                    return True
+                why = await conn.fetchrow(_WHY_NOT, task_id, node, generation)
         except asyncpg.ForeignKeyViolationError:
             return False  # (the task was deleted)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"the claim of task {task_id} failed: {exc}") from exc
+        if why is None or not why["current"] or why["held"]:
+            return False
+        raise StoreError(f"the claim of task {task_id} is locked by a claim in flight")
 
     async def fence_node(self, node: str) -> None:
         """Another node's generation moves on (it is being taken over): once this returns,
