@@ -10,14 +10,14 @@ from a pause or a partition. A fenced process drops what it holds (nobody was
 told of it) and stops (`on_fenced`); started again, it takes a new generation.
 
 A run of a task is taken the same way (`claim_run`): before a node starts a
-task's next run, it claims the task's row in `task_claims` (`FOR UPDATE SKIP
-LOCKED`: a claim in flight is skipped, not waited for; then the answer is "not
-yet", and the session tries again) in one
-statement that also reads its own generation under a share lock. The claim
-succeeds if the task is unclaimed, claimed by this very generation, or claimed
-by a generation that has since moved on (a node restarted or taken over); so a
-node that was taken over cannot start a run, even one it had queued in memory,
-and each run is started by one node.
+task's next run, it claims the task's row in `task_claims` with `FOR UPDATE
+SKIP LOCKED`, in one statement that also reads its own generation under a share
+lock. The claim succeeds if the task is unclaimed, claimed by this very
+generation, or claimed by a generation that has since moved on (a node
+restarted or taken over); so a node that was taken over cannot start a run,
+even one it had queued in memory, and each run is started by one node. A row
+that a claim in flight holds is skipped, not waited for: the answer is then
+"not yet" (a `StoreError`), and the session tries again.
 """
 
 from __future__ import annotations
