@@ -1,7 +1,8 @@
 """Two promises of several `minidevin serve` nodes on one PostgreSQL and one Redis, with real
 processes on loopback: each webhook delivery reaches its receiver once, not once per node,
 in order per task; and a stream watched on one node of a task running on another survives
-events between the nodes that were lost on the way."""
+events between the nodes that were lost on the way (its bus cut and back, or the events
+never published at all)."""
 
 from __future__ import annotations
 
@@ -237,3 +238,67 @@ async def test_a_stream_on_another_node_gets_what_its_bus_lost_once_and_in_order
     print(f"\nrest of the task on node 2 {recovered:.2f} s after its last live event")
     # the reconnect's re-read brought it, not the silence check (at 5 s at the earliest)
     assert recovered < SILENCE - 1.0
+
+
+async def test_a_stream_whose_events_were_never_published_reads_them_after_its_silence(
+    cluster: Cluster,  # noqa: F811
+    redis_server: ThrowawayRedis,  # noqa: F811
+    openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+) -> None:
+    """A task runs on node 2, watched over WebSocket on node 1. Node 2 talks to Redis as a
+    user of its own, which is then refused `PUBLISH`: it commits the rest of the task and
+    every publish of it fails, while both nodes keep their Redis connections (no reconnect,
+    so no re-read on that account). After `SILENCE` seconds without an event, node 1's
+    stream re-reads the log: the watcher gets the rest once, in order, to the end."""
+    (watching,) = cluster(1)
+    probe = redis.Redis.from_url(redis_server.url)
+    probe.execute_command("ACL", "SETUSER", "node2", "on", ">node2-password", "~*", "&*", "+@all")
+    own_url = redis_server.url.replace("redis://", "redis://node2:node2-password@")
+    env = node_env(watching.env["MINIDEVIN_DATABASE_URL"], own_url, "node2", openai_server)
+    running = ServeProcess(tmp_path / "data2", env)
+    try:
+        release = tmp_path / "work" / "release"
+        hold = "while [ ! -e release ]; do sleep 0.02; done; echo released"
+        openai_server.script(
+            [
+                ScriptedTurn(text="Waiting.", tool_calls=[("terminal", {"command": hold})]),
+                ScriptedTurn(text="Done after the release."),
+            ]
+        )
+        auth, task = task_on(running, tmp_path / "work")
+        token = auth["Authorization"].split()[1]
+        seen: list[tuple[float, dict[str, Any]]] = []
+        async with aiohttp.ClientSession() as client:
+            url = f"{watching.url.replace('http', 'ws')}/ws/tasks/{task['id']}?token={token}"
+            watcher = asyncio.create_task(watch(client, url, seen))
+            await until(
+                lambda: any(event.get("type") == "tool_call" for _, event in seen),
+                what="node 1's watcher to see the command start",
+            )
+            probe.execute_command("ACL", "SETUSER", "node2", "-publish")
+            before = [event for _, event in seen]
+            last_live = seen[-1][0]
+            release.touch()
+            await until(
+                lambda: (
+                    running.request("GET", f"/api/tasks/{task['id']}", None, auth)["status"]
+                    == "completed"
+                ),
+                what="the task to complete on node 2",
+            )
+            await asyncio.wait_for(watcher, SILENCE + 10)
+        lost = [line for line in running.logs() if line.get("event") == "node_bus_lost"]
+        assert not lost, "node 2 kept its bus: only its publishes failed"
+    finally:
+        probe.execute_command("ACL", "SETUSER", "node2", "+publish")
+        running.close()
+        probe.close()
+    events = [event for _, event in seen]
+    seqs = [event["seq"] for event in events]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no duplicate
+    assert len(events) > len(before) and events[: len(before)] == before
+    assert events[-1]["type"] == "status" and events[-1]["status"] == "completed"
+    recovered = seen[len(before)][0] - last_live
+    print(f"\nthe unpublished rest on node 1 {recovered:.2f} s after its last live event")
+    assert SILENCE - 0.5 <= recovered < SILENCE + 3  # the silence's re-read brought it
