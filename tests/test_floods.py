@@ -76,12 +76,12 @@ async def ws_reply(ws: ClientWebSocketResponse, message: dict[str, Any]) -> dict
 async def test_websocket_messages_count_against_the_rate_limit(
     tmp_path: Path, database_url: str | None
 ) -> None:
-    await fresh_minute()
     async with ScriptedOpenAIServer() as server:
         server.script([STALL])
         async with serve(
             config(tmp_path, database_url, rate_limit_authenticated=8), server
         ) as client:
+            await fresh_minute()  # (once the server is up: what follows is the count)
             user, task = await running_task(client, tmp_path)
             ws = await client.ws_connect(ws_path(task["id"], user.token))
             replies = []

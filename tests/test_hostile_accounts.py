@@ -492,10 +492,10 @@ def test_serve_refuses_a_short_jwt_secret(tmp_path: Path) -> None:
 async def test_login_limits_per_account_and_per_address_whatever_credentials(
     tmp_path: Path, openai_server: ScriptedOpenAIServer, database_url: str | None
 ) -> None:
-    await fresh_minute()
     async with server(
         tmp_path, openai_server, database_url, rate_limit_login=4, trust_forwarded_for=True
     ) as client:
+        await fresh_minute()  # (once the server is up: what follows is the count)
         user = await sign_up(client)  # (a register and a login: two of the account's four)
         wrong = {"email": user.email, "password": "guess guess"}
         answers = []

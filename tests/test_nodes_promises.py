@@ -301,4 +301,5 @@ async def test_a_stream_whose_events_were_never_published_reads_them_after_its_s
     assert events[-1]["type"] == "status" and events[-1]["status"] == "completed"
     recovered = seen[len(before)][0] - last_live
     print(f"\nthe unpublished rest on node 1 {recovered:.2f} s after its last live event")
-    assert SILENCE - 0.5 <= recovered < SILENCE + 3  # the silence's re-read brought it
+    # the silence's re-read brought it (a second silence if the release came late)
+    assert SILENCE - 0.5 <= recovered < 2 * SILENCE

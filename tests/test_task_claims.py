@@ -93,7 +93,7 @@ async def test_a_claim_in_flight_is_skipped_not_waited_for_and_answered_not_yet(
         await second.fence_node("node1")
         with pytest.raises(StoreError, match="locked by a claim in flight"):
             await claim(second, task_id)  # its own once the lock goes: not yet, not no
-        assert time.monotonic() - started < 0.5  # skipped at once: not its lock to wait on
+        assert time.monotonic() - started < 3.0  # skipped: waiting would take the 5 s timeout
         await holder.rollback()
         assert await claim(second, task_id)
     finally:
@@ -133,6 +133,7 @@ async def test_a_session_waits_out_a_claim_in_flight_then_starts_the_task(
         holder = db.transaction()
         await holder.start()
         await db.execute("SELECT 1 FROM task_claims WHERE task_id = $1 FOR UPDATE", queued["id"])
+        held = time.monotonic()
         node.request("POST", f"/api/tasks/{running['id']}/stop", None, auth)
         await until(
             lambda: any(line.get("event") == "task_claim_failed" for line in node.logs()),
@@ -140,6 +141,7 @@ async def test_a_session_waits_out_a_claim_in_flight_then_starts_the_task(
         )
         assert node.request("GET", f"/api/tasks/{queued['id']}", None, auth)["status"] == "queued"
         await holder.rollback()
+        held = time.monotonic() - held
         status = ("GET", f"/api/tasks/{queued['id']}", None, auth)
         await until(
             lambda: (
@@ -149,6 +151,6 @@ async def test_a_session_waits_out_a_claim_in_flight_then_starts_the_task(
             what=lambda: f"the task to finish once its claim was free: {node.request(*status)}",
         )
         tries = [line for line in node.logs() if line.get("event") == "task_claim_failed"]
-        assert len(tries) <= 3  # (one try a second while it was held, not one per message)
+        assert len(tries) <= held + 2  # (one try a second while it was held, not one a message)
     finally:
         await db.close()

@@ -178,8 +178,9 @@ def interrupted_run(
     task_id: str, session_id: str, started_at: str | None, last_seen: str | None, why: str
 ) -> None:
     """The `task` span of a run whose process died (its own span was never ended, so never
-    exported): found at the next start, it is recorded then, from when the task started to
-    its last committed event, failed `INTERRUPTED`, as a trace of its own."""
+    exported): found at the next start (or by the node taking its session over), it is
+    recorded then, from when the task first started to its last committed event, failed
+    `INTERRUPTED`, as a trace of its own."""
     active = _active
     if active is None:
         return

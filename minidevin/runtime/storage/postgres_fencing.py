@@ -79,13 +79,14 @@ class PostgresFencing(PostgresEngine):
         database cannot answer within `timeout` s (try again later)."""
         if self.fence is None:
             return True
-        node, generation = self.fence
+        node, generation, loop = *self.fence, self._loop
+        if loop is None or loop.is_closed():
+            raise StoreError(f"the claim of task {task_id} failed: the store is not open")
+        coroutine = self._claim(task_id, node, generation)
         try:
-            assert self._loop is not None, "store is not open"
-            claim = asyncio.run_coroutine_threadsafe(
-                self._claim(task_id, node, generation), self._loop
-            )
-        except (AssertionError, RuntimeError) as exc:  # (closed, or its loop gone)
+            claim = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError as exc:  # (its loop closed meanwhile)
+            coroutine.close()
             raise StoreError(f"the claim of task {task_id} failed: {exc}") from exc
         try:
             return claim.result(timeout)
