@@ -24,13 +24,12 @@ import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Container
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from minidevin.runtime.events import utc_now
+from minidevin.runtime.events import timestamp_ns, utc_now
 from minidevin.runtime.group_sync import ARTIFACTS
 from minidevin.runtime.storage import ArtifactRow, new_id
 
@@ -40,7 +39,6 @@ TASK_ARTIFACTS = (
     ("diff.patch", "diff", "text/x-diff; charset=utf-8"),
     ("trajectory.json", "trajectory", "application/json"),
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COPY_PART = 1 << 20  # bytes of an artifact read from the database at a time
 STALE_COPY_SECONDS = 3600.0  # a `*.tmp` file older than this is a copy whose writer died
 log = structlog.get_logger(__name__)
@@ -51,13 +49,6 @@ ReadPart = Callable[[int, int], Awaitable[bytes | None]]
 
 def artifact_path(artifacts_dir: Path, artifact_id: str) -> Path:
     return artifacts_dir / artifact_id
-
-
-def created_at_ns(created_at: str) -> int:
-    """An artifact's `created_at` (ISO 8601, `utc_now`) in nanoseconds since the epoch:
-    its file's modification time, the same on every node."""
-    when = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def write_task_artifacts(
@@ -97,8 +88,8 @@ def write_task_artifacts(
             continue
         artifact_id, created_at = new_id(), utc_now()
         path = artifact_path(artifacts_dir, artifact_id)
-        try:  # (dated as every node's copy is)
-            size = _write_file(path, contents[type_](), created_at_ns(created_at))
+        try:  # (dated by `created_at`, as every node's copy is)
+            size = _write_file(path, contents[type_](), timestamp_ns(created_at))
         except OSError as exc:
             with contextlib.suppress(OSError):  # (none, or one cut short)
                 path.unlink(missing_ok=True)
@@ -265,7 +256,7 @@ def _place_copy(handle: Any, temporary: Path, path: Path, created_at: str) -> No
     with handle:
         handle.flush()
         os.fsync(handle.fileno())
-    stamp = created_at_ns(created_at)
+    stamp = timestamp_ns(created_at)
     os.utime(temporary, ns=(stamp, stamp))
     temporary.replace(path)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from minidevin.runtime.event_types import Error, EventBody, Status, event_data
@@ -25,6 +25,16 @@ FINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
 def utc_now() -> str:
     """An ISO 8601 UTC timestamp with a `Z`, as in the API document."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_ns(timestamp: str) -> int:
+    """A timestamp as `utc_now` writes it, in nanoseconds since the epoch (exact to its
+    microseconds); `ValueError` if it is not one."""
+    when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 import structlog
+
+from minidevin.runtime.events import timestamp_ns
 
 log = structlog.get_logger(__name__)
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -207,10 +208,9 @@ def _nanoseconds(timestamp: str | None) -> int | None:
     if not timestamp:
         return None
     try:
-        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        return timestamp_ns(timestamp)
     except ValueError:
         return None
-    return int(moment.timestamp() * 1_000_000_000)
 
 
 def end_task(task_id: str, status: str | None) -> None:
