@@ -88,12 +88,15 @@ def login(node: ServeProcess) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
 
-def task_on(node: ServeProcess, work: Path) -> tuple[dict[str, str], dict[str, Any]]:
-    """A new user's task (one scripted turn) in a session created on `node`: (auth, task)."""
+def task_on(
+    node: ServeProcess, work: Path, **session: Any
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """A new user's task in a session (with the `session` fields) created on `node`: (auth,
+    task)."""
     node.request("POST", "/api/auth/register", USER)
     auth = login(node)
     work.mkdir()
-    body = {"name": "s", "working_directory": str(work)}
+    body = {"name": "s", "working_directory": str(work), **session}
     session = node.request("POST", "/api/sessions", body, auth)
     task = node.request(
         "POST", f"/api/sessions/{session['id']}/tasks", {"description": "wait"}, auth

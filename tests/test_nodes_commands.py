@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 from serve_process import ServeProcess
-from test_nodes import USER, Cluster, cluster, login, redis_server  # noqa: F401 (fixtures)
+from test_nodes import Cluster, cluster, redis_server, task_on  # noqa: F401 (fixtures)
 from waiting import until
 
 ROUND_TRIP_LIMIT = 0.5  # seconds (the benchmark: ~13 ms for a stop; CI machines are shared)
@@ -27,15 +27,6 @@ ANCESTRY = {
     "p=$(sed 's/.*) //' /proc/$p/stat | cut -d' ' -f2); done"
 }
 Event = dict[str, Any]
-
-
-def session_on(node: ServeProcess, work: Path, **fields: Any) -> tuple[dict[str, str], str]:
-    """A new user's session created on `node` (it runs there): (auth, session id)."""
-    node.request("POST", "/api/auth/register", USER)
-    auth = login(node)
-    work.mkdir()
-    body = {"name": "s", "working_directory": str(work), **fields}
-    return auth, node.request("POST", "/api/sessions", body, auth)["id"]
 
 
 def ws_url(node: ServeProcess, task_id: str, auth: dict[str, str]) -> str:
@@ -90,8 +81,7 @@ async def test_an_approval_through_another_node_runs_the_command_on_the_sessions
     openai_server.script(
         [ScriptedTurn(text="Checking.", tool_calls=[("terminal", ANCESTRY)]), ScriptedTurn("Done.")]
     )
-    auth, session_id = session_on(first, tmp_path / "work", approval_policy="always")
-    task = first.request("POST", f"/api/sessions/{session_id}/tasks", {"description": "t"}, auth)
+    auth, task = task_on(first, tmp_path / "work", approval_policy="always")
     seen: list[Event] = []
     async with aiohttp.ClientSession() as client:
         watcher = asyncio.create_task(
@@ -130,8 +120,7 @@ async def test_input_through_another_node_reaches_the_models_next_turn(
     openai_server.script(
         [ScriptedTurn(tool_calls=[("ask_user", {"question": question})]), ScriptedTurn("Done.")]
     )
-    auth, session_id = session_on(first, tmp_path / "work")
-    task = first.request("POST", f"/api/sessions/{session_id}/tasks", {"description": "t"}, auth)
+    auth, task = task_on(first, tmp_path / "work")
     seen: list[Event] = []
     async with aiohttp.ClientSession() as client:
         watcher = asyncio.create_task(
@@ -169,8 +158,7 @@ async def test_a_task_stopped_through_one_node_is_resumed_through_another_on_its
             ScriptedTurn("Done after the resume."),
         ]
     )
-    auth, session_id = session_on(first, tmp_path / "work")
-    task = first.request("POST", f"/api/sessions/{session_id}/tasks", {"description": "t"}, auth)
+    auth, task = task_on(first, tmp_path / "work")
     task_path = f"/api/tasks/{task['id']}"
     seen: list[Event] = []
     async with aiohttp.ClientSession() as client:

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis
 from aiohttp import web
+from redis import Redis
 from redis_server import ThrowawayRedis
 from scripted_provider import ScriptedOpenAIServer, ScriptedTurn
 from serve_process import ServeProcess
@@ -160,6 +160,58 @@ async def watch(
                 return
 
 
+HOLD = "while [ ! -e release ]; do sleep 0.02; done; echo released"  # (in the workdir)
+
+
+def node_as_own_redis_user(
+    first: ServeProcess, redis: ThrowawayRedis, openai_server: ScriptedOpenAIServer,
+    tmp_path: Path,
+) -> tuple[Redis, ServeProcess]:  # fmt: skip
+    """Node 2, on node 1's database, talking to Redis as a user of its own (`node2`) whose
+    rights the probe returned with it can change; the caller closes both."""
+    probe = Redis.from_url(redis.url)
+    probe.execute_command("ACL", "SETUSER", "node2", "on", ">node2-password", "~*", "&*", "+@all")
+    own_url = redis.url.replace("redis://", "redis://node2:node2-password@")
+    env = node_env(first.env["MINIDEVIN_DATABASE_URL"], own_url, "node2", openai_server)
+    return probe, ServeProcess(tmp_path / "data2", env)
+
+
+async def watch_held_task(
+    client: aiohttp.ClientSession, running: ServeProcess, watching: ServeProcess,
+    openai_server: ScriptedOpenAIServer, work: Path, seen: list[tuple[float, dict[str, Any]]],
+) -> tuple[dict[str, str], dict[str, Any], asyncio.Task[None]]:  # fmt: skip
+    """A task on `running` whose command waits for a `release` file in `work`, watched over
+    WebSocket on `watching` into `seen` until the command started: (auth, task, watcher)."""
+    openai_server.script(
+        [
+            ScriptedTurn(text="Waiting.", tool_calls=[("terminal", {"command": HOLD})]),
+            ScriptedTurn(text="Done after the release."),
+        ]
+    )
+    auth, task = task_on(running, work)
+    token = auth["Authorization"].split()[1]
+    url = f"{watching.url.replace('http', 'ws')}/ws/tasks/{task['id']}?token={token}"
+    watcher = asyncio.create_task(watch(client, url, seen))
+    await until(
+        lambda: any(event.get("type") == "tool_call" for _, event in seen),
+        what="the watcher to see the command start",
+    )
+    return auth, task, watcher
+
+
+def completed(node: ServeProcess, task: dict[str, Any], auth: dict[str, str]) -> bool:
+    return node.request("GET", f"/api/tasks/{task['id']}", None, auth)["status"] == "completed"
+
+
+def assert_whole(events: list[dict[str, Any]], before: list[dict[str, Any]]) -> None:
+    """The stream: what came before, then the rest, every `seq` once and in order, to the
+    task's completion."""
+    seqs = [event["seq"] for event in events]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no duplicate
+    assert len(events) > len(before) and events[: len(before)] == before
+    assert events[-1]["type"] == "status" and events[-1]["status"] == "completed"
+
+
 async def test_a_stream_on_another_node_gets_what_its_bus_lost_once_and_in_order(
     cluster: Cluster,  # noqa: F811
     redis_server: ThrowawayRedis,  # noqa: F811
@@ -175,30 +227,12 @@ async def test_a_stream_on_another_node_gets_what_its_bus_lost_once_and_in_order
     reads the log after the last `seq` seen): the watcher gets the rest of the task once, in
     order, to its final status, sooner than the hub's 5 s silence check would have."""
     (first,) = cluster(1)
-    probe = redis.Redis.from_url(redis_server.url)
-    probe.execute_command("ACL", "SETUSER", "node2", "on", ">node2-password", "~*", "&*", "+@all")
-    own_url = redis_server.url.replace("redis://", "redis://node2:node2-password@")
-    env = node_env(first.env["MINIDEVIN_DATABASE_URL"], own_url, "node2", openai_server)
-    second = ServeProcess(tmp_path / "data2", env)
+    probe, second = node_as_own_redis_user(first, redis_server, openai_server, tmp_path)
     try:
-        # (relative: the command runs in the working directory, maybe as another user)
-        release = tmp_path / "work" / "release"
-        hold = "while [ ! -e release ]; do sleep 0.02; done; echo released"
-        openai_server.script(
-            [
-                ScriptedTurn(text="Waiting.", tool_calls=[("terminal", {"command": hold})]),
-                ScriptedTurn(text="Done after the release."),
-            ]
-        )
-        auth, task = task_on(first, tmp_path / "work")
-        token = auth["Authorization"].split()[1]
         seen: list[tuple[float, dict[str, Any]]] = []
         async with aiohttp.ClientSession() as client:
-            url = f"{second.url.replace('http', 'ws')}/ws/tasks/{task['id']}?token={token}"
-            watcher = asyncio.create_task(watch(client, url, seen))
-            await until(
-                lambda: any(event.get("type") == "tool_call" for _, event in seen),
-                what="node 2's watcher to see the command start",
+            auth, task, watcher = await watch_held_task(
+                client, first, second, openai_server, tmp_path / "work", seen
             )
             probe.execute_command("ACL", "SETUSER", "node2", "off")  # (no new connection)
             assert probe.execute_command("CLIENT", "KILL", "USER", "node2") >= 1
@@ -208,14 +242,8 @@ async def test_a_stream_on_another_node_gets_what_its_bus_lost_once_and_in_order
             )
             before = [event for _, event in seen]
             last_live = seen[-1][0]
-            release.touch()
-            await until(
-                lambda: (
-                    first.request("GET", f"/api/tasks/{task['id']}", None, auth)["status"]
-                    == "completed"
-                ),
-                what="the task to complete on node 1",
-            )
+            (tmp_path / "work" / "release").touch()
+            await until(lambda: completed(first, task, auth), what="the task to complete on node 1")
             assert [event for _, event in seen] == before  # published, lost on the way to node 2
             probe.execute_command("ACL", "SETUSER", "node2", "on")
             await asyncio.wait_for(watcher, 15)
@@ -225,11 +253,9 @@ async def test_a_stream_on_another_node_gets_what_its_bus_lost_once_and_in_order
         second.close()
         probe.close()
     events = [event for _, event in seen]
-    seqs = [event["seq"] for event in events]
-    assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no duplicate
-    assert len(events) > len(before) and events[: len(before)] == before
-    assert events[-1]["type"] == "status" and events[-1]["status"] == "completed"
+    assert_whole(events, before)
     replay: list[tuple[float, dict[str, Any]]] = []  # the log, read again through node 1
+    token = auth["Authorization"].split()[1]
     async with aiohttp.ClientSession() as client:
         await watch(client, f"{first.url.replace('http', 'ws')}/ws/tasks/{task['id']}"
                     f"?token={token}", replay)  # fmt: skip
@@ -252,40 +278,19 @@ async def test_a_stream_whose_events_were_never_published_reads_them_after_its_s
     so no re-read on that account). After `SILENCE` seconds without an event, node 1's
     stream re-reads the log: the watcher gets the rest once, in order, to the end."""
     (watching,) = cluster(1)
-    probe = redis.Redis.from_url(redis_server.url)
-    probe.execute_command("ACL", "SETUSER", "node2", "on", ">node2-password", "~*", "&*", "+@all")
-    own_url = redis_server.url.replace("redis://", "redis://node2:node2-password@")
-    env = node_env(watching.env["MINIDEVIN_DATABASE_URL"], own_url, "node2", openai_server)
-    running = ServeProcess(tmp_path / "data2", env)
+    probe, running = node_as_own_redis_user(watching, redis_server, openai_server, tmp_path)
     try:
-        release = tmp_path / "work" / "release"
-        hold = "while [ ! -e release ]; do sleep 0.02; done; echo released"
-        openai_server.script(
-            [
-                ScriptedTurn(text="Waiting.", tool_calls=[("terminal", {"command": hold})]),
-                ScriptedTurn(text="Done after the release."),
-            ]
-        )
-        auth, task = task_on(running, tmp_path / "work")
-        token = auth["Authorization"].split()[1]
         seen: list[tuple[float, dict[str, Any]]] = []
         async with aiohttp.ClientSession() as client:
-            url = f"{watching.url.replace('http', 'ws')}/ws/tasks/{task['id']}?token={token}"
-            watcher = asyncio.create_task(watch(client, url, seen))
-            await until(
-                lambda: any(event.get("type") == "tool_call" for _, event in seen),
-                what="node 1's watcher to see the command start",
+            auth, task, watcher = await watch_held_task(
+                client, running, watching, openai_server, tmp_path / "work", seen
             )
             probe.execute_command("ACL", "SETUSER", "node2", "-publish")
             before = [event for _, event in seen]
             last_live = seen[-1][0]
-            release.touch()
+            (tmp_path / "work" / "release").touch()
             await until(
-                lambda: (
-                    running.request("GET", f"/api/tasks/{task['id']}", None, auth)["status"]
-                    == "completed"
-                ),
-                what="the task to complete on node 2",
+                lambda: completed(running, task, auth), what="the task to complete on node 2"
             )
             await asyncio.wait_for(watcher, SILENCE + 10)
         lost = [line for line in running.logs() if line.get("event") == "node_bus_lost"]
@@ -294,11 +299,7 @@ async def test_a_stream_whose_events_were_never_published_reads_them_after_its_s
         probe.execute_command("ACL", "SETUSER", "node2", "+publish")
         running.close()
         probe.close()
-    events = [event for _, event in seen]
-    seqs = [event["seq"] for event in events]
-    assert seqs == list(range(1, len(seqs) + 1)), seqs  # no gap, no duplicate
-    assert len(events) > len(before) and events[: len(before)] == before
-    assert events[-1]["type"] == "status" and events[-1]["status"] == "completed"
+    assert_whole([event for _, event in seen], before)
     recovered = seen[len(before)][0] - last_live
     print(f"\nthe unpublished rest on node 1 {recovered:.2f} s after its last live event")
     # the silence's re-read brought it (a second silence if the release came late)
